@@ -11,7 +11,8 @@ mod summary;
 pub use summary::Summary;
 
 use crate::config::{HrnetConfig, LAYER1_BLOCKS, LAYER1_CHANNELS, STEM_CHANNELS};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 
 /// Per-image activation shape: channels, height, width (the batch is chosen at run time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -249,6 +250,33 @@ impl Graph {
         }
         last[self.output.0] = self.ops.len();
         last
+    }
+
+    /// Checks that `input` is a non-empty `N × 3 × H × W` batch of this graph's input
+    /// size with finite values.
+    pub fn check_input(&self, input: &Tensor) -> Result<()> {
+        let (s, want) = (input.shape(), self.input_shape());
+        if s.n == 0 {
+            return Err(Error::Input("the batch is empty (N = 0)".into()));
+        }
+        if s.chw() != want {
+            return Err(Error::Input(format!(
+                "input has shape {s}, the model expects Nx{}x{}x{} (NCHW)",
+                want.c, want.h, want.w
+            )));
+        }
+        if let Some(i) = input.data().iter().position(|v| !v.is_finite()) {
+            let per = want.len();
+            return Err(Error::NonFinite {
+                what: format!(
+                    "input holds {} (image {}, element {}); inputs must be finite",
+                    input.data()[i],
+                    i / per,
+                    i % per
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Parameter count, conv multiply-adds per image and the layer table.

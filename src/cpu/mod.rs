@@ -1,0 +1,137 @@
+//! The CPU reference engine: executes the graph op by op, in f32 (the engine every GPU
+//! result is checked against) or f64 (the in-house oracle that `hrnet verify` uses).
+
+pub mod ops;
+
+use crate::error::Result;
+use crate::graph::{Chw, Graph, Op, ValueId};
+use crate::tensor::{Nchw, Tensor};
+use crate::weights::Model;
+use ops::Element;
+
+/// Observes (and may rewrite) values while the graph runs. Both methods do nothing
+/// unless overridden.
+pub trait Hook<T> {
+    /// Called on a conv's output after its bias and before its residual and ReLU.
+    fn after_conv(&mut self, _layer: usize, _out: &mut [T], _batch: usize, _shape: Chw) {}
+    /// Called on every op's final output.
+    fn after_op(&mut self, _value: ValueId, _out: &[T], _batch: usize, _shape: Chw) {}
+}
+
+/// A hook that observes nothing.
+pub struct NoHook;
+
+impl<T> Hook<T> for NoHook {}
+
+/// Runs `graph` on `batch` images, `params[i]` = (weight, bias) of `graph.layers[i]`.
+/// Each value is freed after its last reader.
+pub fn execute<T: Element>(
+    graph: &Graph,
+    params: &[(&[T], &[T])],
+    input: Vec<T>,
+    batch: usize,
+    hook: &mut dyn Hook<T>,
+) -> Vec<T> {
+    let last_use = graph.last_uses();
+    let mut values: Vec<Option<Vec<T>>> = vec![None; graph.values.len()];
+    values[Graph::INPUT.0] = Some(input);
+    let mut col = Vec::new();
+    for (i, op) in graph.ops.iter().enumerate() {
+        let output = op.output();
+        let s = graph.shape(output);
+        let mut out = vec![T::zero(); batch * s.len()];
+        match op {
+            Op::Conv(c) => {
+                let l = &graph.layers[c.layer];
+                let si = graph.shape(c.input);
+                let x = live(&values, c.input);
+                let (w, b) = params[c.layer];
+                for (xi, oi) in x.chunks_exact(si.len()).zip(out.chunks_exact_mut(s.len())) {
+                    ops::conv2d(xi, si, l, w, b, oi, &mut col);
+                }
+                hook.after_conv(c.layer, &mut out, batch, s);
+                ops::residual_relu(&mut out, c.residual.map(|r| live(&values, r)), c.relu);
+            }
+            Op::Exchange(e) => {
+                for &(v, factor) in &e.terms {
+                    let st = graph.shape(v);
+                    let x = live(&values, v);
+                    for (xi, oi) in x.chunks_exact(st.len()).zip(out.chunks_exact_mut(s.len())) {
+                        ops::upsample_add(xi, st, factor, oi);
+                    }
+                }
+                ops::relu_in_place(&mut out);
+            }
+        }
+        hook.after_op(output, &out, batch, s);
+        values[output.0] = Some(out);
+        for v in op.inputs() {
+            if last_use[v.0] == i {
+                values[v.0] = None;
+            }
+        }
+    }
+    values[graph.output.0].take().expect("the output is written by the last op")
+}
+
+/// A value that an op reads: the graph orders ops so that it is written and not yet freed
+/// (see the graph's `ops_read_only_written_values` test).
+fn live<T>(values: &[Option<Vec<T>>], v: ValueId) -> &[T] {
+    values[v.0].as_deref().expect("the graph reads only live values")
+}
+
+/// The CPU reference engine over a loaded [`Model`]. `Send` and `Sync`: one engine may
+/// serve many threads.
+#[derive(Clone, Debug)]
+pub struct CpuEngine {
+    model: Model,
+}
+
+impl CpuEngine {
+    /// Wraps a model.
+    #[must_use]
+    pub fn new(model: Model) -> Self {
+        CpuEngine { model }
+    }
+
+    /// The model.
+    #[must_use]
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Heatmaps `N × joints × H/4 × W/4` for a normalised `N × 3 × H × W` batch, in f32.
+    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        self.forward_with(input, &mut NoHook)
+    }
+
+    /// [`CpuEngine::forward`] with a hook that sees every value.
+    pub fn forward_with(&self, input: &Tensor, hook: &mut dyn Hook<f32>) -> Result<Tensor> {
+        let g = &self.model.graph;
+        g.check_input(input)?;
+        let params: Vec<(&[f32], &[f32])> =
+            self.model.params.iter().map(|p| (p.weight.as_slice(), p.bias.as_slice())).collect();
+        let n = input.shape().n;
+        let out = execute(g, &params, input.data().to_vec(), n, hook);
+        Tensor::new(Nchw::batch(n, g.output_shape()), out)
+    }
+
+    /// The same network evaluated in f64 (weights and input widened from f32): the
+    /// reference that f32 results are measured against.
+    pub fn forward_f64(&self, input: &Tensor) -> Result<Vec<f64>> {
+        let g = &self.model.graph;
+        g.check_input(input)?;
+        let wide: Vec<(Vec<f64>, Vec<f64>)> = self
+            .model
+            .params
+            .iter()
+            .map(|p| (widen(&p.weight), widen(&p.bias)))
+            .collect();
+        let params: Vec<(&[f64], &[f64])> = wide.iter().map(|(w, b)| (w.as_slice(), b.as_slice())).collect();
+        Ok(execute(g, &params, widen(input.data()), input.shape().n, &mut NoHook))
+    }
+}
+
+fn widen(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| f64::from(v)).collect()
+}
