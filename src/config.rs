@@ -139,7 +139,7 @@ impl HrnetConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::Config(msg));
         for (what, v) in [("height", self.input_height), ("width", self.input_width)] {
-            if v == 0 || v % INPUT_MULTIPLE != 0 {
+            if v == 0 || !v.is_multiple_of(INPUT_MULTIPLE) {
                 return bad(format!(
                     "input {what} {v} is not a positive multiple of {INPUT_MULTIPLE} \
                      (HRNet's lowest branch runs at 1/32 of the input)"
@@ -175,7 +175,9 @@ impl HrnetConfig {
                 return bad(format!("stage {n} must have at least one module"));
             }
             if let Some(b) = stage.blocks.iter().position(|&b| b == 0) {
-                return bad(format!("stage {n}, branch {b}: at least one block is needed"));
+                return bad(format!(
+                    "stage {n}, branch {b}: at least one block is needed"
+                ));
             }
             if let Some(b) = stage.channels.iter().position(|&c| c == 0) {
                 return bad(format!("stage {n}, branch {b}: zero channels"));
@@ -217,9 +219,16 @@ impl fmt::Display for HrnetConfig {
 
 /// Parses `HxW` (e.g. `256x192`) as height and width.
 pub fn parse_size(s: &str) -> Result<(usize, usize)> {
-    let err = || Error::Config(format!("'{s}' is not a size of the form HEIGHTxWIDTH, e.g. 256x192"));
+    let err = || {
+        Error::Config(format!(
+            "'{s}' is not a size of the form HEIGHTxWIDTH, e.g. 256x192"
+        ))
+    };
     let (h, w) = s.split_once(['x', 'X']).ok_or_else(err)?;
-    Ok((h.trim().parse().map_err(|_| err())?, w.trim().parse().map_err(|_| err())?))
+    Ok((
+        h.trim().parse().map_err(|_| err())?,
+        w.trim().parse().map_err(|_| err())?,
+    ))
 }
 
 #[cfg(test)]
@@ -236,7 +245,10 @@ mod tests {
         let w18 = HrnetConfig::preset("w18-256x192").unwrap();
         assert_eq!(w18.stages[2].channels, vec![18, 36, 72, 144]);
         let mpii = HrnetConfig::preset("w48-256x256-mpii").unwrap();
-        assert_eq!((mpii.num_joints, mpii.input_height, mpii.input_width), (16, 256, 256));
+        assert_eq!(
+            (mpii.num_joints, mpii.input_height, mpii.input_width),
+            (16, 256, 256)
+        );
     }
 
     #[test]
@@ -247,10 +259,14 @@ mod tests {
 
     #[test]
     fn input_must_be_a_multiple_of_32() {
-        let c = HrnetConfig::preset("w32-256x192").unwrap().with_input(250, 192);
+        let c = HrnetConfig::preset("w32-256x192")
+            .unwrap()
+            .with_input(250, 192);
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("250") && e.contains("multiple of 32"), "{e}");
-        let c = HrnetConfig::preset("w32-256x192").unwrap().with_input(256, 0);
+        let c = HrnetConfig::preset("w32-256x192")
+            .unwrap()
+            .with_input(256, 0);
         assert!(c.validate().is_err());
     }
 
@@ -258,7 +274,12 @@ mod tests {
     fn inconsistent_stages_are_rejected() {
         let mut c = HrnetConfig::preset("w32-256x192").unwrap();
         c.stages[1].channels[0] = 40;
-        assert!(c.validate().unwrap_err().to_string().contains("stage 3, branch 0"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("stage 3, branch 0")
+        );
         let mut c = HrnetConfig::preset("w32-256x192").unwrap();
         c.stages[2].blocks.pop();
         assert!(c.validate().is_err());

@@ -41,7 +41,10 @@ impl Nchw {
     /// Number of elements, or `None` if it overflows `usize`.
     #[must_use]
     pub fn checked_len(&self) -> Option<usize> {
-        self.n.checked_mul(self.c)?.checked_mul(self.h)?.checked_mul(self.w)
+        self.n
+            .checked_mul(self.c)?
+            .checked_mul(self.h)?
+            .checked_mul(self.w)
     }
 
     /// Number of elements.
@@ -93,7 +96,9 @@ impl Tensor {
     pub fn random_normal(shape: Nchw, seed: u64) -> Self {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-        let data = (0..shape.len()).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
+        let data = (0..shape.len())
+            .map(|_| rng.sample(rand_distr::StandardNormal))
+            .collect();
         Tensor { shape, data }
     }
 
@@ -135,7 +140,11 @@ pub fn relative_l2(out: &[f32], reference: &[f64]) -> Option<f64> {
         num += d * d;
         den += r * r;
     }
-    Some(if den == 0.0 { num.sqrt() } else { (num / den).sqrt() })
+    Some(if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    })
 }
 
 /// Index of the first maximum of each map of `map_len` values (NaN never wins).
@@ -176,10 +185,20 @@ mod tests {
 
     #[test]
     fn new_checks_length() {
-        let s = Nchw { n: 2, c: 1, h: 2, w: 2 };
+        let s = Nchw {
+            n: 2,
+            c: 1,
+            h: 2,
+            w: 2,
+        };
         assert!(Tensor::new(s, vec![0.5; 8]).is_ok());
         assert!(Tensor::new(s, vec![0.5; 7]).is_err());
-        let huge = Nchw { n: usize::MAX, c: 2, h: 1, w: 1 };
+        let huge = Nchw {
+            n: usize::MAX,
+            c: 2,
+            h: 1,
+            w: 1,
+        };
         assert!(Tensor::new(huge, vec![]).is_err());
     }
 
@@ -194,7 +213,10 @@ mod tests {
 
     #[test]
     fn argmax_takes_the_first_maximum() {
-        assert_eq!(argmax_per_map(&[1.0, 3.0, 3.0, 0.0, -1.0, -2.0], 3), vec![1, 0]);
+        assert_eq!(
+            argmax_per_map(&[1.0, 3.0, 3.0, 0.0, -1.0, -2.0], 3),
+            vec![1, 0]
+        );
         assert_eq!(argmax_per_map(&[f32::NAN, 1.0], 2), vec![1]);
         let a = [0.0f32, 1.0, 1.0, 0.0];
         let b = [0.0f64, 1.0, 0.0, 1.0];

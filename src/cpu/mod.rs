@@ -71,13 +71,17 @@ pub fn execute<T: Element>(
             }
         }
     }
-    values[graph.output.0].take().expect("the output is written by the last op")
+    values[graph.output.0]
+        .take()
+        .expect("the output is written by the last op")
 }
 
 /// A value that an op reads: the graph orders ops so that it is written and not yet freed
 /// (see the graph's `ops_read_only_written_values` test).
 fn live<T>(values: &[Option<Vec<T>>], v: ValueId) -> &[T] {
-    values[v.0].as_deref().expect("the graph reads only live values")
+    values[v.0]
+        .as_deref()
+        .expect("the graph reads only live values")
 }
 
 /// The CPU reference engine over a loaded [`Model`]. `Send` and `Sync`: one engine may
@@ -109,8 +113,12 @@ impl CpuEngine {
     pub fn forward_with(&self, input: &Tensor, hook: &mut dyn Hook<f32>) -> Result<Tensor> {
         let g = &self.model.graph;
         g.check_input(input)?;
-        let params: Vec<(&[f32], &[f32])> =
-            self.model.params.iter().map(|p| (p.weight.as_slice(), p.bias.as_slice())).collect();
+        let params: Vec<(&[f32], &[f32])> = self
+            .model
+            .params
+            .iter()
+            .map(|p| (p.weight.as_slice(), p.bias.as_slice()))
+            .collect();
         let n = input.shape().n;
         let out = execute(g, &params, input.data().to_vec(), n, hook);
         Tensor::new(Nchw::batch(n, g.output_shape()), out)
@@ -127,8 +135,17 @@ impl CpuEngine {
             .iter()
             .map(|p| (widen(&p.weight), widen(&p.bias)))
             .collect();
-        let params: Vec<(&[f64], &[f64])> = wide.iter().map(|(w, b)| (w.as_slice(), b.as_slice())).collect();
-        Ok(execute(g, &params, widen(input.data()), input.shape().n, &mut NoHook))
+        let params: Vec<(&[f64], &[f64])> = wide
+            .iter()
+            .map(|(w, b)| (w.as_slice(), b.as_slice()))
+            .collect();
+        Ok(execute(
+            g,
+            &params,
+            widen(input.data()),
+            input.shape().n,
+            &mut NoHook,
+        ))
     }
 }
 

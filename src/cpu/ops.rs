@@ -128,7 +128,13 @@ pub fn upsample_add<T: Element>(term: &[T], s: Chw, factor: usize, out: &mut [T]
 
 /// The direct seven-loop convolution, for checking [`conv2d`] in tests.
 #[cfg(test)]
-pub fn conv2d_direct(x: &[f64], s: Chw, layer: &ConvLayer, weight: &[f64], bias: &[f64]) -> Vec<f64> {
+pub fn conv2d_direct(
+    x: &[f64],
+    s: Chw,
+    layer: &ConvLayer,
+    weight: &[f64],
+    bias: &[f64],
+) -> Vec<f64> {
     let (k, st, p) = (layer.kernel, layer.stride, layer.padding() as isize);
     let (ho, wo) = layer.out_size(s.h, s.w);
     let mut out = vec![0.0; layer.cout * ho * wo];
@@ -196,18 +202,31 @@ mod tests {
     fn conv1x1_by_hand() {
         // Two input channels, weights (2, -1): out = 2·a − b + 1.
         let x = [1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0];
-        let out = conv(&x, Chw { c: 2, h: 2, w: 2 }, &layer(2, 1, 1, 1), &[2.0, -1.0], &[1.0]);
+        let out = conv(
+            &x,
+            Chw { c: 2, h: 2, w: 2 },
+            &layer(2, 1, 1, 1),
+            &[2.0, -1.0],
+            &[1.0],
+        );
         assert_eq!(out, [-7.0, -15.0, -23.0, -31.0]);
     }
 
     #[test]
     fn conv_matches_the_direct_loops() {
         let mut rng = rand_pcg::Pcg64::seed_from_u64(rand::random());
-        for &(cin, cout, k, st, h, w) in &[(3, 5, 3, 2, 9, 7), (4, 6, 3, 1, 6, 5), (5, 3, 1, 1, 4, 6), (2, 3, 1, 2, 5, 4)] {
+        for &(cin, cout, k, st, h, w) in &[
+            (3, 5, 3, 2, 9, 7),
+            (4, 6, 3, 1, 6, 5),
+            (5, 3, 1, 1, 4, 6),
+            (2, 3, 1, 2, 5, 4),
+        ] {
             let l = layer(cin, cout, k, st);
             let s = Chw { c: cin, h, w };
             let x: Vec<f64> = (0..s.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let wt: Vec<f64> = (0..l.weight_len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let wt: Vec<f64> = (0..l.weight_len())
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             let b: Vec<f64> = (0..cout).map(|_| rng.random_range(-1.0..1.0)).collect();
             let got = conv(&x, s, &l, &wt, &b);
             let want = conv2d_direct(&x, s, &l, &wt, &b);

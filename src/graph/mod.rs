@@ -90,7 +90,12 @@ impl ConvLayer {
     /// weight and bias or the conv's own bias.
     #[must_use]
     pub fn params(&self) -> usize {
-        self.weight_len() + if self.bn.is_some() { 2 * self.cout } else { self.cout }
+        self.weight_len()
+            + if self.bn.is_some() {
+                2 * self.cout
+            } else {
+                self.cout
+            }
     }
 
     /// Output spatial size for an input of `h × w`.
@@ -199,7 +204,12 @@ impl Graph {
             widths.clone_from(&stage.channels);
             for m in 0..stage.modules {
                 let last_of_network = n == 4 && m + 1 == stage.modules;
-                branches = b.module(&format!("stage{n}.{m}"), &branches, &stage.blocks, !last_of_network);
+                branches = b.module(
+                    &format!("stage{n}.{m}"),
+                    &branches,
+                    &stage.blocks,
+                    !last_of_network,
+                );
             }
         }
         let head = ConvLayer {
@@ -294,7 +304,14 @@ struct Builder {
 }
 
 /// A conv and its BN, `prefix.conv` / `prefix.bn` style names given in full.
-fn layer(name: String, bn: String, cin: usize, cout: usize, kernel: usize, stride: usize) -> ConvLayer {
+fn layer(
+    name: String,
+    bn: String,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+) -> ConvLayer {
     ConvLayer {
         name,
         bn: Some(bn),
@@ -306,12 +323,22 @@ fn layer(name: String, bn: String, cin: usize, cout: usize, kernel: usize, strid
 }
 
 impl Builder {
-    fn conv(&mut self, layer: ConvLayer, input: ValueId, residual: Option<ValueId>, relu: bool) -> ValueId {
+    fn conv(
+        &mut self,
+        layer: ConvLayer,
+        input: ValueId,
+        residual: Option<ValueId>,
+        relu: bool,
+    ) -> ValueId {
         let x = self.values[input.0];
         debug_assert_eq!(x.c, layer.cin, "{}", layer.name);
         let (h, w) = layer.out_size(x.h, x.w);
         let output = ValueId(self.values.len());
-        self.values.push(Chw { c: layer.cout, h, w });
+        self.values.push(Chw {
+            c: layer.cout,
+            h,
+            w,
+        });
         self.ops.push(Op::Conv(ConvOp {
             layer: self.layers.len(),
             input,
@@ -326,8 +353,18 @@ impl Builder {
     /// conv1, bn1, relu, conv2, bn2, relu: two stride-2 3×3 convs, 3 → 64 → 64.
     fn stem(&mut self, x: ValueId) -> ValueId {
         let c = STEM_CHANNELS;
-        let x = self.conv(layer("conv1".into(), "bn1".into(), 3, c, 3, 2), x, None, true);
-        self.conv(layer("conv2".into(), "bn2".into(), c, c, 3, 2), x, None, true)
+        let x = self.conv(
+            layer("conv1".into(), "bn1".into(), 3, c, 3, 2),
+            x,
+            None,
+            true,
+        );
+        self.conv(
+            layer("conv2".into(), "bn2".into(), c, c, 3, 2),
+            x,
+            None,
+            true,
+        )
     }
 
     /// Four Bottlenecks, 64 → 256, the first with a 1×1 conv+BN downsample.
@@ -336,22 +373,57 @@ impl Builder {
         for k in 0..LAYER1_BLOCKS {
             let p = format!("layer1.{k}");
             let cin = self.values[x.0].c;
-            let h = self.conv(layer(format!("{p}.conv1"), format!("{p}.bn1"), cin, planes, 1, 1), x, None, true);
-            let h = self.conv(layer(format!("{p}.conv2"), format!("{p}.bn2"), planes, planes, 3, 1), h, None, true);
+            let h = self.conv(
+                layer(format!("{p}.conv1"), format!("{p}.bn1"), cin, planes, 1, 1),
+                x,
+                None,
+                true,
+            );
+            let h = self.conv(
+                layer(
+                    format!("{p}.conv2"),
+                    format!("{p}.bn2"),
+                    planes,
+                    planes,
+                    3,
+                    1,
+                ),
+                h,
+                None,
+                true,
+            );
             let shortcut = if cin == out {
                 x
             } else {
-                let ds = layer(format!("{p}.downsample.0"), format!("{p}.downsample.1"), cin, out, 1, 1);
+                let ds = layer(
+                    format!("{p}.downsample.0"),
+                    format!("{p}.downsample.1"),
+                    cin,
+                    out,
+                    1,
+                    1,
+                );
                 self.conv(ds, x, None, false)
             };
-            x = self.conv(layer(format!("{p}.conv3"), format!("{p}.bn3"), planes, out, 1, 1), h, Some(shortcut), true);
+            x = self.conv(
+                layer(format!("{p}.conv3"), format!("{p}.bn3"), planes, out, 1, 1),
+                h,
+                Some(shortcut),
+                true,
+            );
         }
         x
     }
 
     /// `transition{t}`: a branch whose width changes gets a 3×3 conv+BN+ReLU; a new branch
     /// gets a chain of stride-2 3×3 conv+BN+ReLU from the lowest previous branch.
-    fn transition(&mut self, t: usize, branches: &[ValueId], before: &[usize], after: &[usize]) -> Vec<ValueId> {
+    fn transition(
+        &mut self,
+        t: usize,
+        branches: &[ValueId],
+        before: &[usize],
+        after: &[usize],
+    ) -> Vec<ValueId> {
         let mut out = Vec::with_capacity(after.len());
         for (i, &cout) in after.iter().enumerate() {
             if i < before.len() {
@@ -369,7 +441,12 @@ impl Builder {
                 for j in 0..steps {
                     let p = format!("transition{t}.{i}.{j}");
                     let c = if j + 1 == steps { cout } else { cin };
-                    x = self.conv(layer(format!("{p}.0"), format!("{p}.1"), cin, c, 3, 2), x, None, true);
+                    x = self.conv(
+                        layer(format!("{p}.0"), format!("{p}.1"), cin, c, 3, 2),
+                        x,
+                        None,
+                        true,
+                    );
                 }
                 out.push(x);
             }
@@ -379,15 +456,31 @@ impl Builder {
 
     /// One high-resolution module: BasicBlocks on every branch, then the exchange unit
     /// (all output branches, or only branch 0 when `multi_scale` is false).
-    fn module(&mut self, p: &str, inputs: &[ValueId], blocks: &[usize], multi_scale: bool) -> Vec<ValueId> {
+    fn module(
+        &mut self,
+        p: &str,
+        inputs: &[ValueId],
+        blocks: &[usize],
+        multi_scale: bool,
+    ) -> Vec<ValueId> {
         let mut x: Vec<ValueId> = Vec::with_capacity(inputs.len());
         for (b, (&input, &nblocks)) in inputs.iter().zip(blocks).enumerate() {
             let mut v = input;
             let c = self.values[v.0].c;
             for k in 0..nblocks {
                 let q = format!("{p}.branches.{b}.{k}");
-                let h = self.conv(layer(format!("{q}.conv1"), format!("{q}.bn1"), c, c, 3, 1), v, None, true);
-                v = self.conv(layer(format!("{q}.conv2"), format!("{q}.bn2"), c, c, 3, 1), h, Some(v), true);
+                let h = self.conv(
+                    layer(format!("{q}.conv1"), format!("{q}.bn1"), c, c, 3, 1),
+                    v,
+                    None,
+                    true,
+                );
+                v = self.conv(
+                    layer(format!("{q}.conv2"), format!("{q}.bn2"), c, c, 3, 1),
+                    h,
+                    Some(v),
+                    true,
+                );
             }
             x.push(v);
         }
@@ -411,7 +504,14 @@ impl Builder {
                         for k in 0..i - j {
                             let last = k + 1 == i - j;
                             let c = if last { width[i] } else { width[j] };
-                            let l = layer(format!("{q}.{k}.0"), format!("{q}.{k}.1"), width[j], c, 3, 2);
+                            let l = layer(
+                                format!("{q}.{k}.0"),
+                                format!("{q}.{k}.1"),
+                                width[j],
+                                c,
+                                3,
+                                2,
+                            );
                             v = self.conv(l, v, None, !last);
                         }
                         (v, 1)
@@ -443,8 +543,22 @@ mod tests {
     #[test]
     fn shapes_follow_the_official_model() {
         let g = w32();
-        assert_eq!(g.input_shape(), Chw { c: 3, h: 256, w: 192 });
-        assert_eq!(g.output_shape(), Chw { c: 17, h: 64, w: 48 });
+        assert_eq!(
+            g.input_shape(),
+            Chw {
+                c: 3,
+                h: 256,
+                w: 192
+            }
+        );
+        assert_eq!(
+            g.output_shape(),
+            Chw {
+                c: 17,
+                h: 64,
+                w: 48
+            }
+        );
         assert_eq!(g.layers.len(), 293);
         // Every exchange term has its output's resolution once upsampled.
         for op in &g.ops {
@@ -492,6 +606,10 @@ mod tests {
             assert!(names.contains(&n), "{n}");
         }
         // The last module outputs branch 0 only.
-        assert!(!names.iter().any(|n| n.starts_with("stage4.2.fuse_layers.1")));
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("stage4.2.fuse_layers.1"))
+        );
     }
 }

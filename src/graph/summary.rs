@@ -89,7 +89,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -130,7 +130,9 @@ mod tests {
     use crate::config::HrnetConfig;
 
     fn totals(preset: &str) -> (usize, usize, usize) {
-        let s = Graph::new(&HrnetConfig::preset(preset).unwrap()).unwrap().summary();
+        let s = Graph::new(&HrnetConfig::preset(preset).unwrap())
+            .unwrap()
+            .summary();
         (s.params, s.conv_macs, s.convs)
     }
 

@@ -113,10 +113,16 @@ impl Checkpoint {
         };
         for (k, t) in &self.tensors {
             let bytes: &[u8] = bytemuck::cast_slice(&t.data);
-            views.push((k.clone(), TensorView::new(Dtype::F32, t.shape.clone(), bytes).map_err(bad)?));
+            views.push((
+                k.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), bytes).map_err(bad)?,
+            ));
         }
         for k in &self.counters {
-            views.push((k.clone(), TensorView::new(Dtype::I64, vec![], &zero).map_err(bad)?));
+            views.push((
+                k.clone(),
+                TensorView::new(Dtype::I64, vec![], &zero).map_err(bad)?,
+            ));
         }
         safetensors::serialize_to_file(views, None, path).map_err(|e| match e {
             safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
@@ -128,13 +134,19 @@ impl Checkpoint {
         self.tensors
             .get(key)
             .map(|t| t.shape.as_slice())
-            .ok_or_else(|| Error::Config(format!("cannot derive the configuration: checkpoint has no '{key}'")))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "cannot derive the configuration: checkpoint has no '{key}'"
+                ))
+            })
     }
 
     fn dim(&self, key: &str, axis: usize) -> Result<usize> {
         let s = self.shape(key)?;
         s.get(axis).copied().ok_or_else(|| {
-            Error::Config(format!("cannot derive the configuration: '{key}' has shape {s:?}"))
+            Error::Config(format!(
+                "cannot derive the configuration: '{key}' has shape {s:?}"
+            ))
         })
     }
 
@@ -147,7 +159,10 @@ impl Checkpoint {
         for s in 2..=4 {
             let branches = s;
             let mut modules = 0;
-            while self.tensors.contains_key(&format!("stage{s}.{modules}.branches.0.0.conv1.weight")) {
+            while self
+                .tensors
+                .contains_key(&format!("stage{s}.{modules}.branches.0.0.conv1.weight"))
+            {
                 modules += 1;
             }
             let mut channels = Vec::with_capacity(branches);
@@ -155,7 +170,10 @@ impl Checkpoint {
             for b in 0..branches {
                 channels.push(self.dim(&format!("stage{s}.0.branches.{b}.0.conv1.weight"), 0)?);
                 let mut n = 0;
-                while self.tensors.contains_key(&format!("stage{s}.0.branches.{b}.{n}.conv1.weight")) {
+                while self
+                    .tensors
+                    .contains_key(&format!("stage{s}.0.branches.{b}.{n}.conv1.weight"))
+                {
                     n += 1;
                 }
                 blocks.push(n);
@@ -168,7 +186,11 @@ impl Checkpoint {
         }
         let num_joints = self.dim("final_layer.weight", 0)?;
         let final_conv_kernel = self.dim("final_layer.weight", 2)?;
-        let (h, w) = input.unwrap_or(if num_joints == MPII_JOINTS { (256, 256) } else { (256, 192) });
+        let (h, w) = input.unwrap_or(if num_joints == MPII_JOINTS {
+            (256, 256)
+        } else {
+            (256, 192)
+        });
         let width = stages[0].channels[0];
         let dataset = match num_joints {
             COCO_JOINTS => "COCO",
@@ -193,7 +215,11 @@ impl Checkpoint {
         for l in &graph.layers {
             keys.push((format!("{}.weight", l.name), l.weight_shape().to_vec()));
             match &l.bn {
-                Some(bn) => keys.extend(BN_PARAMS.iter().map(|p| (format!("{bn}.{p}"), vec![l.cout]))),
+                Some(bn) => keys.extend(
+                    BN_PARAMS
+                        .iter()
+                        .map(|p| (format!("{bn}.{p}"), vec![l.cout])),
+                ),
                 None => keys.push((format!("{}.bias", l.name), vec![l.cout])),
             }
         }
@@ -204,8 +230,10 @@ impl Checkpoint {
     /// left over, every value finite and every variance non-negative.
     pub fn check(&self, graph: &Graph) -> Result<()> {
         let expected = Self::expected(graph);
-        let missing: Vec<&(String, Vec<usize>)> =
-            expected.iter().filter(|(k, _)| !self.tensors.contains_key(k)).collect();
+        let missing: Vec<&(String, Vec<usize>)> = expected
+            .iter()
+            .filter(|(k, _)| !self.tensors.contains_key(k))
+            .collect();
         if let Some((key, shape)) = missing.first() {
             return Err(Error::MissingTensor {
                 key: key.clone(),
@@ -231,13 +259,20 @@ impl Checkpoint {
                 && let Some(i) = t.data.iter().position(|&v| v < 0.0)
             {
                 return Err(Error::NonFinite {
-                    what: format!("tensor '{key}' holds a negative variance {} at index {i}", t.data[i]),
+                    what: format!(
+                        "tensor '{key}' holds a negative variance {} at index {i}",
+                        t.data[i]
+                    ),
                 });
             }
         }
         let known: BTreeSet<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
         let bns: BTreeSet<String> = graph.layers.iter().filter_map(|l| l.bn.clone()).collect();
-        let extra: Vec<&String> = self.tensors.keys().filter(|k| !known.contains(k.as_str())).collect();
+        let extra: Vec<&String> = self
+            .tensors
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .collect();
         if let Some(key) = extra.first() {
             return Err(Error::UnexpectedTensor {
                 key: (*key).clone(),
@@ -248,7 +283,10 @@ impl Checkpoint {
         let counters: Vec<&String> = self
             .counters
             .iter()
-            .filter(|k| k.strip_suffix(&format!(".{BN_COUNTER}")).is_none_or(|bn| !bns.contains(bn)))
+            .filter(|k| {
+                k.strip_suffix(&format!(".{BN_COUNTER}"))
+                    .is_none_or(|bn| !bns.contains(bn))
+            })
             .collect();
         if let Some(key) = counters.first() {
             return Err(Error::UnexpectedTensor {
@@ -265,7 +303,10 @@ impl Checkpoint {
 fn to_f32(key: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
     let b = view.data();
     let out = match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F16 => b
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -296,7 +337,13 @@ fn to_f32(key: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
 /// Folds `BN(conv(x))` into one convolution: with `s = γ / √(σ² + ε)`, the weight
 /// becomes `w · s` per output channel and the bias `β − μ · s`. Computed in f64.
 #[must_use]
-pub fn fold_bn(weight: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) -> ConvParams {
+pub fn fold_bn(
+    weight: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+) -> ConvParams {
     let per_out = weight.len() / gamma.len().max(1);
     let mut w = Vec::with_capacity(weight.len());
     let mut bias = Vec::with_capacity(gamma.len());

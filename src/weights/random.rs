@@ -41,9 +41,17 @@ pub fn random_checkpoint(config: &HrnetConfig, seed: u64) -> Result<Checkpoint> 
     for l in &graph.layers {
         let fan_in = (l.cin * l.kernel * l.kernel) as f32;
         // He-uniform before a BN (whose statistics rescale it anyway), LeCun-uniform for the head.
-        let bound = if l.bn.is_some() { (6.0 / fan_in).sqrt() } else { (3.0 / fan_in).sqrt() };
+        let bound = if l.bn.is_some() {
+            (6.0 / fan_in).sqrt()
+        } else {
+            (3.0 / fan_in).sqrt()
+        };
         let w = uniform(l.weight_len(), -bound..bound);
-        put(format!("{}.weight", l.name), l.weight_shape().to_vec(), w.clone());
+        put(
+            format!("{}.weight", l.name),
+            l.weight_shape().to_vec(),
+            w.clone(),
+        );
         match &l.bn {
             Some(bn) => {
                 let (gamma, beta) = (uniform(l.cout, GAMMA), uniform(l.cout, SHIFT));
@@ -61,16 +69,33 @@ pub fn random_checkpoint(config: &HrnetConfig, seed: u64) -> Result<Checkpoint> 
             }
         }
     }
-    let half = |x: usize| (x / 2 / INPUT_MULTIPLE * INPUT_MULTIPLE).max(2 * INPUT_MULTIPLE).min(x);
-    let calibration = Graph::new(&config.clone().with_input(half(config.input_height), half(config.input_width)))?;
+    let half = |x: usize| {
+        (x / 2 / INPUT_MULTIPLE * INPUT_MULTIPLE)
+            .max(2 * INPUT_MULTIPLE)
+            .min(x)
+    };
+    let calibration = Graph::new(
+        &config
+            .clone()
+            .with_input(half(config.input_height), half(config.input_width)),
+    )?;
     let shape = Nchw::batch(CALIBRATION_BATCH, calibration.input_shape());
     let input = Tensor::random_normal(shape, seed ^ 0x9e37_79b9_7f4a_7c15);
-    let params: Vec<(&[f32], &[f32])> = raw.iter().map(|(w, b)| (w.as_slice(), b.as_slice())).collect();
+    let params: Vec<(&[f32], &[f32])> = raw
+        .iter()
+        .map(|(w, b)| (w.as_slice(), b.as_slice()))
+        .collect();
     let mut hook = Calibrate {
         affine: &affine,
         stats: vec![None; graph.layers.len()],
     };
-    execute(&calibration, &params, input.into_data(), CALIBRATION_BATCH, &mut hook);
+    execute(
+        &calibration,
+        &params,
+        input.into_data(),
+        CALIBRATION_BATCH,
+        &mut hook,
+    );
     for (l, stats) in graph.layers.iter().zip(hook.stats) {
         if let (Some(bn), Some((mean, var))) = (&l.bn, stats) {
             put(format!("{bn}.running_mean"), vec![l.cout], mean);
@@ -95,9 +120,13 @@ impl Hook<f32> for Calibrate<'_> {
         let count = (batch * plane) as f64;
         let (mut means, mut vars) = (Vec::with_capacity(s.c), Vec::with_capacity(s.c));
         for c in 0..s.c {
-            let planes = || (0..batch).flat_map(move |n| (n * s.c + c) * plane..(n * s.c + c + 1) * plane);
+            let planes =
+                || (0..batch).flat_map(move |n| (n * s.c + c) * plane..(n * s.c + c + 1) * plane);
             let mean = planes().map(|i| f64::from(out[i])).sum::<f64>() / count;
-            let var = planes().map(|i| (f64::from(out[i]) - mean).powi(2)).sum::<f64>() / count;
+            let var = planes()
+                .map(|i| (f64::from(out[i]) - mean).powi(2))
+                .sum::<f64>()
+                / count;
             let scale = f64::from(gamma[c]) / (var + BN_EPS).sqrt();
             for i in planes() {
                 out[i] = ((f64::from(out[i]) - mean) * scale + f64::from(beta[c])) as f32;

@@ -1,0 +1,197 @@
+//! The `hrnet` command line, run as a user would.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{compare, official_tiny, scratch};
+use hrnet::{Nchw, Tensor, npy};
+
+fn hrnet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hrnet"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A failure: non-zero exit, one line on stderr that says `what`.
+fn fails_with(o: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(what), "'{what}' not in: {err}");
+}
+
+#[test]
+fn summary_prints_the_official_totals() {
+    for (preset, params, macs) in [
+        ("w32-256x192", "28,536,113", "7,645,003,776"),
+        ("w48-384x288", "63,595,745", "35,306,606,592"),
+        ("w32-256x256-mpii", "28,536,080", "10,193,207,296"),
+    ] {
+        let o = hrnet(&["summary", "--model", preset]);
+        assert!(o.status.success());
+        let text = stdout(&o);
+        assert!(text.contains(&format!("params        {params}")), "{text}");
+        assert!(text.contains(&format!("conv mult-adds {macs} per image")));
+        assert!(text.contains("convolutions  293"));
+        assert!(text.contains("stage4.2.fuse.0"), "the layer table");
+    }
+    let o = hrnet(&[
+        "summary",
+        "--weights",
+        official_tiny()
+            .join("weights.safetensors")
+            .to_str()
+            .unwrap(),
+        "--totals",
+    ]);
+    assert!(stdout(&o).contains("W4 COCO (17 joints)"), "{}", stdout(&o));
+}
+
+#[test]
+fn forward_reproduces_the_official_heatmaps() {
+    let dir = official_tiny();
+    let out = scratch("cli-forward").join("heatmaps.npy");
+    let o = hrnet(&[
+        "forward",
+        "--weights",
+        dir.join("weights.safetensors").to_str().unwrap(),
+        "--input",
+        dir.join("input.npy").to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (rel, agree) = compare(
+        &npy::read_tensor(&out).unwrap(),
+        &dir.join("heatmaps_f64.npy"),
+    );
+    assert!(rel < 1e-4 && agree == 1.0, "{rel:e} {agree}");
+    let o = hrnet(&[
+        "compare",
+        out.to_str().unwrap(),
+        dir.join("heatmaps_f64.npy").to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success() && stdout(&o).contains("argmax agreement 1.0000"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn bad_input_gives_one_line_and_a_failing_exit() {
+    let dir = official_tiny();
+    let tmp = scratch("cli-errors");
+    let weights = dir.join("weights.safetensors");
+    let w = weights.to_str().unwrap();
+    let out = tmp.join("o.npy");
+    let o = out.to_str().unwrap();
+    let write = |name: &str, shape: Nchw| {
+        let p = tmp.join(name);
+        npy::write_tensor(&p, &Tensor::random_normal(shape, 1)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+
+    let odd = write(
+        "odd.npy",
+        Nchw {
+            n: 1,
+            c: 3,
+            h: 100,
+            w: 64,
+        },
+    );
+    fails_with(
+        &hrnet(&["forward", "--weights", w, "--input", &odd, "--output", o]),
+        "multiple of 32",
+    );
+    let gray = write(
+        "gray.npy",
+        Nchw {
+            n: 1,
+            c: 1,
+            h: 96,
+            w: 64,
+        },
+    );
+    fails_with(
+        &hrnet(&["forward", "--weights", w, "--input", &gray, "--output", o]),
+        "3 channels",
+    );
+    let good = dir.join("input.npy");
+    let good = good.to_str().unwrap();
+    fails_with(
+        &hrnet(&[
+            "forward",
+            "--weights",
+            "/no/such.safetensors",
+            "--input",
+            good,
+            "--output",
+            o,
+        ]),
+        "No such file",
+    );
+    let junk = tmp.join("junk.safetensors");
+    std::fs::write(&junk, b"\x08\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+    fails_with(
+        &hrnet(&[
+            "forward",
+            "--weights",
+            junk.to_str().unwrap(),
+            "--input",
+            good,
+            "--output",
+            o,
+        ]),
+        "junk.safetensors",
+    );
+    fails_with(
+        &hrnet(&[
+            "forward",
+            "--weights",
+            w,
+            "--input",
+            good,
+            "--output",
+            "/no/such/dir/o.npy",
+        ]),
+        "/no/such/dir",
+    );
+    fails_with(
+        &hrnet(&["summary", "--model", "w64"]),
+        "unknown model 'w64'",
+    );
+    fails_with(
+        &hrnet(&[
+            "summary",
+            "--model",
+            "w32-256x192",
+            "--input-size",
+            "250x192",
+        ]),
+        "multiple of 32",
+    );
+    fails_with(&hrnet(&["forward", "--weights", w]), "--input");
+    assert!(!out.exists(), "nothing written on failure");
+}
+
+#[test]
+fn verify_passes_on_the_default_model() {
+    let o = hrnet(&["verify", "--batch", "1"]);
+    let text = stdout(&o);
+    println!("{text}");
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("PASS") && text.contains("cpu      f32"),
+        "{text}"
+    );
+}

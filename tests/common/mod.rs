@@ -1,0 +1,37 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use hrnet::tensor::{argmax_agreement, relative_l2};
+use hrnet::{Model, Tensor, npy};
+
+/// The committed case made by `scripts/official_case.py` from the official model.
+pub fn official_tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/official-tiny")
+}
+
+/// A fresh, empty directory for one test's files.
+pub fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("hrnet-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Relative L2 error and argmax agreement of `out` against float64 `reference` heatmaps.
+pub fn compare(out: &Tensor, reference: &Path) -> (f64, f64) {
+    let (shape, r) = npy::read_f64(reference).unwrap();
+    assert_eq!(shape, out.shape().dims().to_vec(), "heatmap shape");
+    let map = shape[2] * shape[3];
+    (
+        relative_l2(out.data(), &r).unwrap(),
+        argmax_agreement(out.data(), &r, map),
+    )
+}
+
+/// Loads `weights` for the input size of `input`.
+pub fn load_for(weights: &Path, input: &Tensor) -> Model {
+    let s = input.shape();
+    Model::load(weights, Some((s.h, s.w))).unwrap()
+}

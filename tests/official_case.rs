@@ -1,0 +1,49 @@
+//! End-to-end against the official model: heatmaps of `lib/models/pose_hrnet.py` run in
+//! float64 on the same checkpoint (see scripts/official_case.py).
+
+mod common;
+
+use common::{compare, load_for, official_tiny};
+use hrnet::{CpuEngine, npy};
+
+/// The CPU reference's bound against the official model in float64.
+const TOLERANCE: f64 = 1e-4;
+
+#[test]
+fn committed_case_matches_the_official_model_in_float64() {
+    let dir = official_tiny();
+    let x = npy::read_tensor(dir.join("input.npy")).unwrap();
+    for (weights, reference) in [
+        ("weights.safetensors", "heatmaps_f64.npy"),
+        ("weights_f16.safetensors", "heatmaps_f64_f16.npy"),
+        ("weights_bf16.safetensors", "heatmaps_f64_bf16.npy"),
+    ] {
+        let engine = CpuEngine::new(load_for(&dir.join(weights), &x));
+        let out = engine.forward(&x).unwrap();
+        let (rel, agree) = compare(&out, &dir.join(reference));
+        println!("{weights}: relative L2 {rel:.3e}, argmax agreement {agree}");
+        assert!(rel < TOLERANCE, "{weights}: relative L2 {rel:e}");
+        assert_eq!(agree, 1.0, "{weights}: argmax differs");
+    }
+}
+
+/// A full-size case made locally (`scripts/official_case.py --preset ...`, too large to
+/// commit) is checked when HRNET_OFFICIAL_CASE names its folder.
+#[test]
+fn full_size_case_when_provided() {
+    let Some(dir) = std::env::var_os("HRNET_OFFICIAL_CASE") else {
+        println!("skipped: set HRNET_OFFICIAL_CASE to a folder made by scripts/official_case.py");
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let x = npy::read_tensor(dir.join("input.npy")).unwrap();
+    let out = CpuEngine::new(load_for(&dir.join("weights.safetensors"), &x))
+        .forward(&x)
+        .unwrap();
+    let (rel, agree) = compare(&out, &dir.join("heatmaps_f64.npy"));
+    println!(
+        "{}: relative L2 {rel:.3e}, argmax agreement {agree}",
+        dir.display()
+    );
+    assert!(rel < TOLERANCE && agree == 1.0);
+}
