@@ -81,6 +81,27 @@ pub enum Error {
     /// The input tensor does not fit the model.
     #[error("invalid input: {0}")]
     Input(String),
+    /// CUDA cannot be used here: no driver, no NVRTC, no GPU or no CUDA headers.
+    #[error("CUDA unavailable: {0}")]
+    CudaUnavailable(String),
+    /// A kernel file did not compile.
+    #[error("kernel {file}.cu did not compile for {arch}: {log}")]
+    KernelCompile {
+        /// The kernel file's stem.
+        file: String,
+        /// The target, e.g. `sm_90`.
+        arch: String,
+        /// NVRTC's log.
+        log: String,
+    },
+    /// A CUDA call failed.
+    #[error("CUDA error in {what}: {reason}")]
+    Cuda {
+        /// What was being done.
+        what: String,
+        /// What the driver said.
+        reason: String,
+    },
     /// An .npy file could not be read or written as float32 NCHW.
     #[error("{}: {reason}", path.display())]
     Npy {

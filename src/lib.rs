@@ -22,6 +22,8 @@
 
 pub mod config;
 pub mod cpu;
+pub mod cuda;
+pub mod decode;
 pub mod error;
 pub mod graph;
 pub mod npy;

@@ -1,0 +1,43 @@
+// exchange.cu: one output branch i of an HRNet exchange unit (multi-resolution fusion).
+//
+//   y[n, c, yy, xx] = ReLU( Σ_j t_j[n, c, yy / f_j, xx / f_j] )
+//
+// Each term t_j is the identity x_i (f_j = 1), the low-resolution result of the 1×1
+// conv+BN of branch j > i (f_j = 2^(j−i): nearest upsampling happens here, on the fly,
+// so the upsampled tensor is never stored), or the last strided 3×3 conv of branch j < i
+// (f_j = 1). Terms are added in the official order (j = 0, 1, ...) and the ReLU is
+// applied once, after the whole sum.
+//
+// Layout: NCHW, element type T, y of shape N × C × H × W, t_j of N × C × H/f_j × W/f_j.
+// Up to 4 terms; unused ones have a null pointer. Kernels: exchange_f32, exchange_f16.
+// Launch: 256 threads per block, one output element per thread,
+// grid ceil(N·C·H·W / 256).
+
+#define EXCHANGE_THREADS 256
+
+template <typename T>
+__device__ __forceinline__ float term(const T* t, int f, u64 nc, int yy, int xx, int h, int w) {
+    const int hs = h / f, ws = w / f;
+    return load_f32(t + (nc * hs + yy / f) * ws + xx / f);
+}
+
+template <typename T>
+__device__ void exchange(const T* t0, int f0, const T* t1, int f1, const T* t2, int f2, const T* t3, int f3,
+                         T* y, u64 total, int h, int w) {
+    const u64 i = (u64)blockIdx.x * EXCHANGE_THREADS + threadIdx.x;
+    if (i >= total) return;
+    const int xx = (int)(i % w), yy = (int)((i / w) % h);
+    const u64 nc = i / ((u64)w * h);
+    float s = term(t0, f0, nc, yy, xx, h, w);
+    if (t1) s += term(t1, f1, nc, yy, xx, h, w);
+    if (t2) s += term(t2, f2, nc, yy, xx, h, w);
+    if (t3) s += term(t3, f3, nc, yy, xx, h, w);
+    y[i] = store_as<T>(relu_keep_nan(s));
+}
+
+#define EXCHANGE_PARAMS(T)                                                                                 \
+    (const T* __restrict__ t0, int f0, const T* __restrict__ t1, int f1, const T* __restrict__ t2, int f2, \
+     const T* __restrict__ t3, int f3, T* __restrict__ y, u64 total, int h, int w)
+#define EXCHANGE_ARGS (t0, f0, t1, f1, t2, f2, t3, f3, y, total, h, w)
+
+HRNET_F32_F16(exchange, EXCHANGE_THREADS, EXCHANGE_PARAMS, EXCHANGE_ARGS)

@@ -1,0 +1,641 @@
+//! The GPU executor: the graph run with the hand-written kernels. Weights are uploaded
+//! once; activations live in a preallocated arena of slots (a value takes a free slot and
+//! gives it back after its last reader), so a forward at a batch size already seen
+//! allocates nothing; one stream; results are copied back only at the end.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::compile::compiled;
+use super::probe::{GpuInfo, driver_err, gpus};
+use crate::decode::Peak;
+use crate::error::{Error, Result};
+use crate::graph::{Chw, ConvLayer, Graph, Op};
+use crate::tensor::{Nchw, Tensor};
+use crate::weights::Model;
+
+/// How activations and weights are stored on the GPU. Accumulation is always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (IEEE half) with f32 accumulation.
+    F16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+/// An element type the kernels are instantiated for.
+pub trait GpuElem: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + 'static {
+    /// The suffix of the kernel names (`_f32`, `_f16`).
+    const SUFFIX: &'static str;
+    /// Rounds from f32.
+    fn from_f32(v: f32) -> Self;
+    /// Widens to f32.
+    fn to_f32(self) -> f32;
+}
+
+impl GpuElem for f32 {
+    const SUFFIX: &'static str = "_f32";
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl GpuElem for half::f16 {
+    const SUFFIX: &'static str = "_f16";
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+/// Output pixels per conv block (x, y) and output channels per block: kernels/conv.cu.
+const CONV_TILE: (usize, usize) = (16, 8);
+const CONV_CO: usize = 8;
+/// Threads per block of the elementwise kernels and of the argmax kernel.
+const FLAT_THREADS: usize = 256;
+/// The most terms an exchange kernel sums (HRNet has at most four branches).
+const MAX_TERMS: usize = 4;
+/// CUDA's limit on gridDim.y and gridDim.z.
+const GRID_YZ_LIMIT: usize = 65_535;
+
+fn blocks(n: usize, per: usize) -> usize {
+    n.div_ceil(per)
+}
+
+fn grid_dim(what: &str, x: usize, y: usize, z: usize) -> Result<(u32, u32, u32)> {
+    if y > GRID_YZ_LIMIT || z > GRID_YZ_LIMIT || x > u32::MAX as usize {
+        return Err(Error::Input(format!(
+            "{what}: a launch grid of {x}×{y}×{z} blocks exceeds CUDA's limits; use a smaller batch"
+        )));
+    }
+    Ok((x as u32, y as u32, z as u32))
+}
+
+fn dim_i32(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        Error::Input(format!(
+            "dimension {v} does not fit the kernels' 32-bit indices"
+        ))
+    })
+}
+
+/// A context, its stream and the kernels of one element type.
+pub(crate) struct Gpu<T> {
+    pub(crate) info: GpuInfo,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    conv_k3s1: CudaFunction,
+    conv_k3s2: CudaFunction,
+    conv_k1s1: CudaFunction,
+    exchange: CudaFunction,
+    bn_relu: CudaFunction,
+    argmax: CudaFunction,
+    fill_nan: CudaFunction,
+    _modules: Vec<Arc<CudaModule>>,
+    _elem: std::marker::PhantomData<T>,
+}
+
+impl<T: GpuElem> Gpu<T> {
+    /// Opens GPU `ordinal`, compiles the kernels for its architecture (once per process)
+    /// and loads them.
+    pub(crate) fn open(ordinal: usize) -> Result<Self> {
+        let all = gpus()?;
+        let info = all.get(ordinal).cloned().ok_or_else(|| {
+            Error::CudaUnavailable(format!(
+                "there is no GPU {ordinal}; this machine has {}",
+                all.len()
+            ))
+        })?;
+        let files = compiled(&info.arch())?;
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("creating a context"))?;
+        // SAFETY: all of this engine's work is ordered on the one stream created below;
+        // no buffer is shared with another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
+        let modules: Vec<Arc<CudaModule>> = files
+            .iter()
+            .map(|f| {
+                ctx.load_module(Ptx::from_binary(f.cubin.clone()))
+                    .map_err(driver_err("loading a kernel module"))
+            })
+            .collect::<Result<_>>()?;
+        let function = |base: &str| -> Result<CudaFunction> {
+            let name = format!("{base}{}", T::SUFFIX);
+            let (i, _) = files
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.kernels.iter().any(|k| k.name == name))
+                .ok_or_else(|| Error::Cuda {
+                    what: "loading kernels".into(),
+                    reason: format!("no compiled kernel named {name}"),
+                })?;
+            modules[i]
+                .load_function(&name)
+                .map_err(driver_err("cuModuleGetFunction"))
+        };
+        Ok(Gpu {
+            conv_k3s1: function("conv_k3s1")?,
+            conv_k3s2: function("conv_k3s2")?,
+            conv_k1s1: function("conv_k1s1")?,
+            exchange: function("exchange")?,
+            bn_relu: function("bn_relu")?,
+            argmax: function("argmax")?,
+            fill_nan: function("fill_nan")?,
+            _modules: modules,
+            _elem: std::marker::PhantomData,
+            info,
+            ctx,
+            stream,
+        })
+    }
+
+    /// The device address of a buffer, for kernel arguments.
+    pub(crate) fn addr<U>(&self, s: &CudaSlice<U>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    pub(crate) fn upload<U: DeviceRepr>(&self, host: &[U]) -> Result<CudaSlice<U>> {
+        self.stream
+            .clone_htod(host)
+            .map_err(driver_err("copying to the GPU"))
+    }
+
+    pub(crate) fn alloc<U: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<CudaSlice<U>> {
+        self.stream
+            .alloc_zeros(len.max(1))
+            .map_err(|e| self.alloc_error(len * std::mem::size_of::<U>(), e))
+    }
+
+    fn alloc_error(&self, bytes: usize, e: cudarc::driver::DriverError) -> Error {
+        let free = self.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
+        Error::Cuda {
+            what: format!(
+                "allocating {:.1} MiB on {}",
+                bytes as f64 / 1048576.0,
+                self.info.name
+            ),
+            reason: format!("{e:?} ({:.1} MiB free)", free as f64 / 1048576.0),
+        }
+    }
+
+    pub(crate) fn download<U: DeviceRepr>(&self, s: &CudaSlice<U>, len: usize) -> Result<Vec<U>> {
+        let v = self
+            .stream
+            .clone_dtoh(&s.slice(0..len))
+            .map_err(driver_err("copying from the GPU"))?;
+        self.sync()?;
+        Ok(v)
+    }
+
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver_err("running the kernels"))
+    }
+
+    /// `y[0..total] = NaN`.
+    pub(crate) fn fill_nan(&self, y: u64, total: usize) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: grid_dim("fill_nan", blocks(total, FLAT_THREADS), 1, 1)?,
+            block_dim: (FLAT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let total = total as u64;
+        let mut b = self.stream.launch_builder(&self.fill_nan);
+        b.arg(&y).arg(&total);
+        // SAFETY: `y` addresses a live buffer of at least `total` elements of T.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching fill_nan"))?;
+        Ok(())
+    }
+
+    /// One convolution with fused bias, optional residual (0 for none) and ReLU over `n`
+    /// images of shape `s`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv(
+        &self,
+        layer: &ConvLayer,
+        s: Chw,
+        n: usize,
+        x: u64,
+        w: u64,
+        bias: u64,
+        residual: u64,
+        y: u64,
+        relu: bool,
+    ) -> Result<()> {
+        let f = match (layer.kernel, layer.stride) {
+            (3, 1) => &self.conv_k3s1,
+            (3, 2) => &self.conv_k3s2,
+            (1, 1) => &self.conv_k1s1,
+            (k, st) => {
+                return Err(Error::Config(format!(
+                    "{}: no kernel for a {k}×{k} convolution with stride {st}",
+                    layer.name
+                )));
+            }
+        };
+        let (ho, wo) = layer.out_size(s.h, s.w);
+        let cfg = LaunchConfig {
+            grid_dim: grid_dim(
+                &layer.name,
+                blocks(wo, CONV_TILE.0),
+                blocks(ho, CONV_TILE.1),
+                n * blocks(layer.cout, CONV_CO),
+            )?,
+            block_dim: (CONV_TILE.0 as u32, CONV_TILE.1 as u32, 1),
+            shared_mem_bytes: 0,
+        };
+        let (cin, h, wd) = (dim_i32(s.c)?, dim_i32(s.h)?, dim_i32(s.w)?);
+        let (cout, ho, wo) = (dim_i32(layer.cout)?, dim_i32(ho)?, dim_i32(wo)?);
+        let relu = i32::from(relu);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&x).arg(&w).arg(&bias).arg(&residual).arg(&y);
+        b.arg(&cin)
+            .arg(&h)
+            .arg(&wd)
+            .arg(&cout)
+            .arg(&ho)
+            .arg(&wo)
+            .arg(&relu);
+        // SAFETY: x holds n·cin·h·wd elements, w cout·cin·k·k, bias cout f32, residual (when
+        // not null) and y n·cout·ho·wo, all live device buffers of this context.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching a convolution"))?;
+        Ok(())
+    }
+
+    /// `y = relu(Σ upsample(term, factor))` over `n` images of output shape `s`.
+    pub(crate) fn exchange(&self, terms: &[(u64, usize)], s: Chw, n: usize, y: u64) -> Result<()> {
+        if terms.is_empty() || terms.len() > MAX_TERMS {
+            return Err(Error::Config(format!(
+                "an exchange unit sums 1 to 4 terms, not {}",
+                terms.len()
+            )));
+        }
+        let total = n * s.len();
+        let cfg = LaunchConfig {
+            grid_dim: grid_dim("exchange", blocks(total, FLAT_THREADS), 1, 1)?,
+            block_dim: (FLAT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut t = [(0u64, 0i32); MAX_TERMS];
+        for (slot, &(p, f)) in t.iter_mut().zip(terms) {
+            *slot = (p, dim_i32(f)?);
+        }
+        let (total, h, w) = (total as u64, dim_i32(s.h)?, dim_i32(s.w)?);
+        let mut b = self.stream.launch_builder(&self.exchange);
+        for (p, f) in &t {
+            b.arg(p).arg(f);
+        }
+        b.arg(&y).arg(&total).arg(&h).arg(&w);
+        // SAFETY: each non-null term holds n·c·(h/f)·(w/f) elements and y n·c·h·w, all live
+        // device buffers of this context; null terms are skipped by the kernel.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching an exchange unit"))?;
+        Ok(())
+    }
+
+    /// Standalone BN(+ReLU) with running statistics, `n` images of shape `s`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bn_relu(
+        &self,
+        x: u64,
+        stats: [u64; 4],
+        s: Chw,
+        n: usize,
+        y: u64,
+        eps: f32,
+        relu: bool,
+    ) -> Result<()> {
+        let total = n * s.len();
+        let cfg = LaunchConfig {
+            grid_dim: grid_dim("bn_relu", blocks(total, FLAT_THREADS), 1, 1)?,
+            block_dim: (FLAT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (total, c, plane, relu) = (
+            total as u64,
+            dim_i32(s.c)?,
+            dim_i32(s.h * s.w)?,
+            i32::from(relu),
+        );
+        let [gamma, beta, mean, var] = stats;
+        let mut b = self.stream.launch_builder(&self.bn_relu);
+        b.arg(&x).arg(&gamma).arg(&beta).arg(&mean).arg(&var);
+        b.arg(&y)
+            .arg(&total)
+            .arg(&c)
+            .arg(&plane)
+            .arg(&eps)
+            .arg(&relu);
+        // SAFETY: x and y hold n·c·h·w elements, the four statistics c f32 each; all live.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching bn_relu"))?;
+        Ok(())
+    }
+
+    /// Peaks of `maps` heatmaps of `h × w` into `xy` (2 f32 each) and `score` (1 f32 each).
+    pub(crate) fn argmax(
+        &self,
+        hm: u64,
+        maps: usize,
+        h: usize,
+        w: usize,
+        xy: u64,
+        score: u64,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: grid_dim("argmax", maps, 1, 1)?,
+            block_dim: (FLAT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (h, w) = (dim_i32(h)?, dim_i32(w)?);
+        let mut b = self.stream.launch_builder(&self.argmax);
+        b.arg(&hm).arg(&xy).arg(&score).arg(&h).arg(&w);
+        // SAFETY: hm holds maps·h·w elements, xy 2·maps and score maps f32; all live.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching argmax"))?;
+        Ok(())
+    }
+}
+
+/// Assigns every value of the graph to an arena slot: a value takes the smallest free slot
+/// that fits (else a new one) and frees its inputs' slots after their last reader, never
+/// before its own slot is taken, so an op never reads and writes the same slot.
+/// Returns the slot of each value and each slot's per-image length.
+pub(crate) fn plan_slots(graph: &Graph) -> (Vec<usize>, Vec<usize>) {
+    let last = graph.last_uses();
+    let mut slot_of = vec![usize::MAX; graph.values.len()];
+    let mut len: Vec<usize> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let take = |need: usize, len: &mut Vec<usize>, free: &mut Vec<usize>| -> usize {
+        let fit = free
+            .iter()
+            .enumerate()
+            .filter(|&(_, &s)| len[s] >= need)
+            .min_by_key(|&(_, &s)| len[s])
+            .map(|(i, _)| i);
+        match fit.or_else(|| (!free.is_empty()).then(|| free.len() - 1)) {
+            Some(i) => {
+                let s = free.swap_remove(i);
+                len[s] = len[s].max(need);
+                s
+            }
+            None => {
+                len.push(need);
+                len.len() - 1
+            }
+        }
+    };
+    slot_of[Graph::INPUT.0] = take(graph.input_shape().len(), &mut len, &mut free);
+    for (i, op) in graph.ops.iter().enumerate() {
+        let out = op.output();
+        slot_of[out.0] = take(graph.shape(out).len(), &mut len, &mut free);
+        for v in op.inputs() {
+            if last[v.0] == i && !free.contains(&slot_of[v.0]) {
+                free.push(slot_of[v.0]);
+            }
+        }
+    }
+    (slot_of, len)
+}
+
+/// The network on one GPU in one element type.
+struct Net<T> {
+    gpu: Gpu<T>,
+    graph: Graph,
+    weights: Vec<CudaSlice<T>>,
+    biases: Vec<CudaSlice<f32>>,
+    slot_of: Vec<usize>,
+    slot_len: Vec<usize>,
+    slots: Vec<CudaSlice<T>>,
+    xy: CudaSlice<f32>,
+    score: CudaSlice<f32>,
+    capacity: usize,
+    poison: bool,
+}
+
+impl<T: GpuElem> Net<T> {
+    fn new(model: &Model, ordinal: usize) -> Result<Self> {
+        let gpu = Gpu::<T>::open(ordinal)?;
+        let mut weights = Vec::with_capacity(model.params.len());
+        let mut biases = Vec::with_capacity(model.params.len());
+        for p in &model.params {
+            let w: Vec<T> = p.weight.iter().map(|&v| T::from_f32(v)).collect();
+            weights.push(gpu.upload(&w)?);
+            biases.push(gpu.upload(&p.bias)?);
+        }
+        let (slot_of, slot_len) = plan_slots(&model.graph);
+        let (xy, score) = (gpu.alloc(0)?, gpu.alloc(0)?);
+        Ok(Net {
+            gpu,
+            graph: model.graph.clone(),
+            weights,
+            biases,
+            slot_of,
+            slot_len,
+            slots: Vec::new(),
+            xy,
+            score,
+            capacity: 0,
+            poison: false,
+        })
+    }
+
+    /// Makes the arena hold `n` images; allocates only when `n` exceeds every batch so far.
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        if n <= self.capacity {
+            return Ok(());
+        }
+        self.slots.clear();
+        for &len in &self.slot_len {
+            self.slots.push(self.gpu.alloc(n * len)?);
+        }
+        let maps = n * self.graph.output_shape().c;
+        self.xy = self.gpu.alloc(2 * maps)?;
+        self.score = self.gpu.alloc(maps)?;
+        self.capacity = n;
+        Ok(())
+    }
+
+    fn arena_bytes(&self) -> usize {
+        self.capacity * self.slot_len.iter().sum::<usize>() * std::mem::size_of::<T>()
+    }
+
+    fn addr_of(&self, v: crate::graph::ValueId) -> u64 {
+        self.gpu.addr(&self.slots[self.slot_of[v.0]])
+    }
+
+    /// Runs every op; the heatmaps stay in the output value's slot.
+    fn run(&mut self, input: &Tensor) -> Result<usize> {
+        self.graph.check_input(input)?;
+        let n = input.shape().n;
+        self.reserve(n)?;
+        let host: Vec<T> = input.data().iter().map(|&v| T::from_f32(v)).collect();
+        let slot = &mut self.slots[self.slot_of[Graph::INPUT.0]];
+        self.gpu
+            .stream
+            .memcpy_htod(&host, &mut slot.slice_mut(0..host.len()))
+            .map_err(driver_err("copying the input to the GPU"))?;
+        for op in &self.graph.ops {
+            let out = op.output();
+            let y = self.addr_of(out);
+            if self.poison {
+                self.gpu.fill_nan(y, n * self.graph.shape(out).len())?;
+            }
+            match op {
+                Op::Conv(c) => {
+                    let l = &self.graph.layers[c.layer];
+                    let res = c.residual.map_or(0, |r| self.addr_of(r));
+                    let (w, b) = (
+                        self.gpu.addr(&self.weights[c.layer]),
+                        self.gpu.addr(&self.biases[c.layer]),
+                    );
+                    let x = self.addr_of(c.input);
+                    self.gpu
+                        .conv(l, self.graph.shape(c.input), n, x, w, b, res, y, c.relu)?;
+                }
+                Op::Exchange(e) => {
+                    let terms: Vec<(u64, usize)> =
+                        e.terms.iter().map(|&(v, f)| (self.addr_of(v), f)).collect();
+                    self.gpu.exchange(&terms, self.graph.shape(out), n, y)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn forward(&mut self, input: &Tensor) -> Result<Tensor> {
+        let n = self.run(input)?;
+        let s = self.graph.output_shape();
+        let out = self
+            .gpu
+            .download(&self.slots[self.slot_of[self.graph.output.0]], n * s.len())?;
+        Tensor::new(Nchw::batch(n, s), out.into_iter().map(T::to_f32).collect())
+    }
+
+    fn forward_peaks(&mut self, input: &Tensor) -> Result<(Tensor, Vec<Peak>)> {
+        let heatmaps = self.forward(input)?;
+        let s = heatmaps.shape();
+        let maps = s.n * s.c;
+        let hm = self.addr_of(self.graph.output);
+        if self.poison {
+            let stream = &self.gpu.stream;
+            let nan = vec![f32::NAN; 2 * maps];
+            stream
+                .memcpy_htod(&nan, &mut self.xy.slice_mut(0..2 * maps))
+                .and_then(|()| stream.memcpy_htod(&nan[..maps], &mut self.score.slice_mut(0..maps)))
+                .map_err(driver_err("poisoning the peak buffers"))?;
+        }
+        let (xy, score) = (self.gpu.addr(&self.xy), self.gpu.addr(&self.score));
+        self.gpu.argmax(hm, maps, s.h, s.w, xy, score)?;
+        let xy = self.gpu.download(&self.xy, 2 * maps)?;
+        let score = self.gpu.download(&self.score, maps)?;
+        let peaks = score
+            .iter()
+            .zip(xy.chunks_exact(2))
+            .map(|(&score, p)| Peak {
+                x: p[0],
+                y: p[1],
+                score,
+            })
+            .collect();
+        Ok((heatmaps, peaks))
+    }
+}
+
+enum Inner {
+    F32(Net<f32>),
+    F16(Net<half::f16>),
+}
+
+/// HRNet on a GPU with the hand-written kernels. `Send`; not `Sync` (a forward uses the
+/// engine's arena): share one across threads behind a `Mutex`, or give each thread its own.
+pub struct CudaEngine {
+    inner: Inner,
+    precision: Precision,
+}
+
+impl CudaEngine {
+    /// Uploads `model` to GPU 0 in `precision`, compiling the kernels for its
+    /// architecture on first use in the process.
+    pub fn new(model: &Model, precision: Precision) -> Result<Self> {
+        Self::on_device(model, precision, 0)
+    }
+
+    /// As [`CudaEngine::new`] on GPU `ordinal`.
+    pub fn on_device(model: &Model, precision: Precision, ordinal: usize) -> Result<Self> {
+        let inner = match precision {
+            Precision::F32 => Inner::F32(Net::new(model, ordinal)?),
+            Precision::F16 => Inner::F16(Net::new(model, ordinal)?),
+        };
+        Ok(CudaEngine { inner, precision })
+    }
+
+    /// The storage precision.
+    #[must_use]
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The GPU.
+    #[must_use]
+    pub fn gpu(&self) -> &GpuInfo {
+        match &self.inner {
+            Inner::F32(n) => &n.gpu.info,
+            Inner::F16(n) => &n.gpu.info,
+        }
+    }
+
+    /// Fill every op's output with NaN before its launch, so that an element a kernel
+    /// fails to write shows in the result (for tests; costs one extra launch per op).
+    pub fn set_poison(&mut self, on: bool) {
+        match &mut self.inner {
+            Inner::F32(n) => n.poison = on,
+            Inner::F16(n) => n.poison = on,
+        }
+    }
+
+    /// Bytes of the activation arena at the largest batch run so far.
+    #[must_use]
+    pub fn arena_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::F32(n) => n.arena_bytes(),
+            Inner::F16(n) => n.arena_bytes(),
+        }
+    }
+
+    /// Heatmaps `N × joints × H/4 × W/4` (f32 on the host) for a normalised batch.
+    pub fn forward(&mut self, input: &Tensor) -> Result<Tensor> {
+        match &mut self.inner {
+            Inner::F32(n) => n.forward(input),
+            Inner::F16(n) => n.forward(input),
+        }
+    }
+
+    /// Heatmaps and the peak of every map, found on the GPU (kernels/argmax.cu).
+    pub fn forward_peaks(&mut self, input: &Tensor) -> Result<(Tensor, Vec<Peak>)> {
+        match &mut self.inner {
+            Inner::F32(n) => n.forward_peaks(input),
+            Inner::F16(n) => n.forward_peaks(input),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The CUDA backend: hand-written kernels (kernels/*.cu) compiled at run time by NVRTC
+//! for the GPU's own architecture, and the executor that runs the graph with them.
+//! Everything here checks for the driver, NVRTC and a GPU before its first CUDA call.
+
+pub mod compile;
+mod engine;
+mod ops;
+pub mod probe;
+
+pub use compile::{CompiledFile, KernelInfo, compiled, kernel_files};
+pub use engine::{CudaEngine, GpuElem, Precision};
+pub use ops::CudaOps;
+pub use probe::{GpuInfo, Headers, gpus, headers};

@@ -1,0 +1,192 @@
+//! Single kernels on host data, one launch each, outputs poisoned with NaN first: what
+//! the parity tests check against the CPU reference, op by op.
+
+use super::engine::{Gpu, GpuElem};
+use crate::decode::Peak;
+use crate::error::{Error, Result};
+use crate::graph::{Chw, ConvLayer};
+use crate::tensor::{Nchw, Tensor};
+use crate::weights::ConvParams;
+
+/// The kernels of one element type on GPU 0, callable one at a time.
+pub struct CudaOps<T> {
+    gpu: Gpu<T>,
+}
+
+fn to_elems<T: GpuElem>(x: &[f32]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f32(v)).collect()
+}
+
+impl<T: GpuElem> CudaOps<T> {
+    /// Opens GPU 0 and loads the kernels (compiled once per process).
+    pub fn open() -> Result<Self> {
+        Ok(CudaOps { gpu: Gpu::open(0)? })
+    }
+
+    /// A poisoned output buffer of `len` elements.
+    fn output(&self, len: usize) -> Result<cudarc::driver::CudaSlice<T>> {
+        let y = self.gpu.alloc::<T>(len)?;
+        self.gpu.fill_nan(self.gpu.addr(&y), len)?;
+        Ok(y)
+    }
+
+    fn finish(&self, y: &cudarc::driver::CudaSlice<T>, shape: Nchw) -> Result<Tensor> {
+        let out = self.gpu.download(y, shape.len())?;
+        Tensor::new(shape, out.into_iter().map(T::to_f32).collect())
+    }
+
+    /// `relu?(conv(x) + bias + residual?)` (kernels/conv.cu).
+    pub fn conv(
+        &self,
+        x: &Tensor,
+        layer: &ConvLayer,
+        p: &ConvParams,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let s = x.shape();
+        if s.c != layer.cin || p.weight.len() != layer.weight_len() || p.bias.len() != layer.cout {
+            return Err(Error::Input(format!(
+                "conv {}: input {s} or parameters do not fit the layer",
+                layer.name
+            )));
+        }
+        let (ho, wo) = layer.out_size(s.h, s.w);
+        let shape = Nchw {
+            n: s.n,
+            c: layer.cout,
+            h: ho,
+            w: wo,
+        };
+        if residual.is_some_and(|r| r.shape() != shape) {
+            return Err(Error::Input(format!(
+                "conv {}: the residual must have shape {shape}",
+                layer.name
+            )));
+        }
+        let xd = self.gpu.upload(&to_elems::<T>(x.data()))?;
+        let wd = self.gpu.upload(&to_elems::<T>(&p.weight))?;
+        let bd = self.gpu.upload(&p.bias)?;
+        let rd = residual
+            .map(|r| self.gpu.upload(&to_elems::<T>(r.data())))
+            .transpose()?;
+        let y = self.output(shape.len())?;
+        let g = &self.gpu;
+        let res = rd.as_ref().map_or(0, |r| g.addr(r));
+        g.conv(
+            layer,
+            s.chw(),
+            s.n,
+            g.addr(&xd),
+            g.addr(&wd),
+            g.addr(&bd),
+            res,
+            g.addr(&y),
+            relu,
+        )?;
+        self.finish(&y, shape)
+    }
+
+    /// `relu(Σ upsample(term, factor))` (kernels/exchange.cu); the output has the first
+    /// term's batch and channels and its size times its factor.
+    pub fn exchange(&self, terms: &[(&Tensor, usize)]) -> Result<Tensor> {
+        let (first, f0) = terms
+            .first()
+            .ok_or_else(|| Error::Input("an exchange needs a term".into()))?;
+        let s0 = first.shape();
+        let shape = Nchw {
+            h: s0.h * f0,
+            w: s0.w * f0,
+            ..s0
+        };
+        for (t, f) in terms {
+            let s = t.shape();
+            if (s.n, s.c, s.h * f, s.w * f) != (shape.n, shape.c, shape.h, shape.w) {
+                return Err(Error::Input(format!(
+                    "exchange term {s} ×{f} does not make {shape}"
+                )));
+            }
+        }
+        let bufs: Vec<_> = terms
+            .iter()
+            .map(|(t, _)| self.gpu.upload(&to_elems::<T>(t.data())))
+            .collect::<Result<_>>()?;
+        let ptrs: Vec<(u64, usize)> = bufs
+            .iter()
+            .zip(terms)
+            .map(|(b, (_, f))| (self.gpu.addr(b), *f))
+            .collect();
+        let y = self.output(shape.len())?;
+        self.gpu
+            .exchange(&ptrs, shape.chw(), shape.n, self.gpu.addr(&y))?;
+        self.finish(&y, shape)
+    }
+
+    /// Batch norm with running statistics `[gamma, beta, mean, var]`, then ReLU if asked
+    /// (kernels/bn_relu.cu).
+    pub fn bn_relu(&self, x: &Tensor, stats: [&[f32]; 4], eps: f32, relu: bool) -> Result<Tensor> {
+        let s = x.shape();
+        if stats.iter().any(|v| v.len() != s.c) {
+            return Err(Error::Input(format!(
+                "bn_relu: statistics must have {} channels",
+                s.c
+            )));
+        }
+        let xd = self.gpu.upload(&to_elems::<T>(x.data()))?;
+        let sd: Vec<_> = stats
+            .iter()
+            .map(|v| self.gpu.upload(v))
+            .collect::<Result<_>>()?;
+        let y = self.output(s.len())?;
+        let g = &self.gpu;
+        let st = [
+            g.addr(&sd[0]),
+            g.addr(&sd[1]),
+            g.addr(&sd[2]),
+            g.addr(&sd[3]),
+        ];
+        g.bn_relu(
+            g.addr(&xd),
+            st,
+            Chw {
+                c: s.c,
+                h: s.h,
+                w: s.w,
+            },
+            s.n,
+            g.addr(&y),
+            eps,
+            relu,
+        )?;
+        self.finish(&y, s)
+    }
+
+    /// The peak of every heatmap (kernels/argmax.cu).
+    pub fn argmax(&self, heatmaps: &Tensor) -> Result<Vec<Peak>> {
+        let s = heatmaps.shape();
+        let maps = s.n * s.c;
+        let hd = self.gpu.upload(&to_elems::<T>(heatmaps.data()))?;
+        let nan = vec![f32::NAN; 2 * maps];
+        let xy = self.gpu.upload(&nan)?;
+        let score = self.gpu.upload(&nan[..maps])?;
+        self.gpu.argmax(
+            self.gpu.addr(&hd),
+            maps,
+            s.h,
+            s.w,
+            self.gpu.addr(&xy),
+            self.gpu.addr(&score),
+        )?;
+        let xy = self.gpu.download(&xy, 2 * maps)?;
+        let score = self.gpu.download(&score, maps)?;
+        Ok(score
+            .iter()
+            .zip(xy.chunks_exact(2))
+            .map(|(&score, p)| Peak {
+                x: p[0],
+                y: p[1],
+                score,
+            })
+            .collect())
+    }
+}

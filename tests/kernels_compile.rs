@@ -1,0 +1,59 @@
+//! Every kernel compiles to sm_90 machine code with NVRTC (no GPU needed), with no
+//! local-memory spills. scripts/test installs NVRTC 13.0 from PyPI when CUDA is absent and
+//! sets HRNET_REQUIRE_NVRTC=1, so in CI this test runs rather than skips.
+
+use hrnet::cuda::{compiled, kernel_files, probe};
+
+#[test]
+fn every_kernel_compiles_for_sm90_without_spills() {
+    if !probe::nvrtc_present() || probe::headers().is_err() {
+        let why = probe::require_nvrtc()
+            .and_then(|()| probe::headers().map(|_| ()))
+            .unwrap_err();
+        assert!(
+            std::env::var_os("HRNET_REQUIRE_NVRTC").is_none(),
+            "HRNET_REQUIRE_NVRTC is set but: {why}"
+        );
+        println!("skipped: {why}");
+        return;
+    }
+    let (major, minor) = probe::nvrtc_version().unwrap();
+    let h = probe::headers().unwrap();
+    println!(
+        "NVRTC {major}.{minor}, headers {} (via {})",
+        h.include.display(),
+        h.via
+    );
+    let files = compiled("sm_90").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(files.len(), kernel_files().len());
+    let mut kernels = 0;
+    for f in files.iter() {
+        assert!(f.cubin.len() > 100, "{}: no machine code", f.file);
+        // A CUBIN is an ELF file.
+        assert_eq!(&f.cubin[..4], b"\x7fELF", "{}", f.file);
+        assert!(
+            !f.kernels.is_empty(),
+            "{}: ptxas reported no kernels:\n{}",
+            f.file,
+            f.log
+        );
+        for k in &f.kernels {
+            println!(
+                "{:<18} {:>3} regs {:>6} B smem {:>4} B stack {:>4} B spill",
+                k.name, k.registers, k.shared, k.stack, k.spill_stores
+            );
+            assert_eq!(
+                (k.spill_stores, k.spill_loads),
+                (0, 0),
+                "{} spills to local memory",
+                k.name
+            );
+            assert_eq!(k.stack, 0, "{} uses a stack frame", k.name);
+            kernels += 1;
+        }
+    }
+    // conv (3 shapes), exchange, bn_relu, argmax, fill_nan; each in f32 and f16.
+    assert_eq!(kernels, 14);
+    // Compiled once per process: the second call is the same files.
+    assert!(std::sync::Arc::ptr_eq(&files, &compiled("sm_90").unwrap()));
+}
