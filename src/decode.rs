@@ -111,16 +111,16 @@ mod tests {
                 score: 1.0
             }
         );
-        // Peaks at 0, 1, W−2, W−1 (and the same rows) are never refined.
-        for (x, y) in [
-            (0, 2),
-            (1, 2),
-            (3, 2),
-            (4, 2),
-            (2, 0),
-            (2, 1),
-            (2, 4),
-            (2, 5),
+        // `1 < px < W−1`: peaks at 0, 1 and W−1 are not refined, W−2 is (likewise rows).
+        for (x, y, refined) in [
+            (0, 2, false),
+            (1, 2, false),
+            (3, 2, true),
+            (4, 2, false),
+            (2, 0, false),
+            (2, 1, false),
+            (2, 4, true),
+            (2, 5, false),
         ] {
             let mut m = map_with(x, y, 1.0, &[]);
             // Unequal neighbours wherever they exist, so that any refinement would show.
@@ -132,7 +132,11 @@ mod tests {
             }
             let p = peak(&m, 6, 5);
             let shift = if refined { 0.25 } else { 0.0 };
-            assert_eq!((p.x, p.y), (x as f32 + shift, y as f32 + shift), "peak at ({x}, {y})");
+            assert_eq!(
+                (p.x, p.y),
+                (x as f32 + shift, y as f32 + shift),
+                "peak at ({x}, {y})"
+            );
         }
     }
 
