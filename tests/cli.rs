@@ -190,8 +190,20 @@ fn verify_passes_on_the_default_model() {
     let text = stdout(&o);
     println!("{text}");
     assert!(o.status.success(), "{text}");
-    assert!(
-        text.contains("PASS") && text.contains("cpu      f32"),
-        "{text}"
-    );
+    let row = |device: &str, precision: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().take(2).eq([device, precision]))
+            .map(str::to_string)
+    };
+    let cpu = row("cpu", "f32").expect("a cpu f32 row");
+    assert!(cpu.ends_with("PASS"), "{cpu}");
+    // With a GPU, both CUDA rows; without one, the reason why not.
+    match (row("cuda", "f32"), row("cuda", "f16")) {
+        (Some(f32_row), Some(f16_row)) => assert!(
+            f32_row.ends_with("PASS") && f16_row.ends_with("PASS"),
+            "{text}"
+        ),
+        _ => assert!(text.contains("cuda: skipped, "), "{text}"),
+    }
+    assert!(text.contains("\nPASS: "), "{text}");
 }

@@ -2,6 +2,8 @@
 //! local-memory spills. scripts/test installs NVRTC 13.0 from PyPI when CUDA is absent and
 //! sets HRNET_REQUIRE_NVRTC=1, so in CI this test runs rather than skips.
 
+mod common;
+
 use hrnet::cuda::{compiled, kernel_files, probe};
 
 #[test]
@@ -14,7 +16,7 @@ fn every_kernel_compiles_for_sm90_without_spills() {
             std::env::var_os("HRNET_REQUIRE_NVRTC").is_none(),
             "HRNET_REQUIRE_NVRTC is set but: {why}"
         );
-        println!("skipped: {why}");
+        common::skip("every_kernel_compiles_for_sm90_without_spills", &why);
         return;
     }
     let (major, minor) = probe::nvrtc_version().unwrap();

@@ -32,7 +32,10 @@ fn committed_case_matches_the_official_model_in_float64() {
 #[test]
 fn full_size_case_when_provided() {
     let Some(dir) = std::env::var_os("HRNET_OFFICIAL_CASE") else {
-        println!("skipped: set HRNET_OFFICIAL_CASE to a folder made by scripts/official_case.py");
+        common::skip(
+            "full_size_case_when_provided",
+            &"set HRNET_OFFICIAL_CASE to a folder made by scripts/official_case.py --preset ...",
+        );
         return;
     };
     let dir = std::path::PathBuf::from(dir);

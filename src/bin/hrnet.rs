@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::config::parse_size;
+use hrnet::cuda::{CudaEngine, Precision, compiled, gpus, probe};
 use hrnet::tensor::{argmax_agreement, relative_l2};
 use hrnet::weights::random_checkpoint;
 use hrnet::{CpuEngine, Error, HrnetConfig, Model, Nchw, Result, Tensor, npy};
@@ -18,10 +19,29 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Device {
     /// The f32 CPU reference engine.
     Cpu,
+    /// The CUDA engine (hand-written kernels, GPU 0).
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Prec {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit storage, f32 accumulation (CUDA only).
+    F16,
+}
+
+impl From<Prec> for Precision {
+    fn from(p: Prec) -> Self {
+        match p {
+            Prec::F32 => Precision::F32,
+            Prec::F16 => Precision::F16,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -40,6 +60,16 @@ enum Command {
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
+        /// Storage precision on the GPU (the CPU reference is f32).
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Prec,
+    },
+    /// Report the CUDA driver, NVRTC, headers and GPU, compile every kernel and print each
+    /// kernel's registers, shared memory, stack frame and spills.
+    Doctor {
+        /// Target architecture when there is no GPU (e.g. sm_90); default: the GPU's.
+        #[arg(long)]
+        arch: Option<String>,
     },
     /// Print the layer table and the totals (parameters, multiply-adds, convolutions).
     Summary {
@@ -58,7 +88,8 @@ enum Command {
         totals: bool,
     },
     /// The main job on an embedded default: seeded random weights, a fresh random batch,
-    /// the f32 engine checked against the same network in f64.
+    /// the CPU reference (f32) and, when there is a GPU, the CUDA engine (f32 and f16),
+    /// each checked against the same network evaluated in f64.
     Verify {
         /// Preset to verify.
         #[arg(long, default_value = "w32-256x192")]
@@ -132,8 +163,14 @@ fn run(command: Command) -> Result<ExitCode> {
             weights,
             input,
             output,
-            device: Device::Cpu,
+            device,
+            precision,
         } => {
+            if device == Device::Cpu && precision != Prec::F32 {
+                return Err(Error::Input(
+                    "the CPU reference runs in f32 only; use --device cuda for f16".into(),
+                ));
+            }
             let x = npy::read_tensor(&input)?;
             let s = x.shape();
             if s.c != 3 {
@@ -143,15 +180,21 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             let model = Model::load(&weights, Some((s.h, s.w)))?;
             let start = Instant::now();
-            let heatmaps = CpuEngine::new(model).forward(&x)?;
+            let (heatmaps, on) = match device {
+                Device::Cpu => (CpuEngine::new(model).forward(&x)?, "cpu".to_string()),
+                Device::Cuda => {
+                    let mut engine = CudaEngine::new(&model, precision.into())?;
+                    let on = format!("{} ({})", engine.gpu().name, engine.precision());
+                    (engine.forward(&x)?, on)
+                }
+            };
             let secs = start.elapsed().as_secs_f64();
             npy::write_tensor(&output, &heatmaps)?;
             eprintln!(
-                "{} -> {} heatmaps {} on cpu in {:.3} s",
+                "{} -> {} heatmaps {} on {on} in {secs:.3} s",
                 input.display(),
                 output.display(),
                 heatmaps.shape(),
-                secs
             );
         }
         Command::Summary {
@@ -221,6 +264,7 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             println!("ok: within {tolerance:.1e} with identical argmax");
         }
+        Command::Doctor { arch } => doctor(arch)?,
         Command::InitWeights {
             model,
             seed,
@@ -240,9 +284,30 @@ fn emit(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-/// Tolerance of the f32 CPU engine against the f64 evaluation of the same network: the
-/// bound the reference must meet against the official model in float64.
-const F32_TOLERANCE: f64 = 1e-4;
+/// One engine's row in `verify`: its heatmaps measured against the f64 evaluation.
+struct Row {
+    device: String,
+    precision: &'static str,
+    secs: f64,
+    rel_f64: f64,
+    rel_cpu: Option<f64>,
+    argmax: f64,
+    bound: f64,
+    min_argmax: f64,
+}
+
+impl Row {
+    fn pass(&self) -> bool {
+        self.rel_f64 <= self.bound && self.argmax >= self.min_argmax
+    }
+}
+
+/// Bounds against the f64 evaluation: the CPU reference's (its bound against the official
+/// model in float64), the CUDA f32 path's and the CUDA f16 path's (with argmax agreement).
+const CPU_F32_BOUND: f64 = 1e-4;
+const CUDA_F32_BOUND: f64 = 1e-5;
+const CUDA_F16_BOUND: f64 = 3e-2;
+const CUDA_F16_ARGMAX: f64 = 0.99;
 
 fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Result<ExitCode> {
     if batch == 0 {
@@ -255,39 +320,101 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
         "weights: seeded random (seed {seed}), input: {batch} random images (seed {input_seed})"
     );
     let start = Instant::now();
-    let engine = CpuEngine::new(Model::random(&config, seed)?);
+    let model = Model::random(&config, seed)?;
     println!(
         "weights generated and calibrated in {:.2} s",
         start.elapsed().as_secs_f64()
     );
-    let s = engine.model().graph.input_shape();
-    let x = Tensor::random_normal(Nchw::batch(batch, s), input_seed);
+    let cpu = CpuEngine::new(model.clone());
+    let x = Tensor::random_normal(Nchw::batch(batch, model.graph.input_shape()), input_seed);
     let t = Instant::now();
-    let reference = engine.forward_f64(&x)?;
+    let reference = cpu.forward_f64(&x)?;
     let t64 = t.elapsed().as_secs_f64();
+    let map = {
+        let o = model.graph.output_shape();
+        o.h * o.w
+    };
     let t = Instant::now();
-    let out = engine.forward(&x)?;
-    let t32 = t.elapsed().as_secs_f64();
-    let o = out.shape();
-    let rel = relative_l2(out.data(), &reference).expect("same shape");
-    let agree = argmax_agreement(out.data(), &reference, o.h * o.w);
+    let cpu_out = cpu.forward(&x)?;
+    let mut rows = vec![Row {
+        device: "cpu".into(),
+        precision: "f32",
+        secs: t.elapsed().as_secs_f64(),
+        rel_f64: relative_l2(cpu_out.data(), &reference).expect("same shape"),
+        rel_cpu: None,
+        argmax: argmax_agreement(cpu_out.data(), &reference, map),
+        bound: CPU_F32_BOUND,
+        min_argmax: 1.0,
+    }];
+    let cpu_wide: Vec<f64> = cpu_out.data().iter().map(|&v| f64::from(v)).collect();
+    let mut gpu_note = None;
+    for (precision, bound, min_argmax) in [
+        (Precision::F32, CUDA_F32_BOUND, 1.0),
+        (Precision::F16, CUDA_F16_BOUND, CUDA_F16_ARGMAX),
+    ] {
+        let mut engine = match CudaEngine::new(&model, precision) {
+            Ok(e) => e,
+            Err(Error::CudaUnavailable(why)) => {
+                gpu_note = Some(format!("cuda: skipped, {why}"));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        engine.set_poison(true);
+        engine.forward(&x)?; // warm-up: module load, arena allocation
+        let t = Instant::now();
+        let out = engine.forward(&x)?;
+        let secs = t.elapsed().as_secs_f64();
+        gpu_note = Some(format!(
+            "cuda: {} (sm_{}{}), outputs poisoned with NaN before each launch",
+            engine.gpu().name,
+            engine.gpu().compute_capability.0,
+            engine.gpu().compute_capability.1
+        ));
+        rows.push(Row {
+            device: "cuda".into(),
+            precision: if precision == Precision::F32 {
+                "f32"
+            } else {
+                "f16"
+            },
+            secs,
+            rel_f64: relative_l2(out.data(), &reference).expect("same shape"),
+            rel_cpu: relative_l2(out.data(), &cpu_wide),
+            argmax: argmax_agreement(out.data(), &reference, map),
+            bound,
+            min_argmax,
+        });
+    }
     println!();
     println!(
-        "{:<8} {:<10} {:>10} {:>14} {:>16}",
-        "device", "precision", "time", "rel L2 vs f64", "argmax agreement"
+        "{:<6} {:<9} {:>10} {:>13} {:>15} {:>8} {:>8}  result",
+        "device", "precision", "time", "rel L2 (f64)", "rel L2 (cpu f32)", "argmax", "bound",
     );
     println!(
-        "{:<8} {:<10} {:>8.3} s {:>14} {:>16}",
-        "cpu", "f64", t64, "(reference)", "-"
+        "{:<6} {:<9} {:>8.3} s {:>13} {:>15} {:>8} {:>8}",
+        "cpu", "f64", t64, "reference", "-", "-", "-"
     );
-    println!(
-        "{:<8} {:<10} {:>8.3} s {:>14.3e} {:>16.4}",
-        "cpu", "f32", t32, rel, agree
-    );
-    let pass = rel <= F32_TOLERANCE && agree == 1.0;
+    for r in &rows {
+        println!(
+            "{:<6} {:<9} {:>8.4} s {:>13.3e} {:>16} {:>8.4} {:>8.0e}  {}",
+            r.device,
+            r.precision,
+            r.secs,
+            r.rel_f64,
+            r.rel_cpu.map_or("-".to_string(), |v| format!("{v:.3e}")),
+            r.argmax,
+            r.bound,
+            if r.pass() { "PASS" } else { "FAIL" }
+        );
+    }
+    if let Some(note) = gpu_note {
+        println!("{note}");
+    }
+    let pass = rows.iter().all(Row::pass);
     println!();
     println!(
-        "{}: f32 within {F32_TOLERANCE:.0e} of f64 with identical argmax{}",
+        "{}: relative L2 against the network in f64 within each bound{}",
         if pass { "PASS" } else { "FAIL" },
         if pass { "" } else { " is required" }
     );
@@ -296,6 +423,81 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn doctor(arch: Option<String>) -> Result<()> {
+    println!(
+        "driver   {}",
+        if probe::driver_present() {
+            "libcuda.so loadable"
+        } else {
+            "libcuda.so not found"
+        }
+    );
+    let gpu = match gpus() {
+        Ok(list) => {
+            for g in &list {
+                println!(
+                    "gpu {}    {}, compute capability {}.{}, {:.1} GiB, driver CUDA {}.{}",
+                    g.ordinal,
+                    g.name,
+                    g.compute_capability.0,
+                    g.compute_capability.1,
+                    g.memory as f64 / (1u64 << 30) as f64,
+                    g.driver_version / 1000,
+                    g.driver_version % 1000 / 10
+                );
+            }
+            list.into_iter().next()
+        }
+        Err(e) => {
+            println!("gpu      none ({e})");
+            None
+        }
+    };
+    let (major, minor) = probe::nvrtc_version()?;
+    let lib = probe::nvrtc_location().map_or("found by the system loader".into(), |p| {
+        p.display().to_string()
+    });
+    println!("nvrtc    {major}.{minor}, {lib}");
+    let h = probe::headers()?;
+    println!("headers  {} (via {})", h.include.display(), h.via);
+    let arch = match (arch, &gpu) {
+        (Some(a), _) => a,
+        (None, Some(g)) => g.arch(),
+        (None, None) => {
+            return Err(Error::CudaUnavailable(
+                "no GPU to compile for: give --arch, e.g. --arch sm_90".into(),
+            ));
+        }
+    };
+    let start = Instant::now();
+    let files = compiled(&arch)?;
+    println!(
+        "compiled {} kernel files for {arch} in {:.2} s",
+        files.len(),
+        start.elapsed().as_secs_f64()
+    );
+    println!();
+    println!(
+        "{:<16} {:<18} {:>9} {:>12} {:>12} {:>13} {:>12}",
+        "file", "kernel", "registers", "shared (B)", "stack (B)", "spill st (B)", "spill ld (B)"
+    );
+    for f in files.iter() {
+        for k in &f.kernels {
+            println!(
+                "{:<16} {:<18} {:>9} {:>12} {:>12} {:>13} {:>12}",
+                format!("{}.cu", f.file),
+                k.name,
+                k.registers,
+                k.shared,
+                k.stack,
+                k.spill_stores,
+                k.spill_loads
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A seed that differs between runs.
@@ -318,5 +520,6 @@ mod tests {
         Cli::try_parse_from(["hrnet", "summary", "--model", "w32-256x192"]).unwrap();
         assert!(Cli::try_parse_from(["hrnet", "summary"]).is_err());
         assert!(Cli::try_parse_from(["hrnet", "forward", "--device", "tpu"]).is_err());
+        assert!(Cli::try_parse_from(["hrnet", "doctor", "--arch", "sm_90"]).is_ok());
     }
 }

@@ -35,3 +35,21 @@ pub fn load_for(weights: &Path, input: &Tensor) -> Model {
     let s = input.shape();
     Model::load(weights, Some((s.h, s.w))).unwrap()
 }
+
+/// Prints one skip line that shows even when the test passes (libtest captures `println!`
+/// and `eprintln!` of passing tests, but not direct writes to the stderr handle).
+pub fn skip(test: &str, why: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// Whether a GPU can be used; prints the skip line for `test` when not.
+pub fn gpu_or_skip(test: &str) -> bool {
+    match hrnet::cuda::gpus() {
+        Ok(_) => true,
+        Err(e) => {
+            skip(test, &e);
+            false
+        }
+    }
+}
