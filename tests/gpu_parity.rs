@@ -19,6 +19,19 @@ fn ops<T: GpuElem>() -> CudaOps<T> {
     CudaOps::<T>::open().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A test that runs `$check` for f32 and then f16, or prints its skip line without a GPU.
+macro_rules! both_precisions {
+    ($name:ident, $check:ident) => {
+        #[test]
+        fn $name() {
+            if gpu_or_skip(stringify!($name)) {
+                $check::<f32>();
+                $check::<half::f16>();
+            }
+        }
+    };
+}
+
 fn seed() -> u64 {
     rand::random()
 }
@@ -57,91 +70,20 @@ fn hrnet_convs() -> Vec<(ConvLayer, Chw, bool, bool)> {
         kernel,
         stride,
     };
+    let chw = |c, h, w| Chw { c, h, w };
     let mut v = vec![
-        (
-            conv(3, 64, 3, 2),
-            Chw {
-                c: 3,
-                h: 256,
-                w: 192,
-            },
-            false,
-            true,
-        ),
-        (
-            conv(64, 64, 3, 2),
-            Chw {
-                c: 64,
-                h: 128,
-                w: 96,
-            },
-            false,
-            true,
-        ),
-        (
-            conv(64, 64, 1, 1),
-            Chw {
-                c: 64,
-                h: 64,
-                w: 48,
-            },
-            false,
-            true,
-        ),
-        (
-            conv(64, 64, 3, 1),
-            Chw {
-                c: 64,
-                h: 64,
-                w: 48,
-            },
-            false,
-            true,
-        ),
-        (
-            conv(64, 256, 1, 1),
-            Chw {
-                c: 64,
-                h: 64,
-                w: 48,
-            },
-            true,
-            true,
-        ),
-        (
-            conv(256, 64, 1, 1),
-            Chw {
-                c: 256,
-                h: 64,
-                w: 48,
-            },
-            false,
-            true,
-        ),
+        (conv(3, 64, 3, 2), chw(3, 256, 192), false, true),
+        (conv(64, 64, 3, 2), chw(64, 128, 96), false, true),
+        (conv(64, 64, 1, 1), chw(64, 64, 48), false, true),
+        (conv(64, 64, 3, 1), chw(64, 64, 48), false, true),
+        (conv(64, 256, 1, 1), chw(64, 64, 48), true, true),
+        (conv(256, 64, 1, 1), chw(256, 64, 48), false, true),
     ];
     for w in [32, 48] {
         let (h0, w0) = (64, 48);
-        v.push((
-            conv(256, w, 3, 1),
-            Chw {
-                c: 256,
-                h: h0,
-                w: w0,
-            },
-            false,
-            true,
-        ));
-        v.push((
-            conv(256, 2 * w, 3, 2),
-            Chw {
-                c: 256,
-                h: h0,
-                w: w0,
-            },
-            false,
-            true,
-        ));
-        v.push((conv(w, 17, 1, 1), Chw { c: w, h: h0, w: w0 }, false, false));
+        v.push((conv(256, w, 3, 1), chw(256, h0, w0), false, true));
+        v.push((conv(256, 2 * w, 3, 2), chw(256, h0, w0), false, true));
+        v.push((conv(w, 17, 1, 1), chw(w, h0, w0), false, false));
         for b in 0..4 {
             let c = w << b;
             let s = Chw {
@@ -237,19 +179,7 @@ fn conv_parity<T: GpuElem>() {
     println!("{checked} conv cases{} within {tol:.0e}", T::SUFFIX);
 }
 
-#[test]
-fn conv_f32_matches_cpu_on_every_hrnet_shape() {
-    if gpu_or_skip("conv_f32_matches_cpu_on_every_hrnet_shape") {
-        conv_parity::<f32>();
-    }
-}
-
-#[test]
-fn conv_f16_matches_cpu_on_every_hrnet_shape() {
-    if gpu_or_skip("conv_f16_matches_cpu_on_every_hrnet_shape") {
-        conv_parity::<half::f16>();
-    }
-}
+both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
 
 fn exchange_parity<T: GpuElem>() {
     let gpu = ops::<T>();
@@ -311,19 +241,7 @@ fn exchange_parity<T: GpuElem>() {
     }
 }
 
-#[test]
-fn exchange_f32_matches_cpu() {
-    if gpu_or_skip("exchange_f32_matches_cpu") {
-        exchange_parity::<f32>();
-    }
-}
-
-#[test]
-fn exchange_f16_matches_cpu() {
-    if gpu_or_skip("exchange_f16_matches_cpu") {
-        exchange_parity::<half::f16>();
-    }
-}
+both_precisions!(exchange_matches_cpu, exchange_parity);
 
 fn bn_parity<T: GpuElem>() {
     let gpu = ops::<T>();
@@ -371,13 +289,7 @@ fn bn_parity<T: GpuElem>() {
     }
 }
 
-#[test]
-fn bn_relu_matches_cpu() {
-    if gpu_or_skip("bn_relu_matches_cpu") {
-        bn_parity::<f32>();
-        bn_parity::<half::f16>();
-    }
-}
+both_precisions!(bn_relu_matches_cpu, bn_parity);
 
 fn argmax_parity<T: GpuElem>() {
     let gpu = ops::<T>();
@@ -404,13 +316,7 @@ fn argmax_parity<T: GpuElem>() {
     }
 }
 
-#[test]
-fn argmax_matches_the_official_decoding() {
-    if gpu_or_skip("argmax_matches_the_official_decoding") {
-        argmax_parity::<f32>();
-        argmax_parity::<half::f16>();
-    }
-}
+both_precisions!(argmax_matches_the_official_decoding, argmax_parity);
 
 /// W32 256×192 end to end: f32 within 1e-5 of the CPU reference evaluated in f64
 /// (the CPU's own f32 is ~1.7e-5 from it) with identical argmax; f16 within 3e-2 with

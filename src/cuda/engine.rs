@@ -209,6 +209,26 @@ impl<T: GpuElem> Gpu<T> {
         Ok(v)
     }
 
+    /// The peaks that the argmax kernel wrote for `maps` heatmaps.
+    pub(crate) fn read_peaks(
+        &self,
+        xy: &CudaSlice<f32>,
+        score: &CudaSlice<f32>,
+        maps: usize,
+    ) -> Result<Vec<Peak>> {
+        let xy = self.download(xy, 2 * maps)?;
+        let score = self.download(score, maps)?;
+        Ok(score
+            .iter()
+            .zip(xy.chunks_exact(2))
+            .map(|(&score, p)| Peak {
+                x: p[0],
+                y: p[1],
+                score,
+            })
+            .collect())
+    }
+
     pub(crate) fn sync(&self) -> Result<()> {
         self.stream
             .synchronize()
@@ -547,17 +567,7 @@ impl<T: GpuElem> Net<T> {
         }
         let (xy, score) = (self.gpu.addr(&self.xy), self.gpu.addr(&self.score));
         self.gpu.argmax(hm, maps, s.h, s.w, xy, score)?;
-        let xy = self.gpu.download(&self.xy, 2 * maps)?;
-        let score = self.gpu.download(&self.score, maps)?;
-        let peaks = score
-            .iter()
-            .zip(xy.chunks_exact(2))
-            .map(|(&score, p)| Peak {
-                x: p[0],
-                y: p[1],
-                score,
-            })
-            .collect();
+        let peaks = self.gpu.read_peaks(&self.xy, &self.score, maps)?;
         Ok((heatmaps, peaks))
     }
 }

@@ -177,16 +177,6 @@ impl<T: GpuElem> CudaOps<T> {
             self.gpu.addr(&xy),
             self.gpu.addr(&score),
         )?;
-        let xy = self.gpu.download(&xy, 2 * maps)?;
-        let score = self.gpu.download(&score, maps)?;
-        Ok(score
-            .iter()
-            .zip(xy.chunks_exact(2))
-            .map(|(&score, p)| Peak {
-                x: p[0],
-                y: p[1],
-                score,
-            })
-            .collect())
+        self.gpu.read_peaks(&xy, &score, maps)
     }
 }
