@@ -102,6 +102,22 @@ pub enum Error {
         /// What the driver said.
         reason: String,
     },
+    /// An image could not be decoded or written.
+    #[error("{}: {reason}", path.display())]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A JSON file (boxes, detections, image list) could not be parsed.
+    #[error("{}: {reason}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// An .npy file could not be read or written as float32 NCHW.
     #[error("{}: {reason}", path.display())]
     Npy {
@@ -116,7 +132,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

@@ -27,6 +27,7 @@ pub mod decode;
 pub mod error;
 pub mod graph;
 pub mod npy;
+pub mod pose;
 pub mod tensor;
 pub mod weights;
 
@@ -34,5 +35,7 @@ pub use config::HrnetConfig;
 pub use cpu::CpuEngine;
 pub use error::{Error, Result};
 pub use graph::Graph;
+/// The `image` crate, whose `RgbImage` the pose API takes.
+pub use image;
 pub use tensor::{Nchw, Tensor};
 pub use weights::{Checkpoint, Model};

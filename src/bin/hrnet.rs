@@ -7,6 +7,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::config::parse_size;
 use hrnet::cuda::{CudaEngine, Precision, compiled, gpus, probe};
+use hrnet::pose::io::{
+    CocoResult, find_image, load_boxes, load_detections, load_image, load_image_list, parse_bbox,
+    write_results,
+};
+use hrnet::pose::{self, PersonBox, PoseEstimator, draw::draw_poses};
 use hrnet::tensor::{argmax_agreement, relative_l2};
 use hrnet::weights::random_checkpoint;
 use hrnet::{CpuEngine, Error, HrnetConfig, Model, Nchw, Result, Tensor, npy};
@@ -63,6 +68,50 @@ enum Command {
         /// Storage precision on the GPU (the CPU reference is f32).
         #[arg(long, value_enum, default_value = "f32")]
         precision: Prec,
+    },
+    /// Keypoints for the people in an image (boxes given, or the whole image), or in a
+    /// folder of images with a COCO detections file; COCO keypoint results as JSON.
+    Pose {
+        /// Checkpoint (safetensors with the official key names).
+        #[arg(long)]
+        weights: PathBuf,
+        /// An image file, or a folder of images (with --detections).
+        #[arg(long)]
+        image: PathBuf,
+        /// Boxes for the image: JSON [[x, y, w, h], ...] or [{"bbox": [...], "score": s}].
+        #[arg(long, conflicts_with_all = ["bbox", "detections"])]
+        boxes: Option<PathBuf>,
+        /// A box x,y,w,h (repeatable).
+        #[arg(long, value_name = "X,Y,W,H", conflicts_with = "detections")]
+        bbox: Vec<String>,
+        /// COCO detections for a folder of images ([{"image_id", "category_id", "bbox", "score"}]).
+        #[arg(long)]
+        detections: Option<PathBuf>,
+        /// File names by image id ({"images": [{"id", "file_name"}]}, e.g. a COCO annotation
+        /// file); default: COCO naming, the id zero-padded to 12 digits.
+        #[arg(long, requires = "detections")]
+        image_list: Option<PathBuf>,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
+        /// Storage precision on the GPU.
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Prec,
+        /// Turn the flip test off.
+        #[arg(long)]
+        no_flip: bool,
+        /// Crops per network call.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Input size HEIGHTxWIDTH (default: the dataset's official one, 256x192 for COCO).
+        #[arg(long)]
+        input_size: Option<String>,
+        /// Where to write the COCO keypoint results (JSON).
+        #[arg(long)]
+        output: PathBuf,
+        /// Draw the poses: a PNG file (one image) or a folder of PNGs (a folder of images).
+        #[arg(long)]
+        draw: Option<PathBuf>,
     },
     /// Report the CUDA driver, NVRTC, headers and GPU, compile every kernel and print each
     /// kernel's registers, shared memory, stack frame and spills.
@@ -265,6 +314,45 @@ fn run(command: Command) -> Result<ExitCode> {
             println!("ok: within {tolerance:.1e} with identical argmax");
         }
         Command::Doctor { arch } => doctor(arch)?,
+        Command::Pose {
+            weights,
+            image,
+            boxes,
+            bbox,
+            detections,
+            image_list,
+            device,
+            precision,
+            no_flip,
+            batch,
+            input_size,
+            output,
+            draw,
+        } => {
+            let size = input_size.as_deref().map(parse_size).transpose()?;
+            let model = Model::load(&weights, size)?;
+            let device = match device {
+                Device::Cpu if precision != Prec::F32 => {
+                    return Err(Error::Input(
+                        "the CPU reference runs in f32 only; use --device cuda for f16".into(),
+                    ));
+                }
+                Device::Cpu => pose::Device::Cpu,
+                Device::Cuda => pose::Device::Cuda(precision.into()),
+            };
+            let estimator = PoseEstimator::new(model, device)?
+                .with_flip(!no_flip)?
+                .with_batch(batch);
+            let job = PoseJob {
+                estimator: &estimator,
+                output: &output,
+                draw: draw.as_deref(),
+            };
+            return match detections {
+                Some(det) => job.folder(&image, &det, image_list.as_deref()),
+                None => job.single(&image, boxes.as_deref(), &bbox),
+            };
+        }
         Command::InitWeights {
             model,
             seed,
@@ -498,6 +586,165 @@ fn doctor(arch: Option<String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `hrnet pose`: one image with its boxes, or a folder with a detections file. A bad image
+/// or box is reported on its own line and the rest still processed; the exit code says
+/// whether anything failed.
+struct PoseJob<'a> {
+    estimator: &'a PoseEstimator,
+    output: &'a std::path::Path,
+    draw: Option<&'a std::path::Path>,
+}
+
+/// Images handed to the network together (their boxes share batches).
+const IMAGES_PER_STEP: usize = 8;
+
+impl PoseJob<'_> {
+    /// Keeps the boxes that fit the image; reports the others.
+    fn usable(
+        image: &image::RgbImage,
+        boxes: &[PersonBox],
+        name: &str,
+        failures: &mut usize,
+    ) -> Vec<PersonBox> {
+        boxes
+            .iter()
+            .filter(|b| match b.check(image.width(), image.height()) {
+                Ok(()) => true,
+                Err(e) => {
+                    eprintln!("error: {name}: {e}");
+                    *failures += 1;
+                    false
+                }
+            })
+            .copied()
+            .collect()
+    }
+
+    fn draw_to(
+        &self,
+        path: &std::path::Path,
+        image: &image::RgbImage,
+        poses: &[pose::Pose],
+    ) -> Result<()> {
+        draw_poses(image, poses, self.estimator.joints())
+            .save_with_format(path, image::ImageFormat::Png)
+            .map_err(|e| Error::Image {
+                path: path.to_path_buf(),
+                reason: format!("cannot write the drawing ({e})"),
+            })
+    }
+
+    fn finish(&self, results: &[CocoResult], failures: usize) -> Result<ExitCode> {
+        write_results(self.output, results)?;
+        eprintln!(
+            "wrote {} people to {}",
+            results.len(),
+            self.output.display()
+        );
+        if failures > 0 {
+            eprintln!("error: {failures} image(s) or box(es) could not be processed (see above)");
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn single(
+        &self,
+        path: &std::path::Path,
+        boxes: Option<&std::path::Path>,
+        bbox: &[String],
+    ) -> Result<ExitCode> {
+        let image = load_image(path)?;
+        let given = match boxes {
+            Some(file) => load_boxes(file)?,
+            None if bbox.is_empty() => vec![PersonBox::whole(&image)],
+            None => bbox.iter().map(|b| parse_bbox(b)).collect::<Result<_>>()?,
+        };
+        let mut failures = 0;
+        let name = path.display().to_string();
+        let usable = Self::usable(&image, &given, &name, &mut failures);
+        let poses = self.estimator.estimate(&image, &usable)?;
+        let id = image_id(path);
+        let results: Vec<CocoResult> = poses.iter().map(|p| CocoResult::new(id, p)).collect();
+        if let Some(d) = self.draw {
+            self.draw_to(d, &image, &poses)?;
+        }
+        self.finish(&results, failures)
+    }
+
+    fn folder(
+        &self,
+        dir: &std::path::Path,
+        detections: &std::path::Path,
+        list: Option<&std::path::Path>,
+    ) -> Result<ExitCode> {
+        if !dir.is_dir() {
+            return Err(Error::Input(format!(
+                "{} is not a folder; --detections needs a folder of images",
+                dir.display()
+            )));
+        }
+        let dets = load_detections(detections)?;
+        let list = list.map(load_image_list).transpose()?;
+        if let Some(d) = self.draw {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let bar = indicatif::ProgressBar::new(dets.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let (mut results, mut failures) = (Vec::new(), 0usize);
+        let ids: Vec<&u64> = dets.keys().collect();
+        for step in ids.chunks(IMAGES_PER_STEP) {
+            let mut loaded = Vec::with_capacity(step.len());
+            for &&id in step {
+                let found = find_image(dir, id, list.as_ref())
+                    .and_then(|p| load_image(&p).map(|img| (p, img)));
+                match found {
+                    Ok((path, img)) => {
+                        let boxes = Self::usable(
+                            &img,
+                            &dets[&id],
+                            &path.display().to_string(),
+                            &mut failures,
+                        );
+                        loaded.push((id, path, img, boxes));
+                    }
+                    Err(e) => {
+                        bar.suspend(|| eprintln!("error: image {id}: {e}"));
+                        failures += 1;
+                    }
+                }
+            }
+            let items: Vec<(&image::RgbImage, &[PersonBox])> = loaded
+                .iter()
+                .map(|(_, _, img, b)| (img, b.as_slice()))
+                .collect();
+            let poses = self.estimator.estimate_many(&items)?;
+            for ((id, path, img, _), poses) in loaded.iter().zip(&poses) {
+                results.extend(poses.iter().map(|p| CocoResult::new(*id, p)));
+                if let Some(d) = self.draw {
+                    let stem = path
+                        .file_stem()
+                        .map_or_else(|| id.to_string(), |s| s.to_string_lossy().into_owned());
+                    self.draw_to(&d.join(format!("{stem}.png")), img, poses)?;
+                }
+            }
+            bar.inc(step.len() as u64);
+        }
+        bar.finish_and_clear();
+        self.finish(&results, failures)
+    }
+}
+
+/// The COCO id in a file name like `000000000785.jpg`, else 0.
+fn image_id(path: &std::path::Path) -> u64 {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A seed that differs between runs.

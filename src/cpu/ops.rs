@@ -40,20 +40,31 @@ pub fn im2col<T: Element>(x: &[T], s: Chw, layer: &ConvLayer, col: &mut Vec<T>) 
     col.clear();
     col.resize(s.c * k * k * ho * wo, T::zero());
     let mut rows = col.chunks_exact_mut(ho * wo);
-    for ci in 0..s.c {
-        let plane = &x[ci * s.h * s.w..(ci + 1) * s.h * s.w];
+    for plane in x.chunks_exact(s.h * s.w).take(s.c) {
         for ky in 0..k {
             for kx in 0..k {
                 let row = rows.next().expect("im2col has c·k·k rows");
-                for oy in 0..ho {
-                    let iy = (oy * stride + ky).wrapping_sub(pad);
-                    if iy >= s.h {
+                // Output columns whose input column ox·stride + kx − pad lies inside the image.
+                let first = pad.saturating_sub(kx).div_ceil(stride);
+                let last = (s.w + pad - kx).div_ceil(stride).min(wo);
+                for (oy, out_row) in row.chunks_exact_mut(wo).enumerate() {
+                    let Some(iy) = (oy * stride + ky).checked_sub(pad).filter(|&iy| iy < s.h)
+                    else {
+                        continue;
+                    };
+                    let in_row = &plane[iy * s.w..(iy + 1) * s.w];
+                    if first >= last {
                         continue;
                     }
-                    for ox in 0..wo {
-                        let ix = (ox * stride + kx).wrapping_sub(pad);
-                        if ix < s.w {
-                            row[oy * wo + ox] = plane[iy * s.w + ix];
+                    let ix0 = first * stride + kx - pad;
+                    if stride == 1 {
+                        out_row[first..last].copy_from_slice(&in_row[ix0..ix0 + (last - first)]);
+                    } else {
+                        for (o, &v) in out_row[first..last]
+                            .iter_mut()
+                            .zip(in_row[ix0..].iter().step_by(stride))
+                        {
+                            *o = v;
                         }
                     }
                 }

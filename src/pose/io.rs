@@ -1,0 +1,326 @@
+//! Files around the pipeline: images, person boxes, COCO detections and image lists, and
+//! results in the COCO keypoint results format.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use super::{PersonBox, Pose};
+use crate::error::{Error, Result};
+
+/// Decodes an image file to RGB, as `cv2.imread(IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)`
+/// then `BGR2RGB` does: JPEGs with libjpeg-turbo's decoder (through mozjpeg, the same
+/// integer IDCT and upsampling as OpenCV's, so the pixels are identical), other formats
+/// with the `image` crate; grey is replicated to RGB and EXIF orientation ignored.
+pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |reason: String| Error::Image {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return decode_jpeg(&bytes).map_err(bad);
+    }
+    let img =
+        image::load_from_memory(&bytes).map_err(|e| bad(format!("not a readable image ({e})")))?;
+    Ok(img.to_rgb8())
+}
+
+/// A JPEG's pixels as libjpeg-turbo decodes them (islow IDCT, fancy upsampling). A file
+/// that stops before its end-of-image marker is refused rather than grey-filled.
+fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0 && !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    if end < 1 || bytes[end - 1..=end] != [0xFF, 0xD9] {
+        return Err("truncated JPEG (no end-of-image marker)".into());
+    }
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<(usize, usize, Vec<[u8; 3]>)> {
+        let mut d = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let (w, h) = (d.width(), d.height());
+        let px: Vec<[u8; 3]> = d.read_scanlines()?;
+        d.finish()?;
+        Ok((w, h, px))
+    });
+    let (w, h, px) = match decoded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Err(format!("not a readable JPEG ({e})")),
+        Err(_) => return Err("not a readable JPEG (the decoder gave up)".into()),
+    };
+    let (wu, hu) = (
+        u32::try_from(w).map_err(|_| "too wide")?,
+        u32::try_from(h).map_err(|_| "too tall")?,
+    );
+    RgbImage::from_raw(wu, hu, px.into_iter().flatten().collect())
+        .ok_or_else(|| "pixel count does not match its size".into())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        reason: format!("not a valid {what} ({e})"),
+    })
+}
+
+/// One entry of a COCO detections file.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Detection {
+    /// The image's COCO id.
+    pub image_id: u64,
+    /// 1 for a person.
+    pub category_id: u64,
+    /// `[x, y, w, h]`.
+    pub bbox: [f64; 4],
+    /// Detection score.
+    pub score: f64,
+}
+
+/// The COCO category id of a person.
+pub const PERSON: u64 = 1;
+
+/// Person boxes by image id from a COCO detections file
+/// (`[{"image_id", "category_id", "bbox", "score"}]`), other categories left out.
+pub fn load_detections(path: impl AsRef<Path>) -> Result<BTreeMap<u64, Vec<PersonBox>>> {
+    let dets: Vec<Detection> = read_json(path.as_ref(), "COCO detections file")?;
+    let mut by_image: BTreeMap<u64, Vec<PersonBox>> = BTreeMap::new();
+    for d in dets.into_iter().filter(|d| d.category_id == PERSON) {
+        let [x, y, w, h] = d.bbox;
+        by_image
+            .entry(d.image_id)
+            .or_default()
+            .push(PersonBox::new(x, y, w, h, d.score));
+    }
+    Ok(by_image)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BoxEntry {
+    Plain([f64; 4]),
+    Scored { bbox: [f64; 4], score: Option<f64> },
+}
+
+/// Boxes for one image: a JSON list of `[x, y, w, h]` or of `{"bbox": [x, y, w, h],
+/// "score": s}` (score 1 when absent).
+pub fn load_boxes(path: impl AsRef<Path>) -> Result<Vec<PersonBox>> {
+    let entries: Vec<BoxEntry> = read_json(path.as_ref(), "boxes file ([[x, y, w, h], ...])")?;
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let (b, s) = match e {
+                BoxEntry::Plain(b) => (b, 1.0),
+                BoxEntry::Scored { bbox, score } => (bbox, score.unwrap_or(1.0)),
+            };
+            PersonBox::new(b[0], b[1], b[2], b[3], s)
+        })
+        .collect())
+}
+
+/// Parses `x,y,w,h` (the CLI's `--bbox`).
+pub fn parse_bbox(s: &str) -> Result<PersonBox> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::Input(format!("'{s}' is not a box x,y,w,h")))?;
+    match v[..] {
+        [x, y, w, h] => Ok(PersonBox::new(x, y, w, h, 1.0)),
+        _ => Err(Error::Input(format!(
+            "'{s}' is not a box x,y,w,h (four numbers)"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ImageList {
+    images: Vec<ImageEntry>,
+}
+
+#[derive(Deserialize)]
+struct ImageEntry {
+    id: u64,
+    file_name: String,
+}
+
+/// Image file names by id from a COCO-style file with an `images` list
+/// (`{"images": [{"id", "file_name"}, ...]}`, as annotation files have).
+pub fn load_image_list(path: impl AsRef<Path>) -> Result<BTreeMap<u64, String>> {
+    let list: ImageList = read_json(
+        path.as_ref(),
+        "image list ({\"images\": [{\"id\", \"file_name\"}]})",
+    )?;
+    Ok(list
+        .images
+        .into_iter()
+        .map(|e| (e.id, e.file_name))
+        .collect())
+}
+
+/// The extensions tried for COCO-named images.
+const EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "JPG", "JPEG", "PNG"];
+
+/// The file of image `id` in `dir`: from `list` when given, else COCO's naming (the id
+/// zero-padded to 12 digits, any common extension).
+pub fn find_image(dir: &Path, id: u64, list: Option<&BTreeMap<u64, String>>) -> Result<PathBuf> {
+    if let Some(list) = list {
+        let name = list
+            .get(&id)
+            .ok_or_else(|| Error::Input(format!("image {id} is not in the image list")))?;
+        return Ok(dir.join(name));
+    }
+    EXTENSIONS
+        .iter()
+        .map(|ext| dir.join(format!("{id:012}.{ext}")))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "no image {id:012}.jpg (or .jpeg, .png) in {}",
+                dir.display()
+            ))
+        })
+}
+
+/// One person in the COCO keypoint results format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CocoResult {
+    /// The image's id.
+    pub image_id: u64,
+    /// Always 1 (person).
+    pub category_id: u64,
+    /// `[x, y, score]` per joint, flattened.
+    pub keypoints: Vec<f32>,
+    /// The person's score.
+    pub score: f64,
+}
+
+impl CocoResult {
+    /// A pose of image `image_id`.
+    #[must_use]
+    pub fn new(image_id: u64, pose: &Pose) -> Self {
+        CocoResult {
+            image_id,
+            category_id: PERSON,
+            keypoints: pose
+                .keypoints
+                .iter()
+                .flat_map(|k| [k.x, k.y, k.score])
+                .collect(),
+            score: pose.score,
+        }
+    }
+}
+
+/// Writes results as a JSON array.
+pub fn write_results(path: impl AsRef<Path>, results: &[CocoResult]) -> Result<()> {
+    let path = path.as_ref();
+    let text = serde_json::to_string(results).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+/// Reads results written by [`write_results`] (or by the official code).
+pub fn load_results(path: impl AsRef<Path>) -> Result<Vec<CocoResult>> {
+    read_json(path.as_ref(), "COCO keypoint results file")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hrnet-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn boxes_files_in_both_forms() {
+        let p = temp(
+            "boxes.json",
+            r#"[[1, 2, 3, 4], {"bbox": [5, 6, 7, 8], "score": 0.5}, {"bbox": [0, 0, 1, 1]}]"#,
+        );
+        let b = load_boxes(&p).unwrap();
+        assert_eq!(b[0], PersonBox::new(1.0, 2.0, 3.0, 4.0, 1.0));
+        assert_eq!(b[1], PersonBox::new(5.0, 6.0, 7.0, 8.0, 0.5));
+        assert_eq!(b[2].score, 1.0);
+        let bad = temp("bad.json", r#"[[1, 2, 3]]"#);
+        let e = load_boxes(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.json") && e.contains("not a valid boxes file"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_bbox("1, 2,3,4.5").unwrap(),
+            PersonBox::new(1.0, 2.0, 3.0, 4.5, 1.0)
+        );
+        assert!(parse_bbox("1,2,3").is_err() && parse_bbox("a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn detections_keep_people_only() {
+        let p = temp(
+            "det.json",
+            r#"[{"image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.9},
+                {"image_id": 7, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.9},
+                {"image_id": 8, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.1}]"#,
+        );
+        let d = load_detections(&p).unwrap();
+        assert_eq!(d[&7].len(), 1);
+        assert_eq!(d[&8][0].score, 0.1);
+        assert!(load_detections(temp("junk.json", "{")).is_err());
+    }
+
+    #[test]
+    fn images_by_coco_name_or_list() {
+        let dir = temp("000000000042.png", "").parent().unwrap().to_path_buf();
+        assert_eq!(
+            find_image(&dir, 42, None).unwrap(),
+            dir.join("000000000042.png")
+        );
+        assert!(
+            find_image(&dir, 43, None)
+                .unwrap_err()
+                .to_string()
+                .contains("000000000043.jpg")
+        );
+        let list = BTreeMap::from([(5, "five.jpg".to_string())]);
+        assert_eq!(
+            find_image(&dir, 5, Some(&list)).unwrap(),
+            dir.join("five.jpg")
+        );
+        assert!(find_image(&dir, 6, Some(&list)).is_err());
+        let junk = temp("junk.jpg", "not a jpeg");
+        assert!(matches!(load_image(&junk), Err(Error::Image { .. })));
+        // A real JPEG, whole and cut short.
+        let mut jpeg = Vec::new();
+        image::RgbImage::from_pixel(16, 8, image::Rgb([200, 100, 50]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        let whole = dir.join("whole.jpg");
+        std::fs::write(&whole, &jpeg).unwrap();
+        let img = load_image(&whole).unwrap();
+        assert_eq!(img.dimensions(), (16, 8));
+        let px = img.get_pixel(3, 3).0;
+        assert!(px[0].abs_diff(200) < 4 && px[2].abs_diff(50) < 4, "{px:?}");
+        let cut = dir.join("cut.jpg");
+        std::fs::write(&cut, &jpeg[..jpeg.len() / 2]).unwrap();
+        let e = load_image(&cut).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        assert!(matches!(
+            load_image(dir.join("absent.jpg")),
+            Err(Error::Io { .. })
+        ));
+    }
+}

@@ -1,0 +1,456 @@
+//! The pose pipeline around the network, with the official semantics: person boxes to
+//! normalised crops, the flip test, and heatmaps back to keypoints in image coordinates.
+//!
+//! ```
+//! use hrnet::pose::{Device, PersonBox, PoseEstimator};
+//! use hrnet::{HrnetConfig, Model};
+//!
+//! let mut config = HrnetConfig::official("tiny", 4, 17, 256, 192);
+//! config.stages[1].modules = 1;
+//! config.stages[2].modules = 1;
+//! // `Model::load("w32.safetensors", None)` for real weights.
+//! let estimator = PoseEstimator::new(Model::random(&config, 1)?, Device::Cpu)?;
+//! let image = image::RgbImage::from_pixel(320, 240, image::Rgb([90, 120, 150]));
+//! let poses = estimator.estimate(&image, &[PersonBox::new(40.0, 20.0, 120.0, 200.0, 0.9)])?;
+//! assert_eq!(poses[0].keypoints.len(), 17);
+//! # Ok::<(), hrnet::Error>(())
+//! ```
+
+pub mod affine;
+pub mod crop;
+pub mod draw;
+pub mod io;
+pub mod joints;
+
+use std::sync::Mutex;
+
+use image::RgbImage;
+
+use crate::cpu::CpuEngine;
+use crate::cuda::{CudaEngine, Precision};
+use crate::decode::{Peak, peak};
+use crate::error::{Error, Result};
+use crate::tensor::{Nchw, Tensor};
+use crate::weights::Model;
+use affine::{box_to_center_scale, crop_transform};
+use joints::JointSet;
+
+/// The official visibility threshold: keypoints scoring above it count towards a
+/// person's score (`TEST.IN_VIS_THRE`).
+pub const VISIBLE: f32 = 0.2;
+
+/// A person box in image pixels, `(x, y)` its top-left corner, with its detection score.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PersonBox {
+    /// Left edge.
+    pub x: f64,
+    /// Top edge.
+    pub y: f64,
+    /// Width.
+    pub w: f64,
+    /// Height.
+    pub h: f64,
+    /// Detection score (1 for a box given by hand).
+    pub score: f64,
+}
+
+impl PersonBox {
+    /// A box `(x, y, w, h)` with a detection score.
+    #[must_use]
+    pub fn new(x: f64, y: f64, w: f64, h: f64, score: f64) -> Self {
+        PersonBox { x, y, w, h, score }
+    }
+
+    /// The whole image as one box.
+    #[must_use]
+    pub fn whole(image: &RgbImage) -> Self {
+        PersonBox::new(
+            0.0,
+            0.0,
+            f64::from(image.width()),
+            f64::from(image.height()),
+            1.0,
+        )
+    }
+
+    /// Checks that the box is finite, has an area and overlaps a `width × height` image.
+    pub fn check(&self, width: u32, height: u32) -> Result<()> {
+        let b = self;
+        if ![b.x, b.y, b.w, b.h, b.score].iter().all(|v| v.is_finite()) {
+            return Err(Error::Input(format!(
+                "box {b:?} has a value that is not a finite number"
+            )));
+        }
+        if b.w <= 0.0 || b.h <= 0.0 {
+            return Err(Error::Input(format!(
+                "box at ({}, {}) has zero area ({} × {})",
+                b.x, b.y, b.w, b.h
+            )));
+        }
+        if b.x >= f64::from(width)
+            || b.y >= f64::from(height)
+            || b.x + b.w <= 0.0
+            || b.y + b.h <= 0.0
+        {
+            return Err(Error::Input(format!(
+                "box ({}, {}, {}, {}) lies outside the {width}×{height} image",
+                b.x, b.y, b.w, b.h
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One keypoint in image coordinates with its heatmap maximum as score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Keypoint {
+    /// Column in image pixels.
+    pub x: f32,
+    /// Row in image pixels.
+    pub y: f32,
+    /// The heatmap's maximum.
+    pub score: f32,
+}
+
+/// A person's keypoints, the box they were found in, and the person's score: the box
+/// score times the mean of the keypoint scores above [`VISIBLE`] (0 when none is).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pose {
+    /// One per joint, in the model's joint order.
+    pub keypoints: Vec<Keypoint>,
+    /// The box.
+    pub bbox: PersonBox,
+    /// The person's score.
+    pub score: f64,
+}
+
+/// Where the network runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU reference engine (f32).
+    Cpu,
+    /// GPU 0 with the hand-written kernels, in the given storage precision.
+    Cuda(Precision),
+}
+
+// One per estimator, made once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Cpu(CpuEngine),
+    Cuda(Mutex<CudaEngine>),
+}
+
+/// HRNet pose estimation, loaded once and then called per image. `Send` and `Sync`: one
+/// estimator may serve many threads (GPU calls are serialised by an internal lock).
+pub struct PoseEstimator {
+    backend: Backend,
+    joints: &'static JointSet,
+    input: (usize, usize),
+    flip: bool,
+    batch: usize,
+}
+
+/// Crops per network call unless [`PoseEstimator::with_batch`] says otherwise.
+const DEFAULT_BATCH: usize = 32;
+
+impl PoseEstimator {
+    /// Puts `model` on `device`, with batches of 32 crops and the flip test on (for COCO or
+    /// MPII joints; off for other joint layouts, whose left/right pairs are unknown).
+    pub fn new(model: Model, device: Device) -> Result<Self> {
+        let config = &model.graph.config;
+        let joints = JointSet::for_joints(config.num_joints);
+        let input = (config.input_height, config.input_width);
+        let backend = match device {
+            Device::Cpu => Backend::Cpu(CpuEngine::new(model)),
+            Device::Cuda(p) => Backend::Cuda(Mutex::new(CudaEngine::new(&model, p)?)),
+        };
+        Ok(PoseEstimator {
+            backend,
+            joints,
+            input,
+            flip: joints.is_known(),
+            batch: DEFAULT_BATCH,
+        })
+    }
+
+    /// Turns the flip test on or off. It needs left/right joint pairs: a model whose joints
+    /// are neither COCO's 17 nor MPII's 16 cannot use it.
+    pub fn with_flip(mut self, on: bool) -> Result<Self> {
+        if on && !self.joints.is_known() {
+            return Err(Error::Input(
+                "the flip test needs left/right joint pairs, known for 17 (COCO) or 16 (MPII) joints".into(),
+            ));
+        }
+        self.flip = on;
+        Ok(self)
+    }
+
+    /// Crops per network call (at least 1).
+    #[must_use]
+    pub fn with_batch(mut self, n: usize) -> Self {
+        self.batch = n.max(1);
+        self
+    }
+
+    /// The joints the model predicts.
+    #[must_use]
+    pub fn joints(&self) -> &'static JointSet {
+        self.joints
+    }
+
+    /// Heatmaps for a normalised `N × 3 × H × W` batch.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.backend {
+            Backend::Cpu(e) => e.forward(x),
+            Backend::Cuda(e) => e.lock().unwrap_or_else(|p| p.into_inner()).forward(x),
+        }
+    }
+
+    /// The poses of the people in `boxes` (one per box, in order).
+    pub fn estimate(&self, image: &RgbImage, boxes: &[PersonBox]) -> Result<Vec<Pose>> {
+        Ok(self
+            .estimate_many(&[(image, boxes)])?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`PoseEstimator::estimate`] for many images, all boxes of all images going through
+    /// the network together in batches.
+    pub fn estimate_many(&self, items: &[(&RgbImage, &[PersonBox])]) -> Result<Vec<Vec<Pose>>> {
+        let (h, w) = self.input;
+        let aspect = w as f64 / h as f64;
+        let mut crops = Vec::new();
+        for (image, boxes) in items {
+            for (i, b) in boxes.iter().enumerate() {
+                b.check(image.width(), image.height())
+                    .map_err(|e| Error::Input(format!("box {i}: {e}")))?;
+                let (center, scale) = box_to_center_scale(b.x, b.y, b.w, b.h, aspect);
+                crops.push((*image, *b, center, scale));
+            }
+        }
+        let mut poses: Vec<Pose> = Vec::with_capacity(crops.len());
+        for chunk in crops.chunks(self.batch) {
+            let n = chunk.len();
+            let mut x = vec![0.0f32; n * 3 * h * w];
+            for ((image, _, center, scale), dst) in chunk.iter().zip(x.chunks_exact_mut(3 * h * w))
+            {
+                let t = crop_transform(*center, *scale, w, h, false)
+                    .and_then(|t| crop::warp_affine(image, &t, w, h))
+                    .ok_or_else(|| Error::Input("a box too small to crop".into()))?;
+                crop::normalise_into(&t, w, h, dst);
+            }
+            let x = Tensor::new(Nchw { n, c: 3, h, w }, x)?;
+            let mut heatmaps = self.forward(&x)?;
+            if self.flip {
+                let flipped = self.forward(&flip_images(&x))?;
+                heatmaps = merge_flipped(&heatmaps, &flipped, self.joints.flip_pairs)?;
+            }
+            let s = heatmaps.shape();
+            for ((_, b, center, scale), maps) in chunk
+                .iter()
+                .zip(heatmaps.data().chunks_exact(s.c * s.h * s.w))
+            {
+                let peaks: Vec<Peak> = maps
+                    .chunks_exact(s.h * s.w)
+                    .map(|m| peak(m, s.h, s.w))
+                    .collect();
+                poses.push(to_pose(&peaks, *b, *center, *scale, s.w, s.h)?);
+            }
+        }
+        let mut it = poses.into_iter();
+        Ok(items
+            .iter()
+            .map(|(_, boxes)| it.by_ref().take(boxes.len()).collect())
+            .collect())
+    }
+}
+
+/// Heatmap peaks to image coordinates (official `transform_preds`, float32 results) and
+/// the person's score.
+fn to_pose(
+    peaks: &[Peak],
+    bbox: PersonBox,
+    center: [f32; 2],
+    scale: [f32; 2],
+    hm_w: usize,
+    hm_h: usize,
+) -> Result<Pose> {
+    let back = crop_transform(center, scale, hm_w, hm_h, true)
+        .ok_or_else(|| Error::Input(format!("box {bbox:?} is too small to map back")))?;
+    let keypoints = peaks
+        .iter()
+        .map(|p| {
+            let (x, y) = back.apply(f64::from(p.x), f64::from(p.y));
+            Keypoint {
+                x: x as f32,
+                y: y as f32,
+                score: p.score,
+            }
+        })
+        .collect();
+    let visible: Vec<f64> = peaks
+        .iter()
+        .filter(|p| p.score > VISIBLE)
+        .map(|p| f64::from(p.score))
+        .collect();
+    let mean = if visible.is_empty() {
+        0.0
+    } else {
+        visible.iter().sum::<f64>() / visible.len() as f64
+    };
+    Ok(Pose {
+        keypoints,
+        bbox,
+        score: mean * bbox.score,
+    })
+}
+
+/// The batch mirrored left to right (`input.flip(3)`).
+#[must_use]
+pub fn flip_images(x: &Tensor) -> Tensor {
+    let s = x.shape();
+    let mut out = x.data().to_vec();
+    for row in out.chunks_exact_mut(s.w) {
+        row.reverse();
+    }
+    Tensor::new(s, out).expect("same shape")
+}
+
+/// The official flip test's merge: the flipped heatmaps are mirrored back, left and right
+/// joints swapped (`flip_back`), shifted one pixel right with column 0 kept
+/// (`SHIFT_HEATMAP`), and averaged with the plain ones: `(plain + flipped) × 0.5`.
+pub fn merge_flipped(plain: &Tensor, flipped: &Tensor, pairs: &[(usize, usize)]) -> Result<Tensor> {
+    let s = plain.shape();
+    if flipped.shape() != s {
+        return Err(Error::Input(format!(
+            "flipped heatmaps {} differ from {s}",
+            flipped.shape()
+        )));
+    }
+    let partner = |j: usize| {
+        pairs
+            .iter()
+            .find_map(|&(a, b)| {
+                if a == j {
+                    Some(b)
+                } else if b == j {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(j)
+    };
+    let (map, w) = (s.h * s.w, s.w);
+    let mut out = plain.data().to_vec();
+    for n in 0..s.n {
+        for j in 0..s.c {
+            let src = &flipped.data()[(n * s.c + partner(j)) * map..][..map];
+            let dst = &mut out[(n * s.c + j) * map..][..map];
+            for (src_row, dst_row) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
+                for (x, d) in dst_row.iter_mut().enumerate() {
+                    // Mirrored: column x of the flipped-back map is src[w−1−x]; shifted:
+                    // column x takes column x−1 (column 0 keeps its own).
+                    let from = x.saturating_sub(1);
+                    *d = (*d + src_row[w - 1 - from]) * 0.5;
+                }
+            }
+        }
+    }
+    Tensor::new(s, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_and_the_estimator_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PoseEstimator>();
+        send_sync::<CpuEngine>();
+        fn send<T: Send>() {}
+        send::<CudaEngine>();
+    }
+
+    #[test]
+    fn flip_merge_mirrors_swaps_and_shifts() {
+        // One image, 3 joints (0 ↔ 2 swapped, 1 alone), 1 × 4 maps.
+        let s = Nchw {
+            n: 1,
+            c: 3,
+            h: 1,
+            w: 4,
+        };
+        let plain = Tensor::new(s, vec![0.0; 12]).unwrap();
+        let flipped = Tensor::new(
+            s,
+            vec![
+                1.0, 2.0, 3.0, 4.0, 10.0, 20.0, 30.0, 40.0, 5.0, 6.0, 7.0, 8.0,
+            ],
+        )
+        .unwrap();
+        let out = merge_flipped(&plain, &flipped, &[(0, 2)]).unwrap();
+        // Joint 0 takes joint 2's map [5 6 7 8], mirrored [8 7 6 5], shifted [8 8 7 6], halved.
+        assert_eq!(&out.data()[0..4], &[4.0, 4.0, 3.5, 3.0]);
+        assert_eq!(&out.data()[4..8], &[20.0, 20.0, 15.0, 10.0]);
+        assert_eq!(&out.data()[8..12], &[2.0, 2.0, 1.5, 1.0]);
+        // Flipping twice is the identity.
+        let x = Tensor::random_normal(
+            Nchw {
+                n: 2,
+                c: 3,
+                h: 4,
+                w: 5,
+            },
+            3,
+        );
+        assert_eq!(flip_images(&flip_images(&x)), x);
+        assert_eq!(flip_images(&x).data()[0], x.data()[4]);
+    }
+
+    #[test]
+    fn bad_boxes_are_named() {
+        let ok = PersonBox::new(10.0, 10.0, 5.0, 5.0, 1.0);
+        assert!(ok.check(20, 20).is_ok());
+        let e = PersonBox::new(10.0, 10.0, 0.0, 5.0, 1.0)
+            .check(20, 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("zero area"), "{e}");
+        let e = PersonBox::new(30.0, 10.0, 5.0, 5.0, 1.0)
+            .check(20, 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside the 20×20 image"), "{e}");
+        assert!(
+            PersonBox::new(-10.0, 0.0, 10.0, 5.0, 1.0)
+                .check(20, 20)
+                .is_err()
+        );
+        assert!(
+            PersonBox::new(f64::NAN, 0.0, 1.0, 1.0, 1.0)
+                .check(20, 20)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn person_score_averages_visible_keypoints() {
+        let peaks = [0.9, 0.1, 0.5].map(|score| Peak {
+            x: 1.0,
+            y: 1.0,
+            score,
+        });
+        let b = PersonBox::new(0.0, 0.0, 30.0, 40.0, 0.8);
+        let (c, s) = box_to_center_scale(0.0, 0.0, 30.0, 40.0, 0.75);
+        let p = to_pose(&peaks, b, c, s, 48, 64).unwrap();
+        approx::assert_relative_eq!(p.score, (0.9f32 as f64 + 0.5f32 as f64) / 2.0 * 0.8);
+        let none = [Peak {
+            x: 0.0,
+            y: 0.0,
+            score: 0.1,
+        }];
+        assert_eq!(to_pose(&none, b, c, s, 48, 64).unwrap().score, 0.0);
+    }
+}

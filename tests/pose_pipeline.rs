@@ -1,0 +1,211 @@
+//! The pose pipeline against the official one (scripts/official_pose_case.py: the official
+//! box handling, crop, flip test and decoding, the model in float64) on the COCO sample
+//! photographs and their detections; and its handling of bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{official_tiny, scratch, skip};
+use hrnet::Model;
+use hrnet::pose::io::{CocoResult, load_detections, load_image, load_results};
+use hrnet::pose::{Device, PoseEstimator};
+
+/// The official pipeline's keypoints must be reproduced within half a pixel.
+const PIXELS: f32 = 0.5;
+
+fn coco_sample() -> Option<PathBuf> {
+    let dir = std::env::var_os("HRNET_COCO_SAMPLE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/coco-sample")
+        });
+    dir.join("test_coco_det_AP_H_56.json")
+        .is_file()
+        .then_some(dir)
+}
+
+fn expected(name: &str) -> Vec<CocoResult> {
+    load_results(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/official-pose")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// Largest keypoint distance (max over x and y) between two result lists in the same order.
+fn worst(ours: &[CocoResult], official: &[CocoResult]) -> f32 {
+    assert_eq!(ours.len(), official.len(), "one result per detection");
+    let mut worst = 0.0f32;
+    for (o, r) in ours.iter().zip(official) {
+        assert_eq!(o.image_id, r.image_id);
+        for (a, b) in o.keypoints.chunks(3).zip(r.keypoints.chunks(3)) {
+            worst = worst.max((a[0] - b[0]).abs()).max((a[1] - b[1]).abs());
+            assert!(
+                (a[2] - b[2]).abs() <= 1e-3 * b[2].abs().max(1.0),
+                "keypoint score {} vs {}",
+                a[2],
+                b[2]
+            );
+        }
+        assert!(
+            (o.score - r.score).abs() <= 1e-3 * r.score.abs().max(1.0),
+            "person score {} vs {}",
+            o.score,
+            r.score
+        );
+    }
+    worst
+}
+
+#[test]
+fn cli_reproduces_the_official_pipeline_on_coco_photographs() {
+    let Some(sample) = coco_sample() else {
+        skip(
+            "cli_reproduces_the_official_pipeline_on_coco_photographs",
+            &"../shared/data/coco-sample not found",
+        );
+        return;
+    };
+    let out = scratch("pose-cli");
+    let results = out.join("poses.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
+        .args(["pose", "--weights"])
+        .arg(official_tiny().join("weights.safetensors"))
+        .arg("--image")
+        .arg(&sample)
+        .arg("--detections")
+        .arg(sample.join("test_coco_det_AP_H_56.json"))
+        .arg("--output")
+        .arg(&results)
+        .arg("--draw")
+        .arg(out.join("drawn"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let w = worst(
+        &load_results(&results).unwrap(),
+        &expected("expected_flip.json"),
+    );
+    println!("flip test on: largest keypoint difference {w:.4} px");
+    assert!(w <= PIXELS, "{w} px");
+    let drawn = load_image(out.join("drawn/000000000785.png")).unwrap();
+    assert_eq!(
+        drawn.dimensions(),
+        load_image(sample.join("000000000785.jpg"))
+            .unwrap()
+            .dimensions()
+    );
+}
+
+#[test]
+fn library_without_flip_matches_the_official_pipeline() {
+    let Some(sample) = coco_sample() else {
+        skip(
+            "library_without_flip_matches_the_official_pipeline",
+            &"../shared/data/coco-sample not found",
+        );
+        return;
+    };
+    let model = Model::load(official_tiny().join("weights.safetensors"), None).unwrap();
+    let estimator = PoseEstimator::new(model, Device::Cpu)
+        .unwrap()
+        .with_flip(false)
+        .unwrap();
+    let dets = load_detections(sample.join("test_coco_det_AP_H_56.json")).unwrap();
+    let official = expected("expected_noflip.json");
+    // One photograph is enough here; the CLI test covers all four with the flip test.
+    let id = 40083;
+    let image = load_image(sample.join(format!("{id:012}.jpg"))).unwrap();
+    let poses = estimator.estimate(&image, &dets[&id]).unwrap();
+    let ours: Vec<CocoResult> = poses.iter().map(|p| CocoResult::new(id, p)).collect();
+    let theirs: Vec<CocoResult> = official.into_iter().filter(|r| r.image_id == id).collect();
+    let w = worst(&ours, &theirs);
+    println!("flip test off, image {id}: largest keypoint difference {w:.6} px");
+    assert!(w <= PIXELS, "{w} px");
+}
+
+#[test]
+fn bad_images_boxes_and_files_are_reported_and_the_rest_processed() {
+    let Some(sample) = coco_sample() else {
+        skip(
+            "bad_images_boxes_and_files_are_reported_and_the_rest_processed",
+            &"../shared/data/coco-sample not found",
+        );
+        return;
+    };
+    let dir = scratch("pose-bad");
+    let good = std::fs::read(sample.join("000000040083.jpg")).unwrap();
+    std::fs::write(dir.join("000000000001.jpg"), &good).unwrap();
+    std::fs::write(dir.join("000000000002.jpg"), &good[..good.len() / 3]).unwrap(); // truncated
+    std::fs::write(dir.join("000000000003.jpg"), b"plain text, not an image").unwrap();
+    // 4 is missing; image 1 also gets a zero-area box and one outside the picture.
+    let det = r#"[
+        {"image_id": 1, "category_id": 1, "bbox": [100, 50, 120, 200], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [100, 50, 0, 200], "score": 0.9},
+        {"image_id": 1, "category_id": 1, "bbox": [900, 50, 40, 40], "score": 0.9},
+        {"image_id": 2, "category_id": 1, "bbox": [10, 10, 50, 80], "score": 0.9},
+        {"image_id": 3, "category_id": 1, "bbox": [10, 10, 50, 80], "score": 0.9},
+        {"image_id": 4, "category_id": 1, "bbox": [10, 10, 50, 80], "score": 0.9}]"#;
+    std::fs::write(dir.join("det.json"), det).unwrap();
+    let weights = official_tiny().join("weights.safetensors");
+    let run = |extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
+            .args(["pose", "--no-flip", "--weights"])
+            .arg(&weights)
+            .args(extra)
+            .arg("--output")
+            .arg(dir.join("out.json"))
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&[
+        "--image",
+        dir.to_str().unwrap(),
+        "--detections",
+        dir.join("det.json").to_str().unwrap(),
+    ]);
+    assert!(!ok, "failures give a failing exit");
+    for what in [
+        "zero area",
+        "outside the",
+        "truncated JPEG",
+        "not a readable image",
+        "no image 000000000004.jpg",
+    ] {
+        assert!(err.contains(what), "'{what}' not reported in:\n{err}");
+    }
+    let results = load_results(dir.join("out.json")).unwrap();
+    assert_eq!(
+        results.len(),
+        1,
+        "the good box of the good image is still processed"
+    );
+    assert_eq!(results[0].image_id, 1);
+
+    std::fs::write(dir.join("boxes.json"), "[[1, 2, 3]").unwrap();
+    let one = dir.join("000000000001.jpg");
+    let (ok, err) = run(&[
+        "--image",
+        one.to_str().unwrap(),
+        "--boxes",
+        dir.join("boxes.json").to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("boxes.json") && err.contains("not a valid boxes file"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    // No boxes: the whole image is one person.
+    let (ok, err) = run(&["--image", one.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let r = load_results(dir.join("out.json")).unwrap();
+    assert_eq!((r.len(), r[0].image_id, r[0].keypoints.len()), (1, 1, 51));
+}
