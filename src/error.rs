@@ -94,6 +94,20 @@ pub enum Error {
         /// NVRTC's log.
         log: String,
     },
+    /// The GPU has too little free memory for what was asked.
+    #[error(
+        "out of GPU memory: {what} needs {:.1} MiB, {:.1} MiB are free on the GPU; use a smaller batch",
+        *needed as f64 / 1048576.0,
+        *available as f64 / 1048576.0
+    )]
+    OutOfMemory {
+        /// What needed it.
+        what: String,
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes free when it was asked for.
+        available: usize,
+    },
     /// A CUDA call failed.
     #[error("CUDA error in {what}: {reason}")]
     Cuda {

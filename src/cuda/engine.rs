@@ -189,15 +189,30 @@ impl<T: GpuElem> Gpu<T> {
     }
 
     fn alloc_error(&self, bytes: usize, e: cudarc::driver::DriverError) -> Error {
-        let free = self.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
+        let available = self.free_memory().unwrap_or(0);
+        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return Error::OutOfMemory {
+                what: format!("a buffer on {}", self.info.name),
+                needed: bytes,
+                available,
+            };
+        }
         Error::Cuda {
             what: format!(
                 "allocating {:.1} MiB on {}",
                 bytes as f64 / 1048576.0,
                 self.info.name
             ),
-            reason: format!("{e:?} ({:.1} MiB free)", free as f64 / 1048576.0),
+            reason: format!("{e:?} ({:.1} MiB free)", available as f64 / 1048576.0),
         }
+    }
+
+    /// Free device memory in bytes.
+    pub(crate) fn free_memory(&self) -> Result<usize> {
+        self.ctx
+            .mem_get_info()
+            .map(|(free, _)| free)
+            .map_err(driver_err("cuMemGetInfo"))
     }
 
     pub(crate) fn download<U: DeviceRepr>(&self, s: &CudaSlice<U>, len: usize) -> Result<Vec<U>> {
@@ -480,19 +495,47 @@ impl<T: GpuElem> Net<T> {
         })
     }
 
+    /// Bytes of arena and peak buffers for `n` images (None if that overflows).
+    fn bytes_for(&self, n: usize) -> Option<usize> {
+        let elems = self.slot_len.iter().sum::<usize>().checked_mul(n)?;
+        let peaks = n
+            .checked_mul(self.graph.output_shape().c)?
+            .checked_mul(3 * std::mem::size_of::<f32>())?;
+        elems
+            .checked_mul(std::mem::size_of::<T>())?
+            .checked_add(peaks)
+    }
+
     /// Makes the arena hold `n` images; allocates only when `n` exceeds every batch so far.
+    /// The old arena is released first; if the new one does not fit, nothing stays
+    /// allocated and the next call starts afresh, so a smaller batch still runs.
     fn reserve(&mut self, n: usize) -> Result<()> {
         if n <= self.capacity {
             return Ok(());
         }
         self.slots.clear();
-        for &len in &self.slot_len {
-            self.slots.push(self.gpu.alloc(n * len)?);
+        self.capacity = 0;
+        let what = format!(
+            "a batch of {n} ({} activations)",
+            T::SUFFIX.trim_start_matches('_')
+        );
+        let available = self.gpu.free_memory()?;
+        let needed = self.bytes_for(n).unwrap_or(usize::MAX);
+        if needed > available {
+            return Err(Error::OutOfMemory {
+                what,
+                needed,
+                available,
+            });
         }
+        let slots = self
+            .slot_len
+            .iter()
+            .map(|&len| self.gpu.alloc(n * len))
+            .collect::<Result<Vec<_>>>()?;
         let maps = n * self.graph.output_shape().c;
-        self.xy = self.gpu.alloc(2 * maps)?;
-        self.score = self.gpu.alloc(maps)?;
-        self.capacity = n;
+        let (xy, score) = (self.gpu.alloc(2 * maps)?, self.gpu.alloc(maps)?);
+        (self.slots, self.xy, self.score, self.capacity) = (slots, xy, score, n);
         Ok(())
     }
 
@@ -631,6 +674,25 @@ impl CudaEngine {
             Inner::F32(n) => n.arena_bytes(),
             Inner::F16(n) => n.arena_bytes(),
         }
+    }
+
+    /// Preallocates the activation arena for batches of up to `n` images, so that the
+    /// forwards that follow allocate nothing. Fails with [`Error::OutOfMemory`] (naming the
+    /// memory needed and free) when it does not fit; the engine stays usable.
+    pub fn reserve(&mut self, n: usize) -> Result<()> {
+        match &mut self.inner {
+            Inner::F32(net) => net.reserve(n),
+            Inner::F16(net) => net.reserve(n),
+        }
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        let ctx = match &self.inner {
+            Inner::F32(n) => &n.gpu.ctx,
+            Inner::F16(n) => &n.gpu.ctx,
+        };
+        ctx.mem_get_info().map_err(driver_err("cuMemGetInfo"))
     }
 
     /// Heatmaps `N × joints × H/4 × W/4` (f32 on the host) for a normalised batch.

@@ -155,6 +155,19 @@ impl Checkpoint {
     /// The input size is not in a checkpoint: `input` gives it, or else the official one
     /// for the joint count (256×256 for MPII's 16 joints, 256×192 otherwise).
     pub fn infer_config(&self, input: Option<(usize, usize)>) -> Result<HrnetConfig> {
+        for key in ["stage2.0.branches.0.0.conv1.weight", "final_layer.weight"] {
+            if !self.tensors.contains_key(key) {
+                let example = self
+                    .tensors
+                    .keys()
+                    .next()
+                    .map_or("none".to_string(), |k| format!("'{k}'"));
+                return Err(Error::Config(format!(
+                    "not an HRNet pose checkpoint: no '{key}' among its {} tensors (first: {example})",
+                    self.tensors.len()
+                )));
+            }
+        }
         let mut stages = Vec::with_capacity(3);
         for s in 2..=4 {
             let branches = s;
