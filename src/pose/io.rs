@@ -61,7 +61,11 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
+    parse_json(&text, path, what)
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Json {
         path: path.to_path_buf(),
         reason: format!("not a valid {what} ({e})"),
     })
@@ -86,7 +90,14 @@ pub const PERSON: u64 = 1;
 /// Person boxes by image id from a COCO detections file
 /// (`[{"image_id", "category_id", "bbox", "score"}]`), other categories left out.
 pub fn load_detections(path: impl AsRef<Path>) -> Result<BTreeMap<u64, Vec<PersonBox>>> {
-    let dets: Vec<Detection> = read_json(path.as_ref(), "COCO detections file")?;
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_detections(&text, path)
+}
+
+/// [`load_detections`] on the file's text (`path` only names it in errors).
+pub fn parse_detections(text: &str, path: &Path) -> Result<BTreeMap<u64, Vec<PersonBox>>> {
+    let dets: Vec<Detection> = parse_json(text, path, "COCO detections file")?;
     let mut by_image: BTreeMap<u64, Vec<PersonBox>> = BTreeMap::new();
     for d in dets.into_iter().filter(|d| d.category_id == PERSON) {
         let [x, y, w, h] = d.bbox;
@@ -108,7 +119,14 @@ enum BoxEntry {
 /// Boxes for one image: a JSON list of `[x, y, w, h]` or of `{"bbox": [x, y, w, h],
 /// "score": s}` (score 1 when absent).
 pub fn load_boxes(path: impl AsRef<Path>) -> Result<Vec<PersonBox>> {
-    let entries: Vec<BoxEntry> = read_json(path.as_ref(), "boxes file ([[x, y, w, h], ...])")?;
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_boxes(&text, path)
+}
+
+/// [`load_boxes`] on the file's text (`path` only names it in errors).
+pub fn parse_boxes(text: &str, path: &Path) -> Result<Vec<PersonBox>> {
+    let entries: Vec<BoxEntry> = parse_json(text, path, "boxes file ([[x, y, w, h], ...])")?;
     Ok(entries
         .into_iter()
         .map(|e| {
