@@ -102,6 +102,24 @@ impl Tensor {
         Tensor { shape, data }
     }
 
+    /// The batches one after the other (all of the same image shape).
+    pub fn concat(parts: &[&Tensor]) -> Result<Tensor> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::Input("nothing to concatenate".into()))?
+            .shape();
+        if let Some(p) = parts.iter().find(|p| p.shape().chw() != first.chw()) {
+            return Err(Error::Input(format!(
+                "cannot join batches of {} and {}",
+                first,
+                p.shape()
+            )));
+        }
+        let n = parts.iter().map(|p| p.shape().n).sum();
+        let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        Tensor::new(Nchw { n, ..first }, data)
+    }
+
     /// The shape.
     #[must_use]
     pub fn shape(&self) -> Nchw {

@@ -397,3 +397,42 @@ fn config_input(c: &HrnetConfig) -> Chw {
         w: c.input_width,
     }
 }
+
+/// The flip test on the GPU (one batch of plain and mirrored crops, merged and decoded on
+/// the device) equals the CPU's merge and decode of the same engine's heatmaps, bitwise.
+#[test]
+fn flip_merge_and_peaks_on_the_gpu_match_the_cpu() {
+    if !gpu_or_skip("flip_merge_and_peaks_on_the_gpu_match_the_cpu") {
+        return;
+    }
+    let mut config = HrnetConfig::official("tiny", 4, 17, 64, 64);
+    config.stages[1].modules = 1;
+    config.stages[2].modules = 1;
+    let model = Model::random(&config, 3).unwrap();
+    let pairs = hrnet::pose::joints::COCO.flip_pairs;
+    for precision in [Precision::F32, Precision::F16] {
+        let mut gpu = CudaEngine::new(&model, precision).unwrap();
+        gpu.set_poison(true);
+        let x = Tensor::random_normal(
+            Nchw {
+                n: 3,
+                c: 3,
+                h: 64,
+                w: 64,
+            },
+            seed(),
+        );
+        let mirrored = hrnet::pose::flip_images(&x);
+        let (merged, gpu_peaks) = gpu
+            .forward_flip_peaks(&Tensor::concat(&[&x, &mirrored]).unwrap(), pairs)
+            .unwrap();
+        let want = hrnet::pose::merge_flipped(
+            &gpu.forward(&x).unwrap(),
+            &gpu.forward(&mirrored).unwrap(),
+            pairs,
+        )
+        .unwrap();
+        assert_eq!(merged, want, "{precision}: merged heatmaps");
+        assert_eq!(gpu_peaks, peaks(&want), "{precision}: peaks");
+    }
+}

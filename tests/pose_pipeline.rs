@@ -127,6 +127,47 @@ fn library_without_flip_matches_the_official_pipeline() {
     assert!(w <= PIXELS, "{w} px");
 }
 
+/// The same on the GPU, flip test and decoding on the device: f32 within half a pixel;
+/// f16 reported (a random-weight network magnifies f16 rounding).
+#[test]
+fn gpu_pipeline_matches_the_official_pipeline() {
+    let Some(sample) = coco_sample() else {
+        skip(
+            "gpu_pipeline_matches_the_official_pipeline",
+            &"../shared/data/coco-sample not found",
+        );
+        return;
+    };
+    if !common::gpu_or_skip("gpu_pipeline_matches_the_official_pipeline") {
+        return;
+    }
+    let dets = load_detections(sample.join("test_coco_det_AP_H_56.json")).unwrap();
+    let official = expected("expected_flip.json");
+    for precision in [hrnet::cuda::Precision::F32, hrnet::cuda::Precision::F16] {
+        let model = Model::load(official_tiny().join("weights.safetensors"), None).unwrap();
+        let estimator = PoseEstimator::new(model, Device::Cuda(precision)).unwrap();
+        let mut ours = Vec::new();
+        for (&id, boxes) in &dets {
+            let image = load_image(sample.join(format!("{id:012}.jpg"))).unwrap();
+            let poses = estimator.estimate(&image, boxes).unwrap();
+            ours.extend(poses.iter().map(|p| CocoResult::new(id, p)));
+        }
+        let w = if precision == hrnet::cuda::Precision::F32 {
+            worst(&ours, &official)
+        } else {
+            ours.iter()
+                .zip(&official)
+                .flat_map(|(o, r)| o.keypoints.chunks(3).zip(r.keypoints.chunks(3)))
+                .map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs()))
+                .fold(0.0, f32::max)
+        };
+        println!("cuda {precision}: largest keypoint difference {w:.4} px");
+        if precision == hrnet::cuda::Precision::F32 {
+            assert!(w <= PIXELS, "{w} px");
+        }
+    }
+}
+
 #[test]
 fn bad_images_boxes_and_files_are_reported_and_the_rest_processed() {
     let Some(sample) = coco_sample() else {

@@ -98,6 +98,24 @@ fn dim_i32(v: usize) -> Result<i32> {
     })
 }
 
+/// The kernel `name` from whichever compiled file defines it.
+fn modules_function(
+    files: &[super::CompiledFile],
+    modules: &[Arc<CudaModule>],
+    name: &str,
+) -> Result<CudaFunction> {
+    let i = files
+        .iter()
+        .position(|f| f.kernels.iter().any(|k| k.name == name))
+        .ok_or_else(|| Error::Cuda {
+            what: "loading kernels".into(),
+            reason: format!("no compiled kernel named {name}"),
+        })?;
+    modules[i]
+        .load_function(name)
+        .map_err(driver_err("cuModuleGetFunction"))
+}
+
 /// A context, its stream and the kernels of one element type.
 pub(crate) struct Gpu<T> {
     pub(crate) info: GpuInfo,
@@ -109,6 +127,8 @@ pub(crate) struct Gpu<T> {
     exchange: CudaFunction,
     bn_relu: CudaFunction,
     argmax: CudaFunction,
+    argmax_f32: CudaFunction,
+    flip_merge: CudaFunction,
     fill_nan: CudaFunction,
     _modules: Vec<Arc<CudaModule>>,
     _elem: std::marker::PhantomData<T>,
@@ -138,20 +158,8 @@ impl<T: GpuElem> Gpu<T> {
                     .map_err(driver_err("loading a kernel module"))
             })
             .collect::<Result<_>>()?;
-        let function = |base: &str| -> Result<CudaFunction> {
-            let name = format!("{base}{}", T::SUFFIX);
-            let (i, _) = files
-                .iter()
-                .enumerate()
-                .find(|(_, f)| f.kernels.iter().any(|k| k.name == name))
-                .ok_or_else(|| Error::Cuda {
-                    what: "loading kernels".into(),
-                    reason: format!("no compiled kernel named {name}"),
-                })?;
-            modules[i]
-                .load_function(&name)
-                .map_err(driver_err("cuModuleGetFunction"))
-        };
+        let function =
+            |base: &str| modules_function(&files, &modules, &format!("{base}{}", T::SUFFIX));
         Ok(Gpu {
             conv_k3s1: function("conv_k3s1")?,
             conv_k3s2: function("conv_k3s2")?,
@@ -159,6 +167,8 @@ impl<T: GpuElem> Gpu<T> {
             exchange: function("exchange")?,
             bn_relu: function("bn_relu")?,
             argmax: function("argmax")?,
+            argmax_f32: modules_function(&files, &modules, "argmax_f32")?,
+            flip_merge: function("flip_merge")?,
             fill_nan: function("fill_nan")?,
             _modules: modules,
             _elem: std::marker::PhantomData,
@@ -350,6 +360,40 @@ impl<T: GpuElem> Gpu<T> {
         Ok(())
     }
 
+    /// The flip test's merge of a batch of `2n` heatmaps (plain, then mirrored) into `n`
+    /// f32 maps; `partner` holds each joint's left/right partner as i32.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn flip_merge(
+        &self,
+        hm: u64,
+        partner: u64,
+        out: u64,
+        n: usize,
+        k: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<()> {
+        let total = n * k * h * w;
+        let cfg = LaunchConfig {
+            grid_dim: grid_dim("flip_merge", blocks(total, FLAT_THREADS), 1, 1)?,
+            block_dim: (FLAT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n, k, h, w) = (dim_i32(n)?, dim_i32(k)?, dim_i32(h)?, dim_i32(w)?);
+        let mut b = self.stream.launch_builder(&self.flip_merge);
+        b.arg(&hm)
+            .arg(&partner)
+            .arg(&out)
+            .arg(&n)
+            .arg(&k)
+            .arg(&h)
+            .arg(&w);
+        // SAFETY: hm holds 2n·k·h·w elements of T, partner k i32 each below k, out n·k·h·w
+        // f32; all live device buffers of this context.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching flip_merge"))?;
+        Ok(())
+    }
+
     /// Standalone BN(+ReLU) with running statistics, `n` images of shape `s`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn bn_relu(
@@ -388,10 +432,13 @@ impl<T: GpuElem> Gpu<T> {
         Ok(())
     }
 
-    /// Peaks of `maps` heatmaps of `h × w` into `xy` (2 f32 each) and `score` (1 f32 each).
+    /// Peaks of `maps` heatmaps of `h × w` (in T, or f32 when `f32_maps`) into `xy`
+    /// (2 f32 each) and `score` (1 f32 each).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn argmax(
         &self,
         hm: u64,
+        f32_maps: bool,
         maps: usize,
         h: usize,
         w: usize,
@@ -404,7 +451,11 @@ impl<T: GpuElem> Gpu<T> {
             shared_mem_bytes: 0,
         };
         let (h, w) = (dim_i32(h)?, dim_i32(w)?);
-        let mut b = self.stream.launch_builder(&self.argmax);
+        let mut b = self.stream.launch_builder(if f32_maps {
+            &self.argmax_f32
+        } else {
+            &self.argmax
+        });
         b.arg(&hm).arg(&xy).arg(&score).arg(&h).arg(&w);
         // SAFETY: hm holds maps·h·w elements, xy 2·maps and score maps f32; all live.
         unsafe { b.launch(cfg) }.map_err(driver_err("launching argmax"))?;
@@ -464,6 +515,8 @@ struct Net<T> {
     slots: Vec<CudaSlice<T>>,
     xy: CudaSlice<f32>,
     score: CudaSlice<f32>,
+    merged: CudaSlice<f32>,
+    partner: CudaSlice<i32>,
     capacity: usize,
     poison: bool,
 }
@@ -479,7 +532,8 @@ impl<T: GpuElem> Net<T> {
             biases.push(gpu.upload(&p.bias)?);
         }
         let (slot_of, slot_len) = plan_slots(&model.graph);
-        let (xy, score) = (gpu.alloc(0)?, gpu.alloc(0)?);
+        let (xy, score, merged, partner) =
+            (gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?);
         Ok(Net {
             gpu,
             graph: model.graph.clone(),
@@ -490,6 +544,8 @@ impl<T: GpuElem> Net<T> {
             slots: Vec::new(),
             xy,
             score,
+            merged,
+            partner,
             capacity: 0,
             poison: false,
         })
@@ -595,21 +651,86 @@ impl<T: GpuElem> Net<T> {
         Tensor::new(Nchw::batch(n, s), out.into_iter().map(T::to_f32).collect())
     }
 
+    /// Fills the peak buffers' first `maps` entries with NaN (when poisoning).
+    fn poison_peaks(&mut self, maps: usize) -> Result<()> {
+        if !self.poison {
+            return Ok(());
+        }
+        let stream = &self.gpu.stream;
+        let nan = vec![f32::NAN; 2 * maps];
+        stream
+            .memcpy_htod(&nan, &mut self.xy.slice_mut(0..2 * maps))
+            .and_then(|()| stream.memcpy_htod(&nan[..maps], &mut self.score.slice_mut(0..maps)))
+            .map_err(driver_err("poisoning the peak buffers"))
+    }
+
     fn forward_peaks(&mut self, input: &Tensor) -> Result<(Tensor, Vec<Peak>)> {
         let heatmaps = self.forward(input)?;
         let s = heatmaps.shape();
         let maps = s.n * s.c;
-        let hm = self.addr_of(self.graph.output);
-        if self.poison {
-            let stream = &self.gpu.stream;
-            let nan = vec![f32::NAN; 2 * maps];
-            stream
-                .memcpy_htod(&nan, &mut self.xy.slice_mut(0..2 * maps))
-                .and_then(|()| stream.memcpy_htod(&nan[..maps], &mut self.score.slice_mut(0..maps)))
-                .map_err(driver_err("poisoning the peak buffers"))?;
+        self.poison_peaks(maps)?;
+        let (hm, xy, score) = (
+            self.addr_of(self.graph.output),
+            self.gpu.addr(&self.xy),
+            self.gpu.addr(&self.score),
+        );
+        self.gpu.argmax(hm, false, maps, s.h, s.w, xy, score)?;
+        let peaks = self.gpu.read_peaks(&self.xy, &self.score, maps)?;
+        Ok((heatmaps, peaks))
+    }
+
+    /// The flip test on the GPU: `both` holds N crops then the same N mirrored; one forward,
+    /// then the merge (kernels/flip_merge.cu) and the peaks of the merged maps.
+    fn forward_flip_peaks(
+        &mut self,
+        both: &Tensor,
+        pairs: &[(usize, usize)],
+    ) -> Result<(Tensor, Vec<Peak>)> {
+        let total = both.shape().n;
+        if !total.is_multiple_of(2) {
+            return Err(Error::Input(format!(
+                "a flip-test batch holds plain and mirrored halves; {total} is odd"
+            )));
         }
+        self.run(both)?;
+        let s = self.graph.output_shape();
+        let (n, maps) = (total / 2, total / 2 * s.c);
+        let len = maps * s.h * s.w;
+        if self.merged.len() < len {
+            self.merged = self.gpu.alloc(len)?;
+        }
+        let partner: Vec<i32> = (0..s.c)
+            .map(|j| {
+                let p = pairs
+                    .iter()
+                    .find_map(|&(a, b)| (a == j).then_some(b).or((b == j).then_some(a)));
+                i32::try_from(p.filter(|&p| p < s.c).unwrap_or(j)).unwrap_or(0)
+            })
+            .collect();
+        if self.partner.len() < s.c {
+            self.partner = self.gpu.alloc(s.c)?;
+        }
+        self.gpu
+            .stream
+            .memcpy_htod(&partner, &mut self.partner.slice_mut(0..s.c))
+            .map_err(driver_err("copying the joint pairs"))?;
+        if self.poison {
+            let nan = vec![f32::NAN; len];
+            self.gpu
+                .stream
+                .memcpy_htod(&nan, &mut self.merged.slice_mut(0..len))
+                .map_err(driver_err("poisoning the merged heatmaps"))?;
+        }
+        self.poison_peaks(maps)?;
+        let (hm, pt, merged) = (
+            self.addr_of(self.graph.output),
+            self.gpu.addr(&self.partner),
+            self.gpu.addr(&self.merged),
+        );
+        self.gpu.flip_merge(hm, pt, merged, n, s.c, s.h, s.w)?;
         let (xy, score) = (self.gpu.addr(&self.xy), self.gpu.addr(&self.score));
-        self.gpu.argmax(hm, maps, s.h, s.w, xy, score)?;
+        self.gpu.argmax(merged, true, maps, s.h, s.w, xy, score)?;
+        let heatmaps = Tensor::new(Nchw::batch(n, s), self.gpu.download(&self.merged, len)?)?;
         let peaks = self.gpu.read_peaks(&self.xy, &self.score, maps)?;
         Ok((heatmaps, peaks))
     }
@@ -708,6 +829,21 @@ impl CudaEngine {
         match &mut self.inner {
             Inner::F32(n) => n.forward_peaks(input),
             Inner::F16(n) => n.forward_peaks(input),
+        }
+    }
+
+    /// The flip test on the GPU: `both` holds N crops followed by the same N mirrored left
+    /// to right (see [`crate::pose::flip_images`]). Returns the N merged heatmaps (as
+    /// [`crate::pose::merge_flipped`] makes them, in f32) and their peaks, both computed on
+    /// the GPU (kernels/flip_merge.cu, kernels/argmax.cu).
+    pub fn forward_flip_peaks(
+        &mut self,
+        both: &Tensor,
+        pairs: &[(usize, usize)],
+    ) -> Result<(Tensor, Vec<Peak>)> {
+        match &mut self.inner {
+            Inner::F32(n) => n.forward_flip_peaks(both, pairs),
+            Inner::F16(n) => n.forward_flip_peaks(both, pairs),
         }
     }
 }

@@ -171,6 +171,7 @@ impl<T: GpuElem> CudaOps<T> {
         let score = self.gpu.upload(&nan[..maps])?;
         self.gpu.argmax(
             self.gpu.addr(&hd),
+            false,
             maps,
             s.h,
             s.w,

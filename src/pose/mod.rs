@@ -28,7 +28,7 @@ use image::RgbImage;
 
 use crate::cpu::CpuEngine;
 use crate::cuda::{CudaEngine, Precision};
-use crate::decode::{Peak, peak};
+use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::tensor::{Nchw, Tensor};
 use crate::weights::Model;
@@ -240,21 +240,9 @@ impl PoseEstimator {
                 crop::normalise_into(&t, w, h, dst);
             }
             let x = Tensor::new(Nchw { n, c: 3, h, w }, x)?;
-            let mut heatmaps = self.forward(&x)?;
-            if self.flip {
-                let flipped = self.forward(&flip_images(&x))?;
-                heatmaps = merge_flipped(&heatmaps, &flipped, self.joints.flip_pairs)?;
-            }
-            let s = heatmaps.shape();
-            for ((_, b, center, scale), maps) in chunk
-                .iter()
-                .zip(heatmaps.data().chunks_exact(s.c * s.h * s.w))
-            {
-                let peaks: Vec<Peak> = maps
-                    .chunks_exact(s.h * s.w)
-                    .map(|m| peak(m, s.h, s.w))
-                    .collect();
-                poses.push(to_pose(&peaks, *b, *center, *scale, s.w, s.h)?);
+            let (peaks, s) = self.peaks(&x)?;
+            for ((_, b, center, scale), peaks) in chunk.iter().zip(peaks.chunks_exact(s.c)) {
+                poses.push(to_pose(peaks, *b, *center, *scale, s.w, s.h)?);
             }
         }
         let mut it = poses.into_iter();
@@ -262,6 +250,32 @@ impl PoseEstimator {
             .iter()
             .map(|(_, boxes)| it.by_ref().take(boxes.len()).collect())
             .collect())
+    }
+}
+
+impl PoseEstimator {
+    /// The peak of every heatmap of a batch of crops (flip test included) and the heatmaps'
+    /// shape. On the GPU the merge and the peaks are computed there too.
+    fn peaks(&self, x: &Tensor) -> Result<(Vec<Peak>, Nchw)> {
+        let pairs = self.joints.flip_pairs;
+        match &self.backend {
+            Backend::Cpu(e) => {
+                let mut heatmaps = e.forward(x)?;
+                if self.flip {
+                    heatmaps = merge_flipped(&heatmaps, &e.forward(&flip_images(x))?, pairs)?;
+                }
+                Ok((crate::decode::peaks(&heatmaps), heatmaps.shape()))
+            }
+            Backend::Cuda(e) => {
+                let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
+                let (heatmaps, peaks) = if self.flip {
+                    e.forward_flip_peaks(&Tensor::concat(&[x, &flip_images(x)])?, pairs)?
+                } else {
+                    e.forward_peaks(x)?
+                };
+                Ok((peaks, heatmaps.shape()))
+            }
+        }
     }
 }
 
@@ -395,6 +409,10 @@ mod tests {
         assert_eq!(&out.data()[0..4], &[4.0, 4.0, 3.5, 3.0]);
         assert_eq!(&out.data()[4..8], &[20.0, 20.0, 15.0, 10.0]);
         assert_eq!(&out.data()[8..12], &[2.0, 2.0, 1.5, 1.0]);
+        // The same through concatenation: the GPU's flip batch is plain then mirrored.
+        let both = Tensor::concat(&[&plain, &flipped]).unwrap();
+        assert_eq!(both.shape().n, 2);
+        assert_eq!(both.image(1), flipped.data());
         // Flipping twice is the identity.
         let x = Tensor::random_normal(
             Nchw {
