@@ -224,7 +224,14 @@ mod tests {
     #[test]
     fn every_kernel_file_is_embedded() {
         let names: Vec<&str> = kernel_files().iter().map(|f| f.0).collect();
-        for f in ["argmax", "bn_relu", "conv", "exchange", "fill", "flip_merge"] {
+        for f in [
+            "argmax",
+            "bn_relu",
+            "conv",
+            "exchange",
+            "fill",
+            "flip_merge",
+        ] {
             assert!(names.contains(&f), "{f}");
         }
         assert!(embedded::COMMON.contains("HRNET_F32_F16"));
