@@ -27,12 +27,7 @@ fn coco_sample() -> Option<PathBuf> {
 }
 
 fn expected(name: &str) -> Vec<CocoResult> {
-    load_results(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/official-pose")
-            .join(name),
-    )
-    .unwrap()
+    load_results(common::test_data().join("official-pose").join(name)).unwrap()
 }
 
 /// Largest keypoint distance (max over x and y) between two result lists in the same order.

@@ -113,6 +113,29 @@ enum Command {
         #[arg(long)]
         draw: Option<PathBuf>,
     },
+    /// Time the CUDA engine: device time of the whole network per batch size and precision
+    /// (CUDA-event medians after warm-up), images/s and device memory; JSON lines, the
+    /// same fields as scripts/peer_pytorch.py --time prints for PyTorch.
+    Bench {
+        /// Preset (seeded random weights) unless --weights is given.
+        #[arg(long, default_value = "w32-256x192")]
+        model: String,
+        /// A checkpoint to time instead.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Precisions, comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,f16")]
+        precision: Vec<Prec>,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+        batch: Vec<usize>,
+        /// Timed runs per configuration.
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+    },
     /// Report the CUDA driver, NVRTC, headers and GPU, compile every kernel and print each
     /// kernel's registers, shared memory, stack frame and spills.
     Doctor {
@@ -314,6 +337,21 @@ fn run(command: Command) -> Result<ExitCode> {
             println!("ok: within {tolerance:.1e} with identical argmax");
         }
         Command::Doctor { arch } => doctor(arch)?,
+        Command::Bench {
+            model,
+            weights,
+            precision,
+            batch,
+            runs,
+            warmup,
+        } => bench(
+            &model,
+            weights.as_deref(),
+            &precision,
+            &batch,
+            runs.max(1),
+            warmup,
+        )?,
         Command::Pose {
             weights,
             image,
@@ -511,6 +549,41 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn bench(
+    preset: &str,
+    weights: Option<&std::path::Path>,
+    precisions: &[Prec],
+    batches: &[usize],
+    runs: usize,
+    warmup: usize,
+) -> Result<()> {
+    let model = match weights {
+        Some(w) => Model::load(w, None)?,
+        None => Model::random(&HrnetConfig::preset(preset)?, 2019)?,
+    };
+    let name = model.graph.config.name.clone();
+    for &p in precisions {
+        let mut engine = CudaEngine::new(&model, p.into())?;
+        for &n in batches {
+            if n == 0 {
+                return Err(Error::Input("batch sizes must be at least 1".into()));
+            }
+            let x = Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand_seed());
+            let mut ms = engine.time(&x, warmup, runs)?;
+            ms.sort_by(f64::total_cmp);
+            let median = ms[ms.len() / 2];
+            let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
+            println!(
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                engine.precision(),
+                n as f64 * 1000.0 / median,
+                engine.gpu().name
+            );
+        }
+    }
+    Ok(())
 }
 
 fn doctor(arch: Option<String>) -> Result<()> {

@@ -595,6 +595,18 @@ impl<T: GpuElem> Net<T> {
         Ok(())
     }
 
+    fn weight_bytes(&self) -> usize {
+        self.weights
+            .iter()
+            .map(|w| w.len() * std::mem::size_of::<T>())
+            .sum::<usize>()
+            + self
+                .biases
+                .iter()
+                .map(|b| b.len() * std::mem::size_of::<f32>())
+                .sum::<usize>()
+    }
+
     fn arena_bytes(&self) -> usize {
         self.capacity * self.slot_len.iter().sum::<usize>() * std::mem::size_of::<T>()
     }
@@ -605,6 +617,13 @@ impl<T: GpuElem> Net<T> {
 
     /// Runs every op; the heatmaps stay in the output value's slot.
     fn run(&mut self, input: &Tensor) -> Result<usize> {
+        let n = self.upload(input)?;
+        self.launch_all(n)?;
+        Ok(n)
+    }
+
+    /// Checks the input, makes room for its batch and copies it into the input's slot.
+    fn upload(&mut self, input: &Tensor) -> Result<usize> {
         self.graph.check_input(input)?;
         let n = input.shape().n;
         self.reserve(n)?;
@@ -614,6 +633,41 @@ impl<T: GpuElem> Net<T> {
             .stream
             .memcpy_htod(&host, &mut slot.slice_mut(0..host.len()))
             .map_err(driver_err("copying the input to the GPU"))?;
+        Ok(n)
+    }
+
+    /// Device time of the whole network on an uploaded batch, per run, in milliseconds
+    /// (CUDA events around the launches; no copies included).
+    fn time(&mut self, input: &Tensor, warmup: usize, runs: usize) -> Result<Vec<f64>> {
+        let n = self.upload(input)?;
+        for _ in 0..warmup {
+            self.launch_all(n)?;
+        }
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut ms = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let start = self
+                .gpu
+                .stream
+                .record_event(timing)
+                .map_err(driver_err("recording an event"))?;
+            self.launch_all(n)?;
+            let end = self
+                .gpu
+                .stream
+                .record_event(timing)
+                .map_err(driver_err("recording an event"))?;
+            ms.push(f64::from(
+                start
+                    .elapsed_ms(&end)
+                    .map_err(driver_err("timing the forward"))?,
+            ));
+        }
+        Ok(ms)
+    }
+
+    /// Launches every op of the graph on the batch of `n` already uploaded.
+    fn launch_all(&mut self, n: usize) -> Result<()> {
         for op in &self.graph.ops {
             let out = op.output();
             let y = self.addr_of(out);
@@ -639,7 +693,7 @@ impl<T: GpuElem> Net<T> {
                 }
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     fn forward(&mut self, input: &Tensor) -> Result<Tensor> {
@@ -804,6 +858,25 @@ impl CudaEngine {
         match &mut self.inner {
             Inner::F32(net) => net.reserve(n),
             Inner::F16(net) => net.reserve(n),
+        }
+    }
+
+    /// Device time of the whole network on `input` (uploaded once), in milliseconds, for
+    /// each of `runs` runs after `warmup` unmeasured ones: CUDA events around the kernels,
+    /// no host copies. For benchmarks.
+    pub fn time(&mut self, input: &Tensor, warmup: usize, runs: usize) -> Result<Vec<f64>> {
+        match &mut self.inner {
+            Inner::F32(n) => n.time(input, warmup, runs),
+            Inner::F16(n) => n.time(input, warmup, runs),
+        }
+    }
+
+    /// Bytes of the weights on the device.
+    #[must_use]
+    pub fn weight_bytes(&self) -> usize {
+        match &self.inner {
+            Inner::F32(n) => n.weight_bytes(),
+            Inner::F16(n) => n.weight_bytes(),
         }
     }
 

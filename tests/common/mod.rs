@@ -6,9 +6,17 @@ use std::path::{Path, PathBuf};
 use hrnet::tensor::{argmax_agreement, relative_l2};
 use hrnet::{Model, Tensor, npy};
 
+/// The committed test data: tests/data, or `HRNET_TEST_DATA` (for test binaries carried
+/// to another machine).
+pub fn test_data() -> PathBuf {
+    std::env::var_os("HRNET_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"))
+}
+
 /// The committed case made by `scripts/official_case.py` from the official model.
 pub fn official_tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/official-tiny")
+    test_data().join("official-tiny")
 }
 
 /// A fresh, empty directory for one test's files.
