@@ -1,5 +1,6 @@
 //! `--draw`: the image with each person's box, skeleton and joints, readable at a glance.
-//! Left limbs orange, right limbs blue, the rest green; only keypoints scoring above
+//! Boxes magenta, left limbs orange, right limbs blue, the rest green, joints ringed in
+//! white; only keypoints scoring above
 //! [`VISIBLE`] are drawn.
 
 use image::{Rgb, RgbImage};
@@ -10,7 +11,8 @@ use super::{Pose, VISIBLE};
 const LEFT: Rgb<u8> = Rgb([255, 140, 0]);
 const RIGHT: Rgb<u8> = Rgb([30, 144, 255]);
 const MIDDLE: Rgb<u8> = Rgb([50, 205, 50]);
-const BOX: Rgb<u8> = Rgb([255, 255, 255]);
+const BOX: Rgb<u8> = Rgb([230, 0, 230]);
+const RING: Rgb<u8> = Rgb([255, 255, 255]);
 
 fn side(joints: &JointSet, j: usize) -> Rgb<u8> {
     match joints.names.get(j) {
@@ -80,7 +82,7 @@ pub fn draw_poses(image: &RgbImage, poses: &[Pose], joints: &JointSet) -> RgbIma
         }
         for j in 0..p.keypoints.len() {
             if let Some(pt) = visible(j) {
-                segment(&mut img, pt, pt, line * 1.8, BOX);
+                segment(&mut img, pt, pt, line * 1.8, RING);
                 segment(&mut img, pt, pt, line * 1.2, side(joints, j));
             }
         }
