@@ -1,7 +1,8 @@
 //! The GPU executor: the graph run with the hand-written kernels. Weights are uploaded
 //! once; activations live in a preallocated arena of slots (a value takes a free slot and
 //! gives it back after its last reader), so a forward at a batch size already seen
-//! allocates nothing; one stream; results are copied back only at the end.
+//! allocates nothing; one stream; results are copied back only at the end. The launches of
+//! a forward are captured once per batch size into a CUDA graph and replayed.
 
 use std::sync::Arc;
 
@@ -504,6 +505,14 @@ pub(crate) fn plan_slots(graph: &Graph) -> (Vec<usize>, Vec<usize>) {
     (slot_of, len)
 }
 
+/// A captured forward. cudarc leaves its graph handles `!Send`.
+struct CapturedForward(cudarc::driver::CudaGraph);
+
+// SAFETY: the driver's graph and graph-exec handles may be used from any thread with their
+// context current (cudarc binds it before each launch); a `CapturedForward` is only reached through
+// `&mut Net`, so it is never used from two threads at once.
+unsafe impl Send for CapturedForward {}
+
 /// The network on one GPU in one element type.
 struct Net<T> {
     gpu: Gpu<T>,
@@ -518,6 +527,10 @@ struct Net<T> {
     merged: CudaSlice<f32>,
     partner: CudaSlice<i32>,
     capacity: usize,
+    /// CUDA graphs of the forward by (batch, poison); valid while the arena stays.
+    graphs: std::collections::HashMap<(usize, bool), CapturedForward>,
+    graphs_on: bool,
+    graph_fallback: Option<String>,
     poison: bool,
 }
 
@@ -547,6 +560,9 @@ impl<T: GpuElem> Net<T> {
             merged,
             partner,
             capacity: 0,
+            graphs: std::collections::HashMap::new(),
+            graphs_on: true,
+            graph_fallback: None,
             poison: false,
         })
     }
@@ -569,6 +585,7 @@ impl<T: GpuElem> Net<T> {
         if n <= self.capacity {
             return Ok(());
         }
+        self.graphs.clear();
         self.slots.clear();
         self.capacity = 0;
         let what = format!(
@@ -618,8 +635,52 @@ impl<T: GpuElem> Net<T> {
     /// Runs every op; the heatmaps stay in the output value's slot.
     fn run(&mut self, input: &Tensor) -> Result<usize> {
         let n = self.upload(input)?;
-        self.launch_all(n)?;
+        self.execute(n)?;
         Ok(n)
+    }
+
+    /// Runs the network on the uploaded batch of `n`: the CUDA graph captured for this batch
+    /// size (captured on first use), or the launches one by one when graphs are off or
+    /// capturing failed (the reason is kept, see `CudaEngine::graph_fallback`).
+    fn execute(&mut self, n: usize) -> Result<()> {
+        if self.graph_fallback.is_some() || !self.graphs_on {
+            return self.launch_all(n);
+        }
+        let key = (n, self.poison);
+        if !self.graphs.contains_key(&key) {
+            match self.capture(n) {
+                Ok(g) => {
+                    self.graphs.insert(key, g);
+                }
+                Err(e) => {
+                    self.graph_fallback = Some(e.to_string());
+                    return self.launch_all(n);
+                }
+            }
+        }
+        self.graphs[&key]
+            .0
+            .launch()
+            .map_err(driver_err("launching the CUDA graph"))
+    }
+
+    /// Records every launch of the forward for `n` images into a CUDA graph.
+    fn capture(&mut self, n: usize) -> Result<CapturedForward> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags_enum as Flags, CUstreamCaptureMode};
+        let stream = self.gpu.stream.clone();
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver_err("beginning a graph capture"))?;
+        let launched = self.launch_all(n);
+        let ended = stream.end_capture(Flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD);
+        launched?;
+        ended
+            .map_err(driver_err("ending a graph capture"))?
+            .map(CapturedForward)
+            .ok_or_else(|| Error::Cuda {
+                what: "capturing the forward".into(),
+                reason: "the capture recorded nothing".into(),
+            })
     }
 
     /// Checks the input, makes room for its batch and copies it into the input's slot.
@@ -641,7 +702,7 @@ impl<T: GpuElem> Net<T> {
     fn time(&mut self, input: &Tensor, warmup: usize, runs: usize) -> Result<Vec<f64>> {
         let n = self.upload(input)?;
         for _ in 0..warmup {
-            self.launch_all(n)?;
+            self.execute(n)?;
         }
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut ms = Vec::with_capacity(runs);
@@ -839,6 +900,25 @@ impl CudaEngine {
         match &mut self.inner {
             Inner::F32(n) => n.poison = on,
             Inner::F16(n) => n.poison = on,
+        }
+    }
+
+    /// Replay each batch size's forward as one CUDA graph (on by default) or launch its
+    /// ~300 kernels one by one.
+    pub fn set_graphs(&mut self, on: bool) {
+        match &mut self.inner {
+            Inner::F32(n) => n.graphs_on = on,
+            Inner::F16(n) => n.graphs_on = on,
+        }
+    }
+
+    /// Why CUDA graphs are not in use, if capturing one failed (the engine then launches
+    /// kernels one by one).
+    #[must_use]
+    pub fn graph_fallback(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::F32(n) => n.graph_fallback.as_deref(),
+            Inner::F16(n) => n.graph_fallback.as_deref(),
         }
     }
 
