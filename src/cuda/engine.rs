@@ -99,6 +99,32 @@ fn dim_i32(v: usize) -> Result<i32> {
     })
 }
 
+/// Device milliseconds of `work` (launches on `stream`) for each of `runs` runs: CUDA events
+/// recorded before and after each run.
+pub(crate) fn time_runs(
+    stream: &Arc<CudaStream>,
+    runs: usize,
+    mut work: impl FnMut() -> Result<()>,
+) -> Result<Vec<f64>> {
+    let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = stream
+            .record_event(timing)
+            .map_err(driver_err("recording an event"))?;
+        work()?;
+        let end = stream
+            .record_event(timing)
+            .map_err(driver_err("recording an event"))?;
+        ms.push(f64::from(
+            start
+                .elapsed_ms(&end)
+                .map_err(driver_err("timing on the GPU"))?,
+        ));
+    }
+    Ok(ms)
+}
+
 /// The kernel `name` from whichever compiled file defines it.
 fn modules_function(
     files: &[super::CompiledFile],
@@ -704,27 +730,8 @@ impl<T: GpuElem> Net<T> {
         for _ in 0..warmup {
             self.execute(n)?;
         }
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let mut ms = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let start = self
-                .gpu
-                .stream
-                .record_event(timing)
-                .map_err(driver_err("recording an event"))?;
-            self.launch_all(n)?;
-            let end = self
-                .gpu
-                .stream
-                .record_event(timing)
-                .map_err(driver_err("recording an event"))?;
-            ms.push(f64::from(
-                start
-                    .elapsed_ms(&end)
-                    .map_err(driver_err("timing the forward"))?,
-            ));
-        }
-        Ok(ms)
+        let stream = self.gpu.stream.clone();
+        time_runs(&stream, runs, || self.execute(n))
     }
 
     /// Launches every op of the graph on the batch of `n` already uploaded.

@@ -87,6 +87,31 @@ impl<T: GpuElem> CudaOps<T> {
         self.finish(&y, shape)
     }
 
+    /// Device milliseconds of the convolution kernel alone (operands uploaded once), for
+    /// each of `runs` runs after `warmup`: for benchmarks.
+    pub fn time_conv(
+        &self,
+        x: &Tensor,
+        layer: &ConvLayer,
+        p: &ConvParams,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Vec<f64>> {
+        let s = x.shape();
+        let (ho, wo) = layer.out_size(s.h, s.w);
+        let xd = self.gpu.upload(&to_elems::<T>(x.data()))?;
+        let wd = self.gpu.upload(&to_elems::<T>(&p.weight))?;
+        let bd = self.gpu.upload(&p.bias)?;
+        let y = self.output(s.n * layer.cout * ho * wo)?;
+        let g = &self.gpu;
+        let (xa, wa, ba, ya) = (g.addr(&xd), g.addr(&wd), g.addr(&bd), g.addr(&y));
+        let launch = || g.conv(layer, s.chw(), s.n, xa, wa, ba, 0, ya, true);
+        for _ in 0..warmup {
+            launch()?;
+        }
+        super::engine::time_runs(&g.stream, runs, launch)
+    }
+
     /// `relu(Σ upsample(term, factor))` (kernels/exchange.cu); the output has the first
     /// term's batch and channels and its size times its factor.
     pub fn exchange(&self, terms: &[(&Tensor, usize)]) -> Result<Tensor> {
