@@ -223,7 +223,10 @@ impl PoseEstimator {
         for (image, boxes) in items {
             for (i, b) in boxes.iter().enumerate() {
                 b.check(image.width(), image.height())
-                    .map_err(|e| Error::Input(format!("box {i}: {e}")))?;
+                    .map_err(|e| match e {
+                        Error::Input(why) => Error::Input(format!("box {i}: {why}")),
+                        other => other,
+                    })?;
                 let (center, scale) = box_to_center_scale(b.x, b.y, b.w, b.h, aspect);
                 crops.push((*image, *b, center, scale));
             }
@@ -377,6 +380,7 @@ pub fn merge_flipped(plain: &Tensor, flipped: &Tensor, pairs: &[(usize, usize)])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::HrnetConfig;
 
     #[test]
     fn engines_and_the_estimator_are_send_and_sync() {
@@ -425,6 +429,20 @@ mod tests {
         );
         assert_eq!(flip_images(&flip_images(&x)), x);
         assert_eq!(flip_images(&x).data()[0], x.data()[4]);
+    }
+
+    #[test]
+    fn a_bad_box_is_named_once() {
+        let mut config = HrnetConfig::official("tiny", 4, 17, 64, 64);
+        config.stages.iter_mut().for_each(|s| s.modules = 1);
+        let est = PoseEstimator::new(Model::random(&config, 1).unwrap(), Device::Cpu).unwrap();
+        let img = RgbImage::new(40, 30);
+        let e = est
+            .estimate(&img, &[PersonBox::new(1.0, 1.0, 0.0, 5.0, 1.0)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e.matches("invalid input").count(), 1, "{e}");
+        assert!(e.contains("box 0: box at (1, 1) has zero area"), "{e}");
     }
 
     #[test]
