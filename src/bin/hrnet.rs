@@ -288,16 +288,10 @@ fn run(command: Command) -> Result<ExitCode> {
                 (None, None) => unreachable!("clap requires --model or --weights"),
             };
             let summary = hrnet::Graph::new(&config)?.summary();
-            let all = summary.to_string();
             if totals {
-                let lines: Vec<&str> = all.lines().collect();
-                emit(&format!(
-                    "{}\n{}\n",
-                    lines[0],
-                    lines[lines.len() - 3..].join("\n")
-                ));
+                emit(&format!("{}\n{}\n", summary.config, summary.totals()));
             } else {
-                emit(&format!("{all}\n"));
+                emit(&format!("{summary}\n"));
             }
         }
         Command::Verify {

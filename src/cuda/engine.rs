@@ -17,6 +17,7 @@ use super::probe::{GpuInfo, driver_err, gpus};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::graph::{Chw, ConvLayer, Graph, Op};
+use crate::pose::joints::partner;
 use crate::tensor::{Nchw, Tensor};
 use crate::weights::Model;
 
@@ -821,13 +822,9 @@ impl<T: GpuElem> Net<T> {
         if self.merged.len() < len {
             self.merged = self.gpu.alloc(len)?;
         }
+        // A partner outside the maps would read past them: such a pair is ignored.
         let partner: Vec<i32> = (0..s.c)
-            .map(|j| {
-                let p = pairs
-                    .iter()
-                    .find_map(|&(a, b)| (a == j).then_some(b).or((b == j).then_some(a)));
-                i32::try_from(p.filter(|&p| p < s.c).unwrap_or(j)).unwrap_or(0)
-            })
+            .map(|j| Some(partner(pairs, j)).filter(|&p| p < s.c).unwrap_or(j) as i32)
             .collect();
         if self.partner.len() < s.c {
             self.partner = self.gpu.alloc(s.c)?;
@@ -863,11 +860,20 @@ enum Inner {
     F16(Net<half::f16>),
 }
 
+/// `$body` with `$n` bound to whichever element type's network `$inner` holds.
+macro_rules! on_net {
+    ($inner:expr, $n:ident => $body:expr) => {
+        match $inner {
+            Inner::F32($n) => $body,
+            Inner::F16($n) => $body,
+        }
+    };
+}
+
 /// HRNet on a GPU with the hand-written kernels. `Send`; not `Sync` (a forward uses the
 /// engine's arena): share one across threads behind a `Mutex`, or give each thread its own.
 pub struct CudaEngine {
     inner: Inner,
-    precision: Precision,
 }
 
 impl CudaEngine {
@@ -883,113 +889,83 @@ impl CudaEngine {
             Precision::F32 => Inner::F32(Net::new(model, ordinal)?),
             Precision::F16 => Inner::F16(Net::new(model, ordinal)?),
         };
-        Ok(CudaEngine { inner, precision })
+        Ok(CudaEngine { inner })
     }
 
     /// The storage precision.
     #[must_use]
     pub fn precision(&self) -> Precision {
-        self.precision
+        match self.inner {
+            Inner::F32(_) => Precision::F32,
+            Inner::F16(_) => Precision::F16,
+        }
     }
 
     /// The GPU.
     #[must_use]
     pub fn gpu(&self) -> &GpuInfo {
-        match &self.inner {
-            Inner::F32(n) => &n.gpu.info,
-            Inner::F16(n) => &n.gpu.info,
-        }
+        on_net!(&self.inner, n => &n.gpu.info)
     }
 
     /// Fill every op's output with NaN before its launch, so that an element a kernel
     /// fails to write shows in the result (for tests; costs one extra launch per op).
     pub fn set_poison(&mut self, on: bool) {
-        match &mut self.inner {
-            Inner::F32(n) => n.poison = on,
-            Inner::F16(n) => n.poison = on,
-        }
+        on_net!(&mut self.inner, n => n.poison = on)
     }
 
     /// Replay each batch size's forward as one CUDA graph (on by default) or launch its
     /// ~300 kernels one by one.
     pub fn set_graphs(&mut self, on: bool) {
-        match &mut self.inner {
-            Inner::F32(n) => n.graphs_on = on,
-            Inner::F16(n) => n.graphs_on = on,
-        }
+        on_net!(&mut self.inner, n => n.graphs_on = on)
     }
 
     /// Why CUDA graphs are not in use, if capturing one failed (the engine then launches
     /// kernels one by one).
     #[must_use]
     pub fn graph_fallback(&self) -> Option<&str> {
-        match &self.inner {
-            Inner::F32(n) => n.graph_fallback.as_deref(),
-            Inner::F16(n) => n.graph_fallback.as_deref(),
-        }
+        on_net!(&self.inner, n => n.graph_fallback.as_deref())
     }
 
     /// Bytes of the activation arena at the largest batch run so far.
     #[must_use]
     pub fn arena_bytes(&self) -> usize {
-        match &self.inner {
-            Inner::F32(n) => n.arena_bytes(),
-            Inner::F16(n) => n.arena_bytes(),
-        }
+        on_net!(&self.inner, n => n.arena_bytes())
     }
 
     /// Preallocates the activation arena for batches of up to `n` images, so that the
     /// forwards that follow allocate nothing. Fails with [`Error::OutOfMemory`] (naming the
     /// memory needed and free) when it does not fit; the engine stays usable.
     pub fn reserve(&mut self, n: usize) -> Result<()> {
-        match &mut self.inner {
-            Inner::F32(net) => net.reserve(n),
-            Inner::F16(net) => net.reserve(n),
-        }
+        on_net!(&mut self.inner, net => net.reserve(n))
     }
 
     /// Device time of the whole network on `input` (uploaded once), in milliseconds, for
     /// each of `runs` runs after `warmup` unmeasured ones: CUDA events around the kernels,
     /// no host copies. For benchmarks.
     pub fn time(&mut self, input: &Tensor, warmup: usize, runs: usize) -> Result<Vec<f64>> {
-        match &mut self.inner {
-            Inner::F32(n) => n.time(input, warmup, runs),
-            Inner::F16(n) => n.time(input, warmup, runs),
-        }
+        on_net!(&mut self.inner, n => n.time(input, warmup, runs))
     }
 
     /// Bytes of the weights on the device.
     #[must_use]
     pub fn weight_bytes(&self) -> usize {
-        match &self.inner {
-            Inner::F32(n) => n.weight_bytes(),
-            Inner::F16(n) => n.weight_bytes(),
-        }
+        on_net!(&self.inner, n => n.weight_bytes())
     }
 
     /// Free and total device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize)> {
-        let ctx = match &self.inner {
-            Inner::F32(n) => &n.gpu.ctx,
-            Inner::F16(n) => &n.gpu.ctx,
-        };
+        let ctx = on_net!(&self.inner, n => &n.gpu.ctx);
         ctx.mem_get_info().map_err(driver_err("cuMemGetInfo"))
     }
 
     /// Heatmaps `N × joints × H/4 × W/4` (f32 on the host) for a normalised batch.
     pub fn forward(&mut self, input: &Tensor) -> Result<Tensor> {
-        match &mut self.inner {
-            Inner::F32(n) => n.forward(input),
-            Inner::F16(n) => n.forward(input),
-        }
+        on_net!(&mut self.inner, n => n.forward(input))
     }
 
     /// Heatmaps and the peak of every map, found on the GPU (kernels/argmax.cu).
     pub fn forward_peaks(&mut self, input: &Tensor) -> Result<(Tensor, Vec<Peak>)> {
-        match &mut self.inner {
-            Inner::F32(n) => n.forward_peaks(input),
-            Inner::F16(n) => n.forward_peaks(input),
-        }
+        on_net!(&mut self.inner, n => n.forward_peaks(input))
     }
 
     /// The flip test on the GPU: `both` holds N crops followed by the same N mirrored left
@@ -1001,9 +977,6 @@ impl CudaEngine {
         both: &Tensor,
         pairs: &[(usize, usize)],
     ) -> Result<(Tensor, Vec<Peak>)> {
-        match &mut self.inner {
-            Inner::F32(n) => n.forward_flip_peaks(both, pairs),
-            Inner::F16(n) => n.forward_flip_peaks(both, pairs),
-        }
+        on_net!(&mut self.inner, n => n.forward_flip_peaks(both, pairs))
     }
 }

@@ -118,9 +118,21 @@ impl fmt::Display for Summary {
                 thousands(r.macs)
             )?;
         }
-        writeln!(f, "params        {}", thousands(self.params))?;
-        writeln!(f, "conv mult-adds {} per image", thousands(self.conv_macs))?;
-        write!(f, "convolutions  {}", self.convs)
+        write!(f, "{}", self.totals())
+    }
+}
+
+impl Summary {
+    /// The three totals, one per line (what `hrnet summary --totals` prints after the
+    /// configuration).
+    #[must_use]
+    pub fn totals(&self) -> String {
+        format!(
+            "params        {}\nconv mult-adds {} per image\nconvolutions  {}",
+            thousands(self.params),
+            thousands(self.conv_macs),
+            self.convs
+        )
     }
 }
 

@@ -118,6 +118,23 @@ pub static UNKNOWN: JointSet = JointSet {
     skeleton: &[],
 };
 
+/// The joint that `j` swaps with in the flip test (`j` itself when it is in no pair).
+#[must_use]
+pub fn partner(pairs: &[(usize, usize)], j: usize) -> usize {
+    pairs
+        .iter()
+        .find_map(|&(a, b)| {
+            if a == j {
+                Some(b)
+            } else if b == j {
+                Some(a)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(j)
+}
+
 impl JointSet {
     /// The set for a model with `n` output heatmaps.
     #[must_use]
@@ -166,6 +183,14 @@ mod tests {
             );
         }
         assert_eq!(JointSet::for_joints(17), &COCO);
+        assert_eq!(
+            (
+                partner(COCO.flip_pairs, 5),
+                partner(COCO.flip_pairs, 6),
+                partner(COCO.flip_pairs, 0)
+            ),
+            (6, 5, 0)
+        );
         assert!(!JointSet::for_joints(5).is_known());
     }
 }

@@ -344,25 +344,11 @@ pub fn merge_flipped(plain: &Tensor, flipped: &Tensor, pairs: &[(usize, usize)])
             flipped.shape()
         )));
     }
-    let partner = |j: usize| {
-        pairs
-            .iter()
-            .find_map(|&(a, b)| {
-                if a == j {
-                    Some(b)
-                } else if b == j {
-                    Some(a)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or(j)
-    };
     let (map, w) = (s.h * s.w, s.w);
     let mut out = plain.data().to_vec();
     for n in 0..s.n {
         for j in 0..s.c {
-            let src = &flipped.data()[(n * s.c + partner(j)) * map..][..map];
+            let src = &flipped.data()[(n * s.c + joints::partner(pairs, j)) * map..][..map];
             let dst = &mut out[(n * s.c + j) * map..][..map];
             for (src_row, dst_row) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
                 for (x, d) in dst_row.iter_mut().enumerate() {
