@@ -8,8 +8,10 @@
 // (f_j = 1). Terms are added in the official order (j = 0, 1, ...) and the ReLU is
 // applied once, after the whole sum.
 //
-// Layout: NCHW, element type T, y of shape N × C × H × W, t_j of N × C × H/f_j × W/f_j.
-// Up to 4 terms; unused ones have a null pointer. Kernels: exchange_f32, exchange_f16.
+// Layout: element type T, y of shape N × C × H × W, t_j of N × C × H/f_j × W/f_j, in NCHW
+// (exchange_f32, exchange_f16: the direct engine) or NHWC (exchange_nhwc_f32,
+// exchange_nhwc_f16: the tensor-core engine, for output branch 0, which has no strided
+// conv to fuse into). Up to 4 terms; unused ones have a null pointer.
 // Launch: 256 threads per block, one output element per thread,
 // grid ceil(N·C·H·W / 256).
 
@@ -35,9 +37,38 @@ __device__ void exchange(const T* t0, int f0, const T* t1, int f1, const T* t2, 
     y[i] = store_as<T>(relu_keep_nan(s));
 }
 
+template <typename T>
+__device__ __forceinline__ float term_nhwc(const T* t, int f, u64 n, int yy, int xx, int c, int h, int w, int ch) {
+    const int hs = h / f, ws = w / f;
+    return load_f32(t + ((n * hs + yy / f) * ws + xx / f) * ch + c);
+}
+
+template <typename T>
+__device__ void exchange_nhwc(const T* t0, int f0, const T* t1, int f1, const T* t2, int f2, const T* t3, int f3,
+                              T* y, u64 total, int h, int w, int ch) {
+    const u64 i = (u64)blockIdx.x * EXCHANGE_THREADS + threadIdx.x;
+    if (i >= total) return;
+    const int c = (int)(i % ch);
+    const u64 pix = i / ch;
+    const int xx = (int)(pix % w), yy = (int)((pix / w) % h);
+    const u64 n = pix / ((u64)w * h);
+    float s = term_nhwc(t0, f0, n, yy, xx, c, h, w, ch);
+    if (t1) s += term_nhwc(t1, f1, n, yy, xx, c, h, w, ch);
+    if (t2) s += term_nhwc(t2, f2, n, yy, xx, c, h, w, ch);
+    if (t3) s += term_nhwc(t3, f3, n, yy, xx, c, h, w, ch);
+    y[i] = store_as<T>(relu_keep_nan(s));
+}
+
 #define EXCHANGE_PARAMS(T)                                                                                 \
     (const T* __restrict__ t0, int f0, const T* __restrict__ t1, int f1, const T* __restrict__ t2, int f2, \
      const T* __restrict__ t3, int f3, T* __restrict__ y, u64 total, int h, int w)
 #define EXCHANGE_ARGS (t0, f0, t1, f1, t2, f2, t3, f3, y, total, h, w)
 
 HRNET_F32_F16(exchange, EXCHANGE_THREADS, EXCHANGE_PARAMS, EXCHANGE_ARGS)
+
+#define EXCHANGE_NHWC_PARAMS(T)                                                                            \
+    (const T* __restrict__ t0, int f0, const T* __restrict__ t1, int f1, const T* __restrict__ t2, int f2, \
+     const T* __restrict__ t3, int f3, T* __restrict__ y, u64 total, int h, int w, int ch)
+#define EXCHANGE_NHWC_ARGS (t0, f0, t1, f1, t2, f2, t3, f3, y, total, h, w, ch)
+
+HRNET_F32_F16(exchange_nhwc, EXCHANGE_THREADS, EXCHANGE_NHWC_PARAMS, EXCHANGE_NHWC_ARGS)

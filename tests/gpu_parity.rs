@@ -7,7 +7,7 @@ mod common;
 
 use common::gpu_or_skip;
 use hrnet::cpu::ops::{conv2d, relu_in_place, upsample_add};
-use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Precision};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision};
 use hrnet::decode::peaks;
 use hrnet::graph::{Chw, ConvLayer};
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -108,6 +108,81 @@ fn hrnet_convs() -> Vec<(ConvLayer, Chw, bool, bool)> {
     v
 }
 
+/// Folded parameters for `layer`: weights scaled by 1/fan-in, biases standard normal.
+fn random_params(layer: &ConvLayer) -> ConvParams {
+    let fan_in = (layer.cin * layer.kernel * layer.kernel) as f32;
+    let row = |len| Nchw {
+        n: 1,
+        c: 1,
+        h: 1,
+        w: len,
+    };
+    ConvParams {
+        weight: Tensor::random_normal(row(layer.weight_len()), seed())
+            .data()
+            .iter()
+            .map(|v| v / fan_in)
+            .collect(),
+        bias: Tensor::random_normal(row(layer.cout), seed()).into_data(),
+    }
+}
+
+/// `relu?(Σ_s conv(x_s) + Σ_t upsample(t))` in f64 on the operands rounded to T.
+fn reference_step<T: GpuElem>(
+    sources: &[(&Tensor, &ConvLayer, &ConvParams)],
+    terms: &[(&Tensor, usize)],
+    relu: bool,
+) -> Vec<f64> {
+    let (x0, l0, _) = sources[0];
+    let s0 = x0.shape();
+    let (ho, wo) = l0.out_size(s0.h, s0.w);
+    let out = Chw {
+        c: l0.cout,
+        h: ho,
+        w: wo,
+    };
+    let mut want = vec![0.0f64; s0.n * out.len()];
+    let mut part = vec![0.0f64; out.len()];
+    let mut col = Vec::new();
+    for &(x, layer, p) in sources {
+        let (xs, ws) = (stored::<T>(x.data()), stored::<T>(&p.weight));
+        let bias: Vec<f64> = p.bias.iter().map(|&b| f64::from(b)).collect();
+        let s = x.shape().chw();
+        for (xi, oi) in xs
+            .chunks_exact(s.len())
+            .zip(want.chunks_exact_mut(out.len()))
+        {
+            conv2d(xi, s, layer, &ws, &bias, &mut part, &mut col);
+            oi.iter_mut().zip(&part).for_each(|(o, p)| *o += p);
+        }
+    }
+    for &(t, f) in terms {
+        let ts = t.shape().chw();
+        let wide = stored::<T>(t.data());
+        for (ti, oi) in wide
+            .chunks_exact(ts.len())
+            .zip(want.chunks_exact_mut(out.len()))
+        {
+            upsample_add(ti, ts, f, oi);
+        }
+    }
+    if relu {
+        relu_in_place(&mut want);
+    }
+    want
+}
+
+fn out_shape(layer: &ConvLayer, x: &Tensor) -> Nchw {
+    let s = x.shape();
+    let (h, w) = layer.out_size(s.h, s.w);
+    Nchw {
+        n: s.n,
+        c: layer.cout,
+        h,
+        w,
+    }
+}
+
 fn conv_parity<T: GpuElem>() {
     let gpu = ops::<T>();
     let tol = tolerance::<T>();
@@ -115,58 +190,13 @@ fn conv_parity<T: GpuElem>() {
     for (layer, s, residual, relu) in hrnet_convs() {
         for n in [1, 3] {
             let x = Tensor::random_normal(Nchw::batch(n, s), seed());
-            let p = ConvParams {
-                weight: Tensor::random_normal(
-                    Nchw {
-                        n: 1,
-                        c: 1,
-                        h: 1,
-                        w: layer.weight_len(),
-                    },
-                    seed(),
-                )
-                .data()
-                .iter()
-                .map(|v| v / (layer.cin * layer.kernel * layer.kernel) as f32)
-                .collect(),
-                bias: Tensor::random_normal(
-                    Nchw {
-                        n: 1,
-                        c: 1,
-                        h: 1,
-                        w: layer.cout,
-                    },
-                    seed(),
-                )
-                .into_data(),
-            };
-            let (ho, wo) = layer.out_size(s.h, s.w);
-            let out_shape = Nchw {
-                n,
-                c: layer.cout,
-                h: ho,
-                w: wo,
-            };
-            let r = residual.then(|| Tensor::random_normal(out_shape, seed()));
+            let p = random_params(&layer);
+            let shape = out_shape(&layer, &x);
+            let r = residual.then(|| Tensor::random_normal(shape, seed()));
             let got = gpu.conv(&x, &layer, &p, r.as_ref(), relu).unwrap();
-            assert_eq!(got.shape(), out_shape);
-
-            let (xs, ws) = (stored::<T>(x.data()), stored::<T>(&p.weight));
-            let bias: Vec<f64> = p.bias.iter().map(|&b| f64::from(b)).collect();
-            let mut want = vec![0.0f64; out_shape.len()];
-            let mut col = Vec::new();
-            let per_out = out_shape.chw().len();
-            for (xi, oi) in xs.chunks_exact(s.len()).zip(want.chunks_exact_mut(per_out)) {
-                conv2d(xi, s, &layer, &ws, &bias, oi, &mut col);
-            }
-            if let Some(r) = &r {
-                want.iter_mut()
-                    .zip(stored::<T>(r.data()))
-                    .for_each(|(w, r)| *w += r);
-            }
-            if relu {
-                relu_in_place(&mut want);
-            }
+            assert_eq!(got.shape(), shape);
+            let terms: Vec<(&Tensor, usize)> = r.iter().map(|r| (r, 1)).collect();
+            let want = reference_step::<T>(&[(&x, &layer, &p)], &terms, relu);
             check(
                 &format!("{}{} {s} n={n}", layer.name, T::SUFFIX),
                 &got,
@@ -180,6 +210,121 @@ fn conv_parity<T: GpuElem>() {
 }
 
 both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
+
+/// The tensor-core kernels (kernels/conv_tc.cu, every tile) on every HRNet conv shape,
+/// the residual as an epilogue term, written NHWC and NCHW.
+#[test]
+fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
+    if !gpu_or_skip("tensor_core_conv_matches_cpu_on_every_hrnet_shape") {
+        return;
+    }
+    let gpu = ops::<half::f16>();
+    let tol = tolerance::<half::f16>();
+    let mut checked = 0;
+    for (layer, s, residual, relu) in hrnet_convs() {
+        // Batch 1 and 3 pick small tiles; batch 8 the large ones.
+        for n in [1, 3, 8] {
+            let x = Tensor::random_normal(Nchw::batch(n, s), seed());
+            let p = random_params(&layer);
+            let r = residual.then(|| Tensor::random_normal(out_shape(&layer, &x), seed()));
+            let terms: Vec<(&Tensor, usize)> = r.iter().map(|r| (r, 1)).collect();
+            let want = reference_step::<half::f16>(&[(&x, &layer, &p)], &terms, relu);
+            for nchw in [false, true] {
+                let got = gpu
+                    .conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw)
+                    .unwrap();
+                assert_eq!(got.shape(), out_shape(&layer, &x));
+                check(
+                    &format!("tensor-core {} {s} n={n} nchw={nchw}", layer.name),
+                    &got,
+                    &want,
+                    tol,
+                );
+                checked += 1;
+            }
+        }
+    }
+    println!("{checked} tensor-core conv cases within {tol:.0e}");
+}
+
+/// The fused exchange unit (kernels/conv_tc.cu): for every output branch i > 0 of W32's
+/// and W48's 2-, 3- and 4-branch units, the strided last steps from the finer branches
+/// summed in one GEMM, the identity and the upsampled 1×1 results of the coarser branches
+/// in its epilogue, ReLU once.
+#[test]
+fn fused_exchange_unit_matches_cpu() {
+    if !gpu_or_skip("fused_exchange_unit_matches_cpu") {
+        return;
+    }
+    let gpu = ops::<half::f16>();
+    let tol = tolerance::<half::f16>();
+    let mut checked = 0;
+    for w in [32, 48] {
+        for branches in 2..=4usize {
+            for i in 1..branches {
+                let (hi, wi) = (64 >> (i - 1), 48 >> (i - 1));
+                for n in [1, 3] {
+                    // From branch j < i: the chain's last step reads a tensor of branch
+                    // i − 1's size with branch j's width.
+                    let layers: Vec<ConvLayer> = (0..i)
+                        .map(|j| ConvLayer {
+                            name: format!("fuse {j}->{i}"),
+                            bn: None,
+                            cin: w << j,
+                            cout: w << i,
+                            kernel: 3,
+                            stride: 2,
+                        })
+                        .collect();
+                    let inputs: Vec<Tensor> = layers
+                        .iter()
+                        .map(|l| {
+                            Tensor::random_normal(
+                                Nchw {
+                                    n,
+                                    c: l.cin,
+                                    h: hi,
+                                    w: wi,
+                                },
+                                seed(),
+                            )
+                        })
+                        .collect();
+                    let params: Vec<ConvParams> = layers.iter().map(random_params).collect();
+                    let sources: Vec<(&Tensor, &ConvLayer, &ConvParams)> = inputs
+                        .iter()
+                        .zip(&layers)
+                        .zip(&params)
+                        .map(|((x, l), p)| (x, l, p))
+                        .collect();
+                    let terms: Vec<(Tensor, usize)> = (i..branches)
+                        .map(|j| {
+                            let f = 1 << (j - i);
+                            let t = Nchw {
+                                n,
+                                c: w << i,
+                                h: (hi / 2) / f,
+                                w: (wi / 2) / f,
+                            };
+                            (Tensor::random_normal(t, seed()), f)
+                        })
+                        .collect();
+                    let terms: Vec<(&Tensor, usize)> = terms.iter().map(|(t, f)| (t, *f)).collect();
+                    let got = gpu.conv_tc(&sources, &terms, true, false).unwrap();
+                    let want = reference_step::<half::f16>(&sources, &terms, true);
+                    check(
+                        &format!("fused exchange W{w} {branches} branches -> {i} n={n}"),
+                        &got,
+                        &want,
+                        tol,
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    println!("{checked} fused exchange cases within {tol:.0e}");
+}
 
 fn exchange_parity<T: GpuElem>() {
     let gpu = ops::<T>();
@@ -329,10 +474,14 @@ fn whole_network_matches_the_cpu_reference() {
     let config = HrnetConfig::preset("w32-256x192").unwrap();
     let model = Model::random(&config, 2019).unwrap();
     let cpu = CpuEngine::new(model.clone());
-    for (precision, bound, min_argmax) in
-        [(Precision::F32, 1e-5, 1.0), (Precision::F16, 3e-2, 0.99)]
-    {
-        let mut gpu = CudaEngine::new(&model, precision).unwrap_or_else(|e| panic!("{e}"));
+    for (precision, kernels, bound, min_argmax) in [
+        (Precision::F32, Kernels::Direct, 1e-5, 1.0),
+        (Precision::F16, Kernels::Direct, 3e-2, 0.99),
+        (Precision::F16, Kernels::TensorCore, 3e-2, 0.99),
+    ] {
+        let mut gpu =
+            CudaEngine::on_device(&model, precision, kernels, 0).unwrap_or_else(|e| panic!("{e}"));
+        let precision = format!("{precision} {kernels}");
         gpu.set_poison(true);
         for n in [1, 3] {
             let x = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::config::parse_size;
-use hrnet::cuda::{CudaEngine, Precision, compiled, gpus, probe};
+use hrnet::cuda::{CudaEngine, Kernels, Precision, compiled, gpus, probe};
 use hrnet::pose::io::{
     CocoResult, find_image, load_boxes, load_detections, load_image, load_image_list, parse_bbox,
     write_results,
@@ -49,6 +49,23 @@ impl From<Prec> for Precision {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KernelsArg {
+    /// kernels/conv.cu, NCHW, f32 or f16.
+    Direct,
+    /// kernels/conv_tc.cu, NHWC f16 on tensor cores with fused exchange units.
+    TensorCore,
+}
+
+impl From<KernelsArg> for Kernels {
+    fn from(k: KernelsArg) -> Self {
+        match k {
+            KernelsArg::Direct => Kernels::Direct,
+            KernelsArg::TensorCore => Kernels::TensorCore,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the network on a normalised float32 NCHW batch and write the heatmaps.
@@ -68,6 +85,9 @@ enum Command {
         /// Storage precision on the GPU (the CPU reference is f32).
         #[arg(long, value_enum, default_value = "f32")]
         precision: Prec,
+        /// GPU convolution kernels (default: tensor-core for f16, direct for f32).
+        #[arg(long, value_enum)]
+        kernels: Option<KernelsArg>,
     },
     /// Keypoints for the people in an image (boxes given, or the whole image), or in a
     /// folder of images with a COCO detections file; COCO keypoint results as JSON.
@@ -126,6 +146,14 @@ enum Command {
         /// Precisions, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,f16")]
         precision: Vec<Prec>,
+        /// Convolution kernels, comma-separated (tensor-core runs f16 only; f32 skips it).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "direct,tensor-core"
+        )]
+        kernels: Vec<KernelsArg>,
         /// Batch sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
         batch: Vec<usize>,
@@ -142,6 +170,9 @@ enum Command {
         /// Target architecture when there is no GPU (e.g. sm_90); default: the GPU's.
         #[arg(long)]
         arch: Option<String>,
+        /// Also write each file's machine code as DIR/FILE.SM.cubin (to read with nvdisasm).
+        #[arg(long, value_name = "DIR")]
+        cubin_dir: Option<PathBuf>,
     },
     /// Print the layer table and the totals (parameters, multiply-adds, convolutions).
     Summary {
@@ -237,6 +268,7 @@ fn run(command: Command) -> Result<ExitCode> {
             output,
             device,
             precision,
+            kernels,
         } => {
             if device == Device::Cpu && precision != Prec::F32 {
                 return Err(Error::Input(
@@ -255,8 +287,15 @@ fn run(command: Command) -> Result<ExitCode> {
             let (heatmaps, on) = match device {
                 Device::Cpu => (CpuEngine::new(model).forward(&x)?, "cpu".to_string()),
                 Device::Cuda => {
-                    let mut engine = CudaEngine::new(&model, precision.into())?;
-                    let on = format!("{} ({})", engine.gpu().name, engine.precision());
+                    let p = precision.into();
+                    let k = kernels.map_or(Kernels::default_for(p, &model.graph), Kernels::from);
+                    let mut engine = CudaEngine::on_device(&model, p, k, 0)?;
+                    let on = format!(
+                        "{} ({}, {} kernels)",
+                        engine.gpu().name,
+                        engine.precision(),
+                        engine.kernels()
+                    );
                     (engine.forward(&x)?, on)
                 }
             };
@@ -330,11 +369,12 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             println!("ok: within {tolerance:.1e} with identical argmax");
         }
-        Command::Doctor { arch } => doctor(arch)?,
+        Command::Doctor { arch, cubin_dir } => doctor(arch, cubin_dir.as_deref())?,
         Command::Bench {
             model,
             weights,
             precision,
+            kernels,
             batch,
             runs,
             warmup,
@@ -342,6 +382,7 @@ fn run(command: Command) -> Result<ExitCode> {
             &model,
             weights.as_deref(),
             &precision,
+            &kernels,
             &batch,
             runs.max(1),
             warmup,
@@ -408,6 +449,7 @@ fn emit(text: &str) {
 struct Row {
     device: String,
     precision: &'static str,
+    kernels: &'static str,
     secs: f64,
     rel_f64: f64,
     rel_cpu: Option<f64>,
@@ -459,6 +501,7 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     let mut rows = vec![Row {
         device: "cpu".into(),
         precision: "f32",
+        kernels: "-",
         secs: t.elapsed().as_secs_f64(),
         rel_f64: relative_l2(cpu_out.data(), &reference).expect("same shape"),
         rel_cpu: None,
@@ -468,11 +511,22 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     }];
     let cpu_wide: Vec<f64> = cpu_out.data().iter().map(|&v| f64::from(v)).collect();
     let mut gpu_note = None;
-    for (precision, bound, min_argmax) in [
-        (Precision::F32, CUDA_F32_BOUND, 1.0),
-        (Precision::F16, CUDA_F16_BOUND, CUDA_F16_ARGMAX),
+    for (precision, kernels, bound, min_argmax) in [
+        (Precision::F32, Kernels::Direct, CUDA_F32_BOUND, 1.0),
+        (
+            Precision::F16,
+            Kernels::Direct,
+            CUDA_F16_BOUND,
+            CUDA_F16_ARGMAX,
+        ),
+        (
+            Precision::F16,
+            Kernels::TensorCore,
+            CUDA_F16_BOUND,
+            CUDA_F16_ARGMAX,
+        ),
     ] {
-        let mut engine = match CudaEngine::new(&model, precision) {
+        let mut engine = match CudaEngine::on_device(&model, precision, kernels, 0) {
             Ok(e) => e,
             Err(Error::CudaUnavailable(why)) => {
                 gpu_note = Some(format!("cuda: skipped, {why}"));
@@ -498,6 +552,11 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
             } else {
                 "f16"
             },
+            kernels: if kernels == Kernels::Direct {
+                "direct"
+            } else {
+                "tensor-core"
+            },
             secs,
             rel_f64: relative_l2(out.data(), &reference).expect("same shape"),
             rel_cpu: relative_l2(out.data(), &cpu_wide),
@@ -508,18 +567,26 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     }
     println!();
     println!(
-        "{:<6} {:<9} {:>10} {:>13} {:>15} {:>8} {:>8}  result",
-        "device", "precision", "time", "rel L2 (f64)", "rel L2 (cpu f32)", "argmax", "bound",
+        "{:<6} {:<9} {:<11} {:>10} {:>13} {:>15} {:>8} {:>8}  result",
+        "device",
+        "precision",
+        "kernels",
+        "time",
+        "rel L2 (f64)",
+        "rel L2 (cpu f32)",
+        "argmax",
+        "bound",
     );
     println!(
-        "{:<6} {:<9} {:>8.3} s {:>13} {:>15} {:>8} {:>8}",
-        "cpu", "f64", t64, "reference", "-", "-", "-"
+        "{:<6} {:<9} {:<11} {:>8.3} s {:>13} {:>15} {:>8} {:>8}",
+        "cpu", "f64", "-", t64, "reference", "-", "-", "-"
     );
     for r in &rows {
         println!(
-            "{:<6} {:<9} {:>8.4} s {:>13.3e} {:>16} {:>8.4} {:>8.0e}  {}",
+            "{:<6} {:<9} {:<11} {:>8.4} s {:>13.3e} {:>16} {:>8.4} {:>8.0e}  {}",
             r.device,
             r.precision,
+            r.kernels,
             r.secs,
             r.rel_f64,
             r.rel_cpu.map_or("-".to_string(), |v| format!("{v:.3e}")),
@@ -549,6 +616,7 @@ fn bench(
     preset: &str,
     weights: Option<&std::path::Path>,
     precisions: &[Prec],
+    kernels: &[KernelsArg],
     batches: &[usize],
     runs: usize,
     warmup: usize,
@@ -558,8 +626,14 @@ fn bench(
         None => Model::random(&HrnetConfig::preset(preset)?, 2019)?,
     };
     let name = model.graph.config.name.clone();
-    for &p in precisions {
-        let mut engine = CudaEngine::new(&model, p.into())?;
+    let configs = precisions
+        .iter()
+        .flat_map(|&p| kernels.iter().map(move |&k| (p, k)));
+    for (p, k) in configs {
+        if (p, k) == (Prec::F32, KernelsArg::TensorCore) {
+            continue;
+        }
+        let mut engine = CudaEngine::on_device(&model, p.into(), k.into(), 0)?;
         for &n in batches {
             if n == 0 {
                 return Err(Error::Input("batch sizes must be at least 1".into()));
@@ -570,8 +644,9 @@ fn bench(
             let median = ms[ms.len() / 2];
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
+                engine.kernels(),
                 n as f64 * 1000.0 / median,
                 engine.gpu().name
             );
@@ -580,7 +655,7 @@ fn bench(
     Ok(())
 }
 
-fn doctor(arch: Option<String>) -> Result<()> {
+fn doctor(arch: Option<String>, cubin_dir: Option<&std::path::Path>) -> Result<()> {
     println!(
         "driver   {}",
         if probe::driver_present() {
@@ -593,11 +668,12 @@ fn doctor(arch: Option<String>) -> Result<()> {
         Ok(list) => {
             for g in &list {
                 println!(
-                    "gpu {}    {}, compute capability {}.{}, {:.1} GiB, driver CUDA {}.{}",
+                    "gpu {}    {}, compute capability {}.{}, {} SMs, {:.1} GiB, driver CUDA {}.{}",
                     g.ordinal,
                     g.name,
                     g.compute_capability.0,
                     g.compute_capability.1,
+                    g.multiprocessors,
                     g.memory as f64 / (1u64 << 30) as f64,
                     g.driver_version / 1000,
                     g.driver_version % 1000 / 10
@@ -650,6 +726,10 @@ fn doctor(arch: Option<String>) -> Result<()> {
                 k.spill_stores,
                 k.spill_loads
             );
+        }
+        if let Some(dir) = cubin_dir {
+            let path = dir.join(format!("{}.{arch}.cubin", f.file));
+            std::fs::write(&path, &f.cubin).map_err(|e| Error::io(&path, e))?;
         }
     }
     Ok(())

@@ -16,7 +16,7 @@ use super::compile::compiled;
 use super::probe::{GpuInfo, driver_err, gpus};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
-use crate::graph::{Chw, ConvLayer, Graph, Op};
+use crate::graph::{Chw, ConvLayer, Graph, Op, ValueId};
 use crate::pose::joints::partner;
 use crate::tensor::{Nchw, Tensor};
 use crate::weights::Model;
@@ -83,7 +83,7 @@ fn blocks(n: usize, per: usize) -> usize {
     n.div_ceil(per)
 }
 
-fn grid_dim(what: &str, x: usize, y: usize, z: usize) -> Result<(u32, u32, u32)> {
+pub(crate) fn grid_dim(what: &str, x: usize, y: usize, z: usize) -> Result<(u32, u32, u32)> {
     if y > GRID_YZ_LIMIT || z > GRID_YZ_LIMIT || x > u32::MAX as usize {
         return Err(Error::Input(format!(
             "{what}: a launch grid of {x}×{y}×{z} blocks exceeds CUDA's limits; use a smaller batch"
@@ -92,7 +92,7 @@ fn grid_dim(what: &str, x: usize, y: usize, z: usize) -> Result<(u32, u32, u32)>
     Ok((x as u32, y as u32, z as u32))
 }
 
-fn dim_i32(v: usize) -> Result<i32> {
+pub(crate) fn dim_i32(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| {
         Error::Input(format!(
             "dimension {v} does not fit the kernels' 32-bit indices"
@@ -153,11 +153,14 @@ pub(crate) struct Gpu<T> {
     conv_k3s2: CudaFunction,
     conv_k1s1: CudaFunction,
     exchange: CudaFunction,
+    exchange_nhwc: CudaFunction,
     bn_relu: CudaFunction,
     argmax: CudaFunction,
     argmax_f32: CudaFunction,
     flip_merge: CudaFunction,
     fill_nan: CudaFunction,
+    /// kernels/conv_tc.cu in `tc::SHAPES` × `tc::TILES` order; loaded for f16 only.
+    pub(crate) tc: Vec<CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     _elem: std::marker::PhantomData<T>,
 }
@@ -188,11 +191,21 @@ impl<T: GpuElem> Gpu<T> {
             .collect::<Result<_>>()?;
         let function =
             |base: &str| modules_function(&files, &modules, &format!("{base}{}", T::SUFFIX));
+        let tc = if T::SUFFIX == "_f16" {
+            super::tc::kernel_names()
+                .iter()
+                .map(|name| modules_function(&files, &modules, name))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Gpu {
+            tc,
             conv_k3s1: function("conv_k3s1")?,
             conv_k3s2: function("conv_k3s2")?,
             conv_k1s1: function("conv_k1s1")?,
             exchange: function("exchange")?,
+            exchange_nhwc: function("exchange_nhwc")?,
             bn_relu: function("bn_relu")?,
             argmax: function("argmax")?,
             argmax_f32: modules_function(&files, &modules, "argmax_f32")?,
@@ -358,8 +371,16 @@ impl<T: GpuElem> Gpu<T> {
         Ok(())
     }
 
-    /// `y = relu(Σ upsample(term, factor))` over `n` images of output shape `s`.
-    pub(crate) fn exchange(&self, terms: &[(u64, usize)], s: Chw, n: usize, y: u64) -> Result<()> {
+    /// `y = relu(Σ upsample(term, factor))` over `n` images of output shape `s`, NCHW or
+    /// (`nhwc`) NHWC.
+    pub(crate) fn exchange(
+        &self,
+        terms: &[(u64, usize)],
+        s: Chw,
+        n: usize,
+        y: u64,
+        nhwc: bool,
+    ) -> Result<()> {
         if terms.is_empty() || terms.len() > MAX_TERMS {
             return Err(Error::Config(format!(
                 "an exchange unit sums 1 to 4 terms, not {}",
@@ -376,12 +397,19 @@ impl<T: GpuElem> Gpu<T> {
         for (slot, &(p, f)) in t.iter_mut().zip(terms) {
             *slot = (p, dim_i32(f)?);
         }
-        let (total, h, w) = (total as u64, dim_i32(s.h)?, dim_i32(s.w)?);
-        let mut b = self.stream.launch_builder(&self.exchange);
+        let (total, h, w, c) = (total as u64, dim_i32(s.h)?, dim_i32(s.w)?, dim_i32(s.c)?);
+        let mut b = self.stream.launch_builder(if nhwc {
+            &self.exchange_nhwc
+        } else {
+            &self.exchange
+        });
         for (p, f) in &t {
             b.arg(p).arg(f);
         }
         b.arg(&y).arg(&total).arg(&h).arg(&w);
+        if nhwc {
+            b.arg(&c);
+        }
         // SAFETY: each non-null term holds n·c·(h/f)·(w/f) elements and y n·c·h·w, all live
         // device buffers of this context; null terms are skipped by the kernel.
         unsafe { b.launch(cfg) }.map_err(driver_err("launching an exchange unit"))?;
@@ -491,13 +519,34 @@ impl<T: GpuElem> Gpu<T> {
     }
 }
 
-/// Assigns every value of the graph to an arena slot: a value takes the smallest free slot
-/// that fits (else a new one) and frees its inputs' slots after their last reader, never
-/// before its own slot is taken, so an op never reads and writes the same slot.
+/// `input` (NCHW) as NHWC elements with the channels zero-padded to a multiple of `align`.
+pub(crate) fn nhwc_padded<T: GpuElem>(input: &Tensor, align: usize) -> Vec<T> {
+    let s = input.shape();
+    let c = s.c.next_multiple_of(align);
+    let plane = s.h * s.w;
+    let mut out = vec![T::from_f32(0.0); s.n * plane * c];
+    for (img, dst) in out.chunks_exact_mut(plane * c).enumerate() {
+        let src = input.image(img);
+        for (p, px) in dst.chunks_exact_mut(c).enumerate() {
+            for (ch, d) in px[..s.c].iter_mut().enumerate() {
+                *d = T::from_f32(src[ch * plane + p]);
+            }
+        }
+    }
+    out
+}
+
+/// Assigns every value to an arena slot, given the steps as (inputs, output) in execution
+/// order, each value's last reader and per-image length: a value takes the smallest free
+/// slot that fits (else a new one) and frees its inputs' slots after their last reader,
+/// never before its own slot is taken, so a step never reads and writes the same slot.
 /// Returns the slot of each value and each slot's per-image length.
-pub(crate) fn plan_slots(graph: &Graph) -> (Vec<usize>, Vec<usize>) {
-    let last = graph.last_uses();
-    let mut slot_of = vec![usize::MAX; graph.values.len()];
+pub(crate) fn plan_slots(
+    steps: &[(Vec<ValueId>, ValueId)],
+    last: &[usize],
+    value_len: &[usize],
+) -> (Vec<usize>, Vec<usize>) {
+    let mut slot_of = vec![usize::MAX; value_len.len()];
     let mut len: Vec<usize> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let take = |need: usize, len: &mut Vec<usize>, free: &mut Vec<usize>| -> usize {
@@ -519,11 +568,10 @@ pub(crate) fn plan_slots(graph: &Graph) -> (Vec<usize>, Vec<usize>) {
             }
         }
     };
-    slot_of[Graph::INPUT.0] = take(graph.input_shape().len(), &mut len, &mut free);
-    for (i, op) in graph.ops.iter().enumerate() {
-        let out = op.output();
-        slot_of[out.0] = take(graph.shape(out).len(), &mut len, &mut free);
-        for v in op.inputs() {
+    slot_of[Graph::INPUT.0] = take(value_len[Graph::INPUT.0], &mut len, &mut free);
+    for (i, (inputs, out)) in steps.iter().enumerate() {
+        slot_of[out.0] = take(value_len[out.0], &mut len, &mut free);
+        for &v in inputs {
             if last[v.0] == i && !free.contains(&slot_of[v.0]) {
                 free.push(slot_of[v.0]);
             }
@@ -540,12 +588,55 @@ struct CapturedForward(cudarc::driver::CudaGraph);
 // `&mut Net`, so it is never used from two threads at once.
 unsafe impl Send for CapturedForward {}
 
+/// Which convolution kernels an engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernels {
+    /// kernels/conv.cu on NCHW activations, f32 or f16: the readable baseline, one launch
+    /// per conv and per exchange sum.
+    Direct,
+    /// kernels/conv_tc.cu on NHWC f16 activations: tensor-core implicit GEMM, the exchange
+    /// units' strided steps, identity and upsampled terms fused into one launch per output
+    /// branch (`graph::fused`). f16 only.
+    TensorCore,
+}
+
+impl Kernels {
+    /// The default for a precision and network: tensor cores for f16 when every channel
+    /// count allows them (multiples of 8, as in all official presets), else direct.
+    #[must_use]
+    pub fn default_for(precision: Precision, graph: &Graph) -> Self {
+        match precision {
+            Precision::F16 if super::tc::supports(graph) => Kernels::TensorCore,
+            _ => Kernels::Direct,
+        }
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kernels::Direct => "direct",
+            Kernels::TensorCore => "tensor-core",
+        })
+    }
+}
+
+/// What a forward launches.
+enum Program<T> {
+    /// The graph op by op, NCHW, weights as the layers hold them.
+    Direct {
+        weights: Vec<CudaSlice<T>>,
+        biases: Vec<CudaSlice<f32>>,
+    },
+    /// The fused plan on NHWC f16.
+    TensorCore(super::tc::TcProgram),
+}
+
 /// The network on one GPU in one element type.
 struct Net<T> {
     gpu: Gpu<T>,
     graph: Graph,
-    weights: Vec<CudaSlice<T>>,
-    biases: Vec<CudaSlice<f32>>,
+    program: Program<T>,
     slot_of: Vec<usize>,
     slot_len: Vec<usize>,
     slots: Vec<CudaSlice<T>>,
@@ -562,23 +653,41 @@ struct Net<T> {
 }
 
 impl<T: GpuElem> Net<T> {
-    fn new(model: &Model, ordinal: usize) -> Result<Self> {
+    fn new(model: &Model, ordinal: usize, kernels: Kernels) -> Result<Self> {
         let gpu = Gpu::<T>::open(ordinal)?;
-        let mut weights = Vec::with_capacity(model.params.len());
-        let mut biases = Vec::with_capacity(model.params.len());
-        for p in &model.params {
-            let w: Vec<T> = p.weight.iter().map(|&v| T::from_f32(v)).collect();
-            weights.push(gpu.upload(&w)?);
-            biases.push(gpu.upload(&p.bias)?);
-        }
-        let (slot_of, slot_len) = plan_slots(&model.graph);
+        let graph = &model.graph;
+        let (program, (slot_of, slot_len)) = match kernels {
+            Kernels::Direct => {
+                let mut weights = Vec::with_capacity(model.params.len());
+                let mut biases = Vec::with_capacity(model.params.len());
+                for p in &model.params {
+                    let w: Vec<T> = p.weight.iter().map(|&v| T::from_f32(v)).collect();
+                    weights.push(gpu.upload(&w)?);
+                    biases.push(gpu.upload(&p.bias)?);
+                }
+                let io: Vec<_> = graph.ops.iter().map(|o| (o.inputs(), o.output())).collect();
+                let len: Vec<usize> = graph.values.iter().map(Chw::len).collect();
+                let plan = plan_slots(&io, &graph.last_uses(), &len);
+                (Program::Direct { weights, biases }, plan)
+            }
+            Kernels::TensorCore => {
+                if gpu.tc.is_empty() {
+                    return Err(Error::Config(
+                        "the tensor-core kernels run f16 only; use --precision f16 or --kernels direct"
+                            .into(),
+                    ));
+                }
+                let tc = super::tc::TcProgram::new(&gpu, model)?;
+                let plan = plan_slots(&tc.io, &tc.last_uses, &tc.value_len);
+                (Program::TensorCore(tc), plan)
+            }
+        };
         let (xy, score, merged, partner) =
             (gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?);
         Ok(Net {
             gpu,
-            graph: model.graph.clone(),
-            weights,
-            biases,
+            graph: graph.clone(),
+            program,
             slot_of,
             slot_len,
             slots: Vec::new(),
@@ -640,15 +749,19 @@ impl<T: GpuElem> Net<T> {
     }
 
     fn weight_bytes(&self) -> usize {
-        self.weights
-            .iter()
-            .map(|w| w.len() * std::mem::size_of::<T>())
-            .sum::<usize>()
-            + self
-                .biases
-                .iter()
-                .map(|b| b.len() * std::mem::size_of::<f32>())
-                .sum::<usize>()
+        match &self.program {
+            Program::Direct { weights, biases } => {
+                weights
+                    .iter()
+                    .map(|w| w.len() * std::mem::size_of::<T>())
+                    .sum::<usize>()
+                    + biases
+                        .iter()
+                        .map(|b| b.len() * std::mem::size_of::<f32>())
+                        .sum::<usize>()
+            }
+            Program::TensorCore(tc) => tc.weight_bytes,
+        }
     }
 
     fn arena_bytes(&self) -> usize {
@@ -715,7 +828,10 @@ impl<T: GpuElem> Net<T> {
         self.graph.check_input(input)?;
         let n = input.shape().n;
         self.reserve(n)?;
-        let host: Vec<T> = input.data().iter().map(|&v| T::from_f32(v)).collect();
+        let host: Vec<T> = match &self.program {
+            Program::Direct { .. } => input.data().iter().map(|&v| T::from_f32(v)).collect(),
+            Program::TensorCore(_) => nhwc_padded(input, 8),
+        };
         let slot = &mut self.slots[self.slot_of[Graph::INPUT.0]];
         self.gpu
             .stream
@@ -735,8 +851,23 @@ impl<T: GpuElem> Net<T> {
         time_runs(&stream, runs, || self.execute(n))
     }
 
-    /// Launches every op of the graph on the batch of `n` already uploaded.
+    /// Launches every step of the program on the batch of `n` already uploaded, each
+    /// output first filled with NaN when poisoning.
     fn launch_all(&mut self, n: usize) -> Result<()> {
+        if let Program::TensorCore(tc) = &self.program {
+            let addr = |v: ValueId| self.addr_of(v);
+            let mut before = |v: ValueId| {
+                if self.poison {
+                    self.gpu
+                        .fill_nan(self.addr_of(v), n * self.slot_len[self.slot_of[v.0]])?;
+                }
+                Ok(())
+            };
+            return tc.launch(&self.gpu, &self.graph, n, &addr, &mut before);
+        }
+        let Program::Direct { weights, biases } = &self.program else {
+            unreachable!("the tensor-core program returned above")
+        };
         for op in &self.graph.ops {
             let out = op.output();
             let y = self.addr_of(out);
@@ -748,8 +879,8 @@ impl<T: GpuElem> Net<T> {
                     let l = &self.graph.layers[c.layer];
                     let res = c.residual.map_or(0, |r| self.addr_of(r));
                     let (w, b) = (
-                        self.gpu.addr(&self.weights[c.layer]),
-                        self.gpu.addr(&self.biases[c.layer]),
+                        self.gpu.addr(&weights[c.layer]),
+                        self.gpu.addr(&biases[c.layer]),
                     );
                     let x = self.addr_of(c.input);
                     self.gpu
@@ -758,7 +889,8 @@ impl<T: GpuElem> Net<T> {
                 Op::Exchange(e) => {
                     let terms: Vec<(u64, usize)> =
                         e.terms.iter().map(|&(v, f)| (self.addr_of(v), f)).collect();
-                    self.gpu.exchange(&terms, self.graph.shape(out), n, y)?;
+                    self.gpu
+                        .exchange(&terms, self.graph.shape(out), n, y, false)?;
                 }
             }
         }
@@ -874,22 +1006,37 @@ macro_rules! on_net {
 /// engine's arena): share one across threads behind a `Mutex`, or give each thread its own.
 pub struct CudaEngine {
     inner: Inner,
+    kernels: Kernels,
 }
 
 impl CudaEngine {
-    /// Uploads `model` to GPU 0 in `precision`, compiling the kernels for its
-    /// architecture on first use in the process.
+    /// Uploads `model` to GPU 0 in `precision` with that precision's default kernels
+    /// ([`Kernels::default_for`]), compiling the kernels for the GPU's architecture on
+    /// first use in the process.
     pub fn new(model: &Model, precision: Precision) -> Result<Self> {
-        Self::on_device(model, precision, 0)
+        let kernels = Kernels::default_for(precision, &model.graph);
+        Self::on_device(model, precision, kernels, 0)
     }
 
-    /// As [`CudaEngine::new`] on GPU `ordinal`.
-    pub fn on_device(model: &Model, precision: Precision, ordinal: usize) -> Result<Self> {
+    /// As [`CudaEngine::new`] with the given kernels, on GPU `ordinal`. Tensor-core
+    /// kernels in f32 are refused with [`Error::Config`].
+    pub fn on_device(
+        model: &Model,
+        precision: Precision,
+        kernels: Kernels,
+        ordinal: usize,
+    ) -> Result<Self> {
         let inner = match precision {
-            Precision::F32 => Inner::F32(Net::new(model, ordinal)?),
-            Precision::F16 => Inner::F16(Net::new(model, ordinal)?),
+            Precision::F32 => Inner::F32(Net::new(model, ordinal, kernels)?),
+            Precision::F16 => Inner::F16(Net::new(model, ordinal, kernels)?),
         };
-        Ok(CudaEngine { inner })
+        Ok(CudaEngine { inner, kernels })
+    }
+
+    /// The convolution kernels this engine runs.
+    #[must_use]
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// The storage precision.
@@ -978,5 +1125,64 @@ impl CudaEngine {
         pairs: &[(usize, usize)],
     ) -> Result<(Tensor, Vec<Peak>)> {
         on_net!(&mut self.inner, n => n.forward_flip_peaks(both, pairs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HrnetConfig;
+    use crate::graph::fused::FusedPlan;
+
+    /// No two values alive at once share a slot, and every slot holds its values.
+    fn check_slots(io: &[(Vec<ValueId>, ValueId)], last: &[usize], len: &[usize]) -> usize {
+        let (slot_of, slot_len) = plan_slots(io, last, len);
+        let mut born = vec![usize::MAX; len.len()];
+        born[Graph::INPUT.0] = 0;
+        for (i, (_, out)) in io.iter().enumerate() {
+            born[out.0] = i;
+        }
+        let alive = |v: usize, i: usize| born[v] != usize::MAX && born[v] <= i && i <= last[v];
+        for i in 0..io.len() {
+            let live: Vec<usize> = (0..len.len()).filter(|&v| alive(v, i)).collect();
+            for (a, &u) in live.iter().enumerate() {
+                assert!(
+                    slot_len[slot_of[u]] >= len[u],
+                    "value {u} outgrows its slot"
+                );
+                for &v in &live[a + 1..] {
+                    assert_ne!(
+                        slot_of[u], slot_of[v],
+                        "values {u} and {v} share a slot at step {i}"
+                    );
+                }
+            }
+        }
+        slot_len.iter().sum()
+    }
+
+    #[test]
+    fn slots_never_alias_live_values() {
+        let config = HrnetConfig::preset("w32-256x192").unwrap();
+        let graph = Graph::new(&config).unwrap();
+        let io: Vec<_> = graph.ops.iter().map(|o| (o.inputs(), o.output())).collect();
+        let len: Vec<usize> = graph.values.iter().map(Chw::len).collect();
+        let direct = check_slots(&io, &graph.last_uses(), &len);
+        let plan = FusedPlan::new(&graph);
+        let io: Vec<_> = plan
+            .steps
+            .iter()
+            .map(|s| (s.inputs(), s.output()))
+            .collect();
+        let mut len = len;
+        len[Graph::INPUT.0] = 8 * 256 * 192;
+        let fused = check_slots(&io, &plan.last_uses(&graph), &len);
+        // The arena stays a small multiple of the largest activation (64×128×96).
+        for total in [direct, fused] {
+            assert!(
+                total < 8 * 64 * 128 * 96,
+                "arena of {total} elements per image"
+            );
+        }
     }
 }

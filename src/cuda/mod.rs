@@ -6,8 +6,9 @@ pub mod compile;
 mod engine;
 mod ops;
 pub mod probe;
+mod tc;
 
 pub use compile::{CompiledFile, KernelInfo, compiled, kernel_files};
-pub use engine::{CudaEngine, GpuElem, Precision};
-pub use ops::CudaOps;
+pub use engine::{CudaEngine, GpuElem, Kernels, Precision};
+pub use ops::{CudaOps, TcSource};
 pub use probe::{GpuInfo, Headers, gpus, headers};

@@ -143,7 +143,7 @@ impl<T: GpuElem> CudaOps<T> {
             .collect();
         let y = self.output(shape.len())?;
         self.gpu
-            .exchange(&ptrs, shape.chw(), shape.n, self.gpu.addr(&y))?;
+            .exchange(&ptrs, shape.chw(), shape.n, self.gpu.addr(&y), false)?;
         self.finish(&y, shape)
     }
 
@@ -204,5 +204,105 @@ impl<T: GpuElem> CudaOps<T> {
             self.gpu.addr(&score),
         )?;
         self.gpu.read_peaks(&xy, &score, maps)
+    }
+}
+
+/// One summed convolution of [`CudaOps::conv_tc`]: input, layer, folded parameters.
+pub type TcSource<'a> = (&'a Tensor, &'a ConvLayer, &'a ConvParams);
+
+impl CudaOps<half::f16> {
+    /// One tensor-core step (kernels/conv_tc.cu) on NCHW host tensors:
+    /// `relu?(Σ_s conv(x_s) + Σ_s bias_s + Σ_t upsample(term_t))`. The sources share their
+    /// batch, resolution and layer shape; their channels are padded to 8 on upload. The
+    /// result comes back NCHW, written by the kernel as NHWC (or NCHW when `nchw_out`).
+    pub fn conv_tc(
+        &self,
+        sources: &[TcSource<'_>],
+        terms: &[(&Tensor, usize)],
+        relu: bool,
+        nchw_out: bool,
+    ) -> Result<Tensor> {
+        use super::tc::{ConvStep, Part, launch_conv};
+        use crate::graph::ValueId;
+        use crate::graph::fused::{MAX_SOURCES, MAX_TERMS};
+        let Some(&(x0, l0, _)) = sources.first() else {
+            return Err(Error::Input("conv_tc needs a source".into()));
+        };
+        if sources.len() > MAX_SOURCES || terms.len() > MAX_TERMS {
+            return Err(Error::Input(format!(
+                "conv_tc sums at most {MAX_SOURCES} convolutions and {MAX_TERMS} terms"
+            )));
+        }
+        let s0 = x0.shape();
+        let (ho, wo) = l0.out_size(s0.h, s0.w);
+        let shape = Nchw {
+            n: s0.n,
+            c: l0.cout,
+            h: ho,
+            w: wo,
+        };
+        for &(x, l, p) in sources {
+            let s = x.shape();
+            if (s.n, s.h, s.w, s.c) != (s0.n, s0.h, s0.w, l.cin)
+                || p.weight.len() != l.weight_len()
+                || p.bias.len() != l.cout
+            {
+                return Err(Error::Input(format!(
+                    "conv_tc {}: input {s} or parameters do not fit",
+                    l.name
+                )));
+            }
+        }
+        for (t, f) in terms {
+            let s = t.shape();
+            if (s.n, s.c, s.h * f, s.w * f) != (shape.n, shape.c, shape.h, shape.w) {
+                return Err(Error::Input(format!(
+                    "conv_tc term {s} ×{f} does not make {shape}"
+                )));
+            }
+        }
+        let g = &self.gpu;
+        // Buffers by ValueId: sources 0.., terms MAX_SOURCES.., the output last.
+        let mut bufs = Vec::new();
+        let mut parts = Vec::new();
+        for (i, &(x, layer, params)) in sources.iter().enumerate() {
+            bufs.push(g.upload(&super::engine::nhwc_padded::<half::f16>(x, 8))?);
+            parts.push(Part {
+                input: ValueId(i),
+                layer,
+                params,
+                stored_cin: layer.cin.next_multiple_of(8),
+            });
+        }
+        while bufs.len() < MAX_SOURCES {
+            bufs.push(g.alloc(0)?);
+        }
+        let mut term_ids = Vec::new();
+        for (i, &(t, f)) in terms.iter().enumerate() {
+            bufs.push(g.upload(&super::engine::nhwc_padded::<half::f16>(t, 1))?);
+            term_ids.push((ValueId(MAX_SOURCES + i), f));
+        }
+        let out_id = ValueId(bufs.len());
+        bufs.push(self.output(shape.len())?);
+        let step = ConvStep::new(g, &parts, s0.chw(), &term_ids, relu, out_id)?;
+        let addr = |v: ValueId| g.addr(&bufs[v.0]);
+        launch_conv(g, &step, shape.chw(), shape.n, nchw_out, &addr)?;
+        let y = g.download(&bufs[out_id.0], shape.len())?;
+        let y: Vec<f32> = y.into_iter().map(half::f16::to_f32).collect();
+        let data = if nchw_out {
+            y
+        } else {
+            let (c, plane) = (shape.c, shape.h * shape.w);
+            let mut nchw = vec![0.0; y.len()];
+            for (img, src) in y.chunks_exact(plane * c).enumerate() {
+                for (p, px) in src.chunks_exact(c).enumerate() {
+                    for (ch, &v) in px.iter().enumerate() {
+                        nchw[(img * c + ch) * plane + p] = v;
+                    }
+                }
+            }
+            nchw
+        };
+        Tensor::new(shape, data)
     }
 }

@@ -130,6 +130,8 @@ pub struct GpuInfo {
     pub memory: usize,
     /// Driver version, e.g. 13000 for CUDA 13.0.
     pub driver_version: i32,
+    /// Streaming multiprocessors (132 on an H200 SXM): what the conv tile choice fills.
+    pub multiprocessors: usize,
 }
 
 impl GpuInfo {
@@ -186,6 +188,12 @@ pub fn gpus() -> Result<Vec<GpuInfo>> {
                     .map_err(driver_err("compute capability"))?,
                 memory: ctx.total_mem().map_err(driver_err("cuDeviceTotalMem"))?,
                 driver_version: version,
+                multiprocessors: ctx
+                    .attribute(
+                        cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                    )
+                    .map_err(driver_err("the multiprocessor count"))?
+                    .max(1) as usize,
             })
         })
         .collect()

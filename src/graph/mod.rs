@@ -6,6 +6,7 @@
 //! convolution carries the module paths of its official conv and BN, so that weights are
 //! found by their checkpoint names (see [`crate::weights`]).
 
+pub mod fused;
 mod summary;
 
 pub use summary::Summary;

@@ -1,0 +1,228 @@
+// conv_tc.cu: tensor-core convolution (implicit GEMM) in f16 NHWC, with the exchange-unit
+// epilogue. The fast path of the f16 engine; kernels/conv.cu stays the readable baseline.
+//
+// GEMM view: M = N·Ho·Wo output pixels, N = Cout, K = Σ_s K²·Cin_s over up to 4 sources
+// that share one input resolution (several sources = several convs whose results are
+// summed, e.g. the strided 3×3 steps of an exchange unit that land on one branch):
+//
+//   y[n, oy, ox, co] = act( bias[co] + Σ_s Σ_{ky, kx, ci} w[co, kbeg_s + (ky·K + kx)·Cin_s + ci]
+//                                                        · x_s[n, oy·S + ky − P, ox·S + kx − P, ci]
+//                           + Σ_t term_t[n, oy / f_t, ox / f_t, co] )
+//
+// Terms (up to 3) are the residual of a block (f = 1) or, in an exchange unit, the identity
+// (f = 1) and the low-resolution 1×1 results of coarser branches (f = 2^(j−i)), upsampled
+// on the fly. act = ReLU or none, applied once after the whole sum.
+//
+// Layout: sources and terms NHWC f16 with Cin_s a multiple of 8 (the input image is padded
+// to 8 channels); weights [Cout][K] f16, K ordered (source, ky, kx, ci); bias f32; y is
+// written through strides (image, pixel, channel), so the head can store NCHW heatmaps.
+//
+// Tiles: a block computes BM pixels × BN channels with 4 warps (2 × 2), each warp
+// (BM/2) × (BN/2) with mma.sync m16n8k16 (f16 in, f32 accumulate) fed by ldmatrix.x4.
+// K advances in slices of 32 through a 3-stage cp.async pipeline (16-byte copies, zero
+// fill for padding and out-of-range rows); shared rows are 40 halves (80 bytes) apart so
+// that the 8 rows of each ldmatrix phase fall in distinct banks.
+// Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32}_f16 (K, S, BM × BN).
+// Launch: 128 threads, grid (ceil(M / BM), ceil(Cout / BN)); the host picks the tile.
+
+#define TC_THREADS 128
+#define TC_BK 32
+#define TC_LDS (TC_BK + 8)
+#define TC_STAGES 3
+#define TC_MAX_SRC 4
+#define TC_MAX_TERMS 3
+
+// Field order and sizes match `TcArgs` in src/cuda/tc.rs (184 bytes, no padding).
+struct TcArgs {
+    const __half* src[TC_MAX_SRC];
+    const __half* w;
+    const float* bias;
+    const __half* term[TC_MAX_TERMS];
+    __half* y;
+    long long ys_n, ys_p, ys_c;
+    int cin[TC_MAX_SRC];
+    int kbeg[TC_MAX_SRC];
+    int factor[TC_MAX_TERMS];
+    int nsrc, n, hi, wi, ho, wo, cout, k, relu;
+};
+static_assert(sizeof(TcArgs) == 184, "TcArgs must match src/cuda/tc.rs");
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const __half* smem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+
+// d = a · b + d for one 16×8 tile: a 16×16 (row), b 16×8 (col), f32 accumulators.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int KS, int S, int BM, int BN>
+__device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
+    constexpr int P = KS / 2;
+    constexpr int WTM = BM / 2, WTN = BN / 2;  // warp tile
+    constexpr int MT = WTM / 16, NT = WTN / 8;
+    constexpr int AROWS = BM / 32, BROWS = BN / 32;  // rows each thread copies per stage
+    static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0 && AROWS >= 1 && BROWS >= 1, "tile shape");
+    __shared__ __align__(16) __half As[TC_STAGES][BM][TC_LDS];
+    __shared__ __align__(16) __half Bs[TC_STAGES][BN][TC_LDS];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp >> 1, wn = warp & 1;
+    const int hw = a.ho * a.wo, M = a.n * hw;
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int chunk = tid & 3, row = tid >> 2;  // the 8-half chunk of a 32-half row this thread copies
+
+    // Each A row this thread copies: the image's first pixel and the window's top-left corner.
+    int a_pix[AROWS], a_iy[AROWS], a_ix[AROWS];
+#pragma unroll
+    for (int i = 0; i < AROWS; ++i) {
+        const int m = m0 + row + 32 * i;
+        a_pix[i] = -1;
+        a_iy[i] = a_ix[i] = 0;
+        if (m < M) {
+            const int n = m / hw, r = m - n * hw, oy = r / a.wo, ox = r - oy * a.wo;
+            a_pix[i] = n * a.hi * a.wi;
+            a_iy[i] = oy * S - P;
+            a_ix[i] = ox * S - P;
+        }
+    }
+
+    auto load_stage = [&](int stage, int kt) {
+        const int kk = kt * TC_BK + chunk * 8;
+        const bool kvalid = kk < a.k;
+        // The source this K chunk belongs to (constant indices only: no local memory).
+        const __half* src = a.src[0];
+        int cin = a.cin[0], kb = 0;
+#pragma unroll
+        for (int r = 1; r < TC_MAX_SRC; ++r) {
+            if (r < a.nsrc && kk >= a.kbeg[r]) {
+                src = a.src[r];
+                cin = a.cin[r];
+                kb = a.kbeg[r];
+            }
+        }
+        const int kl = kk - kb, tap = kl / cin, ci = kl - tap * cin;
+        const int ky = tap / KS, kx = tap - ky * KS;
+#pragma unroll
+        for (int i = 0; i < AROWS; ++i) {
+            const int iy = a_iy[i] + ky, ix = a_ix[i] + kx;
+            const bool ok = kvalid && a_pix[i] >= 0 && iy >= 0 && iy < a.hi && ix >= 0 && ix < a.wi;
+            const __half* g = ok ? src + (u64)(a_pix[i] + iy * a.wi + ix) * cin + ci : a.w;
+            cp_async16(&As[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < BROWS; ++i) {
+            const int co = n0 + row + 32 * i;
+            const bool ok = kvalid && co < a.cout;
+            const __half* g = ok ? a.w + (u64)co * a.k + kk : a.w;
+            cp_async16(&Bs[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0);
+        }
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+    const int KT = (a.k + TC_BK - 1) / TC_BK;
+#pragma unroll
+    for (int s = 0; s < TC_STAGES - 1; ++s) {
+        if (s < KT) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        // Slice kt has landed (at most STAGES − 2 younger groups pending) for every thread.
+        cp_async_wait<TC_STAGES - 2>();
+        __syncthreads();
+        // Refill the stage every warp finished reading in the previous iteration.
+        const int next = kt + TC_STAGES - 1;
+        if (next < KT) load_stage(next % TC_STAGES, next);
+        cp_async_commit();
+
+        const int st = kt % TC_STAGES;
+#pragma unroll
+        for (int ks = 0; ks < TC_BK; ks += 16) {
+            unsigned af[MT][4], bf[NT][2];
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+                ldmatrix_x4(af[i], &As[st][wm * WTM + i * 16 + (lane & 15)][ks + (lane >> 4) * 8]);
+#pragma unroll
+            for (int j = 0; j < NT / 2; ++j) {
+                unsigned r[4];
+                ldmatrix_x4(r, &Bs[st][wn * WTN + j * 16 + (lane & 7) + ((lane >> 4) << 3)][ks + ((lane >> 3) & 1) * 8]);
+                bf[2 * j][0] = r[0];
+                bf[2 * j][1] = r[1];
+                bf[2 * j + 1][0] = r[2];
+                bf[2 * j + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+        }
+    }
+    cp_async_wait<0>();
+
+    // Epilogue: accumulator (i, j, e) is pixel row (lane / 4) + 8·(e / 2), channel 2·(lane % 4) + e % 2.
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int m = m0 + wm * WTM + i * 16 + (lane >> 2) + h * 8;
+            if (m >= M) continue;
+            const int n = m / hw, r = m - n * hw, oy = r / a.wo, ox = r - oy * a.wo;
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int co = n0 + wn * WTN + j * 8 + (lane & 3) * 2 + e;
+                    if (co >= a.cout) continue;
+                    float v = acc[i][j][h * 2 + e] + a.bias[co];
+#pragma unroll
+                    for (int t = 0; t < TC_MAX_TERMS; ++t) {
+                        if (a.term[t]) {
+                            const int f = a.factor[t], hs = a.ho / f, ws = a.wo / f;
+                            v += __half2float(a.term[t][(u64)((n * hs + oy / f) * ws + ox / f) * a.cout + co]);
+                        }
+                    }
+                    if (a.relu) v = relu_keep_nan(v);
+                    a.y[n * a.ys_n + (long long)r * a.ys_p + co * a.ys_c] = __float2half_rn(v);
+                }
+            }
+        }
+    }
+}
+
+#define CONV_TC(KS, S, BM, BN)                                                                  \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv_tc_k##KS##s##S##_##BM##x##BN##_f16( \
+        const TcArgs a) {                                                                       \
+        conv_tc_body<KS, S, BM, BN>(a);                                                         \
+    }
+#define CONV_TC_TILES(KS, S) \
+    CONV_TC(KS, S, 128, 64)  \
+    CONV_TC(KS, S, 64, 64)   \
+    CONV_TC(KS, S, 64, 32)   \
+    CONV_TC(KS, S, 32, 32)
+
+CONV_TC_TILES(3, 1)
+CONV_TC_TILES(3, 2)
+CONV_TC_TILES(1, 1)

@@ -1,0 +1,378 @@
+//! The tensor-core program: the fused plan (`graph::fused`) run with kernels/conv_tc.cu on
+//! f16 NHWC activations. Each conv step's weights are packed once at upload as
+//! `[Cout][Σ_s K²·Cin_s]` (channels padded to 8, the sources side by side) with the summed
+//! bias; the tile of each launch is chosen from its GEMM shape and the GPU's SM count.
+
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::engine::{Gpu, GpuElem, dim_i32, grid_dim};
+use super::probe::driver_err;
+use crate::error::{Error, Result};
+use crate::graph::fused::{FusedPlan, MAX_SOURCES, MAX_TERMS, Step};
+use crate::graph::{Chw, ConvLayer, Graph, ValueId};
+use crate::weights::{ConvParams, Model};
+
+/// The launch parameters of kernels/conv_tc.cu, field for field (`struct TcArgs` there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct TcArgs {
+    src: [u64; MAX_SOURCES],
+    w: u64,
+    bias: u64,
+    term: [u64; MAX_TERMS],
+    y: u64,
+    /// Output strides in elements: image, pixel, channel.
+    ys: [i64; 3],
+    cin: [i32; MAX_SOURCES],
+    kbeg: [i32; MAX_SOURCES],
+    factor: [i32; MAX_TERMS],
+    nsrc: i32,
+    n: i32,
+    hi: i32,
+    wi: i32,
+    ho: i32,
+    wo: i32,
+    cout: i32,
+    k: i32,
+    relu: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<TcArgs>() == 184);
+
+// SAFETY: `TcArgs` is plain data (integers only), `#[repr(C)]` with no padding, laid out as
+// the kernel's `struct TcArgs` (both assert 184 bytes); the kernel reads it by value.
+unsafe impl DeviceRepr for TcArgs {}
+
+/// Threads per block of every conv_tc kernel.
+const THREADS: u32 = 128;
+/// The block tiles (pixels × output channels) each shape is compiled for, largest first.
+pub(crate) const TILES: [(usize, usize); 4] = [(128, 64), (64, 64), (64, 32), (32, 32)];
+/// The (kernel, stride) shapes compiled.
+pub(crate) const SHAPES: [(usize, usize); 3] = [(3, 1), (3, 2), (1, 1)];
+
+/// The kernel names, in `SHAPES` × `TILES` order.
+pub(crate) fn kernel_names() -> Vec<String> {
+    SHAPES
+        .iter()
+        .flat_map(|&(k, s)| {
+            TILES
+                .iter()
+                .map(move |&(bm, bn)| format!("conv_tc_k{k}s{s}_{bm}x{bn}_f16"))
+        })
+        .collect()
+}
+
+/// The tile for an `m × cout` GEMM on `sms` multiprocessors: the largest that still gives
+/// every SM a block, among those not much wider than `cout`; else the one with most blocks.
+#[must_use]
+pub(crate) fn pick_tile(m: usize, cout: usize, sms: usize) -> usize {
+    let widest = cout.next_multiple_of(32).max(32);
+    let blocks = |(bm, bn): (usize, usize)| m.div_ceil(bm) * cout.div_ceil(bn);
+    let fits: Vec<usize> = (0..TILES.len()).filter(|&i| TILES[i].1 <= widest).collect();
+    fits.iter()
+        .copied()
+        .find(|&i| blocks(TILES[i]) >= sms)
+        .unwrap_or_else(|| *fits.last().expect("the 32-wide tile always fits"))
+}
+
+/// Channels a value is stored with in NHWC: the input image is padded to 8 so that every
+/// 16-byte copy holds whole pixels' channels; the kernels need multiples of 8 elsewhere.
+fn stored_channels(graph: &Graph, v: ValueId) -> usize {
+    let c = graph.shape(v).c;
+    if v == Graph::INPUT {
+        c.next_multiple_of(8)
+    } else {
+        c
+    }
+}
+
+/// Whether the tensor-core kernels can run `graph`: every value a convolution reads or a
+/// sum writes has a multiple of 8 channels (the input image is padded; the heatmaps are
+/// written NCHW and read by no convolution).
+#[must_use]
+pub(crate) fn supports(graph: &Graph) -> bool {
+    (1..graph.values.len())
+        .map(ValueId)
+        .filter(|&v| v != graph.output)
+        .all(|v| graph.shape(v).c.is_multiple_of(8))
+}
+
+/// One fused conv step, its weights packed.
+pub(crate) struct ConvStep {
+    sources: Vec<ValueId>,
+    terms: Vec<(ValueId, usize)>,
+    output: ValueId,
+    relu: bool,
+    /// Index into SHAPES.
+    shape: usize,
+    cin: Vec<usize>,
+    cout: usize,
+    k: usize,
+    input: Chw,
+    weights: CudaSlice<half::f16>,
+    bias: CudaSlice<f32>,
+}
+
+enum TcStep {
+    Conv(ConvStep),
+    Exchange(crate::graph::ExchangeOp),
+}
+
+/// The fused plan with packed weights on the GPU.
+pub(crate) struct TcProgram {
+    steps: Vec<TcStep>,
+    /// The plan's steps as (inputs, output), for the slot planner.
+    pub(crate) io: Vec<(Vec<ValueId>, ValueId)>,
+    pub(crate) last_uses: Vec<usize>,
+    /// Elements per image of each value as stored (the input padded to 8 channels).
+    pub(crate) value_len: Vec<usize>,
+    pub(crate) weight_bytes: usize,
+}
+
+impl TcProgram {
+    /// Packs `model` for the tensor-core kernels and uploads it.
+    pub(crate) fn new<T: GpuElem>(gpu: &Gpu<T>, model: &Model) -> Result<Self> {
+        let graph = &model.graph;
+        let plan = FusedPlan::new(graph);
+        let mut weight_bytes = 0;
+        let mut steps = Vec::with_capacity(plan.steps.len());
+        for step in &plan.steps {
+            steps.push(match step {
+                Step::Exchange(e) => TcStep::Exchange(e.clone()),
+                Step::Conv {
+                    sources,
+                    terms,
+                    relu,
+                    output,
+                } => {
+                    let parts: Vec<Part<'_>> = sources
+                        .iter()
+                        .map(|&(input, l)| Part {
+                            input,
+                            layer: &graph.layers[l],
+                            params: &model.params[l],
+                            stored_cin: stored_channels(graph, input),
+                        })
+                        .collect();
+                    let input = graph.shape(sources[0].0);
+                    let s = ConvStep::new(gpu, &parts, input, terms, *relu, *output)?;
+                    weight_bytes += s.bytes();
+                    TcStep::Conv(s)
+                }
+            });
+        }
+        let value_len = (0..graph.values.len())
+            .map(|v| {
+                let s = graph.shape(ValueId(v));
+                stored_channels(graph, ValueId(v)) * s.h * s.w
+            })
+            .collect();
+        Ok(TcProgram {
+            io: plan
+                .steps
+                .iter()
+                .map(|s| (s.inputs(), s.output()))
+                .collect(),
+            last_uses: plan.last_uses(graph),
+            steps,
+            value_len,
+            weight_bytes,
+        })
+    }
+
+    /// Launches every step for a batch of `n`; `addr` gives a value's device address.
+    pub(crate) fn launch<T: GpuElem>(
+        &self,
+        gpu: &Gpu<T>,
+        graph: &Graph,
+        n: usize,
+        addr: &dyn Fn(ValueId) -> u64,
+        before: &mut dyn FnMut(ValueId) -> Result<()>,
+    ) -> Result<()> {
+        for step in &self.steps {
+            match step {
+                TcStep::Conv(c) => {
+                    before(c.output)?;
+                    let nchw = c.output == graph.output;
+                    launch_conv(gpu, c, graph.shape(c.output), n, nchw, addr)?;
+                }
+                TcStep::Exchange(e) => {
+                    before(e.output)?;
+                    let terms: Vec<(u64, usize)> =
+                        e.terms.iter().map(|&(v, f)| (addr(v), f)).collect();
+                    gpu.exchange(&terms, graph.shape(e.output), n, addr(e.output), true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One convolution summed into a step: the layer, its folded parameters, and the channels
+/// its input is stored with.
+pub(crate) struct Part<'a> {
+    pub(crate) input: ValueId,
+    pub(crate) layer: &'a ConvLayer,
+    pub(crate) params: &'a ConvParams,
+    pub(crate) stored_cin: usize,
+}
+
+impl ConvStep {
+    /// Packs the parts' weights side by side as `[cout][Σ K²·Cin_s]`, each part's block
+    /// ordered (ky, kx, ci) with ci padded to the stored channels, sums their biases and
+    /// uploads both. `input` is the parts' common input shape.
+    pub(crate) fn new<T: GpuElem>(
+        gpu: &Gpu<T>,
+        parts: &[Part<'_>],
+        input: Chw,
+        terms: &[(ValueId, usize)],
+        relu: bool,
+        output: ValueId,
+    ) -> Result<Self> {
+        let first = parts[0].layer;
+        let shape = SHAPES
+            .iter()
+            .position(|&ks| ks == (first.kernel, first.stride))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: no tensor-core kernel for a {k}×{k} convolution with stride {s}",
+                    first.name,
+                    k = first.kernel,
+                    s = first.stride
+                ))
+            })?;
+        let (cout, kk) = (first.cout, first.kernel * first.kernel);
+        for p in parts {
+            if !p.stored_cin.is_multiple_of(8) || p.stored_cin < p.layer.cin {
+                return Err(Error::Config(format!(
+                    "{}: the tensor-core kernels need input channels stored in multiples of 8, \
+                     not {}; use the direct kernels",
+                    p.layer.name, p.stored_cin
+                )));
+            }
+            if (p.layer.kernel, p.layer.stride, p.layer.cout) != (first.kernel, first.stride, cout)
+            {
+                return Err(Error::Config(format!(
+                    "{} and {} cannot be summed in one launch",
+                    first.name, p.layer.name
+                )));
+            }
+        }
+        let k: usize = parts.iter().map(|p| kk * p.stored_cin).sum();
+        let mut w = vec![half::f16::ZERO; cout * k];
+        let mut bias = vec![0f64; cout];
+        let mut kbeg = 0;
+        for p in parts {
+            let cin = p.layer.cin;
+            for co in 0..cout {
+                bias[co] += f64::from(p.params.bias[co]);
+                for ci in 0..cin {
+                    for tap in 0..kk {
+                        let from = (co * cin + ci) * kk + tap;
+                        w[co * k + kbeg + tap * p.stored_cin + ci] =
+                            half::f16::from_f32(p.params.weight[from]);
+                    }
+                }
+            }
+            kbeg += kk * p.stored_cin;
+        }
+        let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        Ok(ConvStep {
+            sources: parts.iter().map(|p| p.input).collect(),
+            terms: terms.to_vec(),
+            output,
+            relu,
+            shape,
+            cin: parts.iter().map(|p| p.stored_cin).collect(),
+            cout,
+            k,
+            input,
+            weights: gpu.upload(&w)?,
+            bias: gpu.upload(&bias)?,
+        })
+    }
+
+    /// Bytes of its weights and bias on the device.
+    fn bytes(&self) -> usize {
+        self.weights.len() * 2 + self.bias.len() * 4
+    }
+}
+
+/// Launches one conv step over `n` images of output shape `out`, written NHWC or
+/// (`nchw`) NCHW.
+pub(crate) fn launch_conv<T: GpuElem>(
+    gpu: &Gpu<T>,
+    c: &ConvStep,
+    out: Chw,
+    n: usize,
+    nchw: bool,
+    addr: &dyn Fn(ValueId) -> u64,
+) -> Result<()> {
+    let m = n * out.h * out.w;
+    dim_i32(n * c.input.h * c.input.w)?;
+    let tile = pick_tile(m, c.cout, gpu.info.multiprocessors);
+    let f: &CudaFunction = &gpu.tc[c.shape * TILES.len() + tile];
+    let (bm, bn) = TILES[tile];
+    let mut a = TcArgs {
+        w: gpu.addr(&c.weights),
+        bias: gpu.addr(&c.bias),
+        y: addr(c.output),
+        ys: if nchw {
+            [(out.len()) as i64, 1, (out.h * out.w) as i64]
+        } else {
+            [(out.len()) as i64, out.c as i64, 1]
+        },
+        nsrc: dim_i32(c.sources.len())?,
+        n: dim_i32(n)?,
+        hi: dim_i32(c.input.h)?,
+        wi: dim_i32(c.input.w)?,
+        ho: dim_i32(out.h)?,
+        wo: dim_i32(out.w)?,
+        cout: dim_i32(c.cout)?,
+        k: dim_i32(c.k)?,
+        relu: i32::from(c.relu),
+        ..TcArgs::default()
+    };
+    let kk = c.k / c.cin.iter().sum::<usize>();
+    let mut kbeg = 0;
+    for (i, (&v, &ci)) in c.sources.iter().zip(&c.cin).enumerate() {
+        a.src[i] = addr(v);
+        a.cin[i] = dim_i32(ci)?;
+        a.kbeg[i] = dim_i32(kbeg)?;
+        kbeg += kk * ci;
+    }
+    for (i, &(v, f)) in c.terms.iter().enumerate() {
+        a.term[i] = addr(v);
+        a.factor[i] = dim_i32(f)?;
+    }
+    let cfg = LaunchConfig {
+        grid_dim: grid_dim("conv_tc", m.div_ceil(bm), c.cout.div_ceil(bn), 1)?,
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut b = gpu.stream.launch_builder(f);
+    b.arg(&a);
+    // SAFETY: every source holds n·hi·wi·cin_s f16, the weights cout·k f16, the bias cout
+    // f32, each term n·(ho/f)·(wo/f)·cout f16 and y n·ho·wo·cout f16 (the strides address
+    // inside it), all live device buffers of this context; unused pointers are null.
+    unsafe { b.launch(cfg) }.map_err(driver_err("launching a tensor-core convolution"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_fill_the_gpu_and_fit_the_channels() {
+        // 32ch@64×48 at batch 1 on 132 SMs: 3072 pixels; 128×64 gives 24 blocks, 32×32 96.
+        assert_eq!(TILES[pick_tile(3072, 32, 132)], (32, 32));
+        // At batch 32 the largest tile already gives 768 blocks (BN capped at 32 by cout 32).
+        assert_eq!(TILES[pick_tile(32 * 3072, 32, 132)], (64, 32));
+        assert_eq!(TILES[pick_tile(32 * 3072, 64, 132)], (128, 64));
+        // 17 heatmap channels: never a 64-wide tile.
+        assert_eq!(TILES[pick_tile(64 * 3072, 17, 132)].1, 32);
+        assert_eq!(kernel_names().len(), SHAPES.len() * TILES.len());
+        assert!(kernel_names().contains(&"conv_tc_k3s2_64x32_f16".to_string()));
+    }
+}
