@@ -1,13 +1,15 @@
 //! The CUDA engine's speed, timed on the device with CUDA events (no host copies): the four
 //! 3×3 stride-1 conv shapes that carry 77% of W32's FLOPs at batch 1 and 32 (time and
-//! TFLOP/s), and the whole W32 256×192 network at batch 1, 8, 32 and 64 in f32 and f16.
+//! FLOP/s as criterion's throughput), direct f32/f16 and tensor-core f16; W32's exchange
+//! units, fused against the unfused sequence, summed over all units; and the whole W32
+//! 256×192 network at batch 1, 8, 32 and 64, f32 direct, f16 direct and f16 tensor-core.
 //! Without a GPU it prints one skip line.
 
 use std::io::Write;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Precision, gpus};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, gpus, time_exchange_units};
 use hrnet::graph::{Chw, ConvLayer};
 use hrnet::weights::ConvParams;
 use hrnet::{HrnetConfig, Model, Nchw, Tensor};
@@ -29,8 +31,10 @@ fn device_time(iters: u64, time: impl FnOnce(usize) -> Vec<f64>) -> Duration {
     Duration::from_secs_f64(time(iters as usize).iter().sum::<f64>() / 1000.0)
 }
 
-fn hot_convs<T: GpuElem>(c: &mut Criterion, name: &str) {
-    let ops = CudaOps::<T>::open().expect("GPU kernels load");
+/// A conv runner: device milliseconds of `runs` launches after a warm-up.
+type ConvTimer<'a> = dyn Fn(&Tensor, &ConvLayer, &ConvParams, usize) -> Vec<f64> + 'a;
+
+fn hot_convs(c: &mut Criterion, name: &str, time: &ConvTimer<'_>) {
     let mut g = c.benchmark_group(format!("gpu_conv3x3_{name}"));
     for (ch, h, w) in [(32, 64, 48), (64, 32, 24), (128, 16, 12), (256, 8, 6)] {
         for n in [1, 32] {
@@ -60,22 +64,54 @@ fn hot_convs<T: GpuElem>(c: &mut Criterion, name: &str) {
                 2 * (layer.weight_len() * h * w * n) as u64,
             ));
             g.bench_function(format!("{ch}ch_{h}x{w}_batch{n}"), |b| {
-                b.iter_custom(|iters| {
-                    device_time(iters, |runs| {
-                        ops.time_conv(&x, &layer, &p, 3, runs).unwrap()
-                    })
-                });
+                b.iter_custom(|iters| device_time(iters, |runs| time(&x, &layer, &p, runs)));
             });
         }
     }
     g.finish();
 }
 
+fn direct<T: GpuElem>() -> impl Fn(&Tensor, &ConvLayer, &ConvParams, usize) -> Vec<f64> {
+    let ops = CudaOps::<T>::open().expect("GPU kernels load");
+    move |x, l, p, runs| ops.time_conv(x, l, p, 3, runs).unwrap()
+}
+
 fn convs(c: &mut Criterion) {
     if gpu_present() {
-        hot_convs::<f32>(c, "f32");
-        hot_convs::<half::f16>(c, "f16");
+        hot_convs(c, "f32_direct", &direct::<f32>());
+        hot_convs(c, "f16_direct", &direct::<half::f16>());
+        let tc = CudaOps::<half::f16>::open().expect("GPU kernels load");
+        hot_convs(c, "f16_tensor_core", &|x, l, p, runs| {
+            tc.time_conv_tc(x, l, p, 3, runs).unwrap()
+        });
     }
+}
+
+/// All of W32's exchange units (every output branch of every module), fused and unfused:
+/// each iteration is the sum of the units' median device times.
+fn exchange_units(c: &mut Criterion) {
+    if !gpu_present() {
+        return;
+    }
+    let model = Model::random(&HrnetConfig::preset("w32-256x192").unwrap(), 2019).unwrap();
+    let mut g = c.benchmark_group("gpu_exchange_units_w32_f16");
+    g.sample_size(10);
+    for n in [1, 32] {
+        for fused in [true, false] {
+            let name = format!("{}_batch{n}", if fused { "fused" } else { "unfused" });
+            g.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let units = time_exchange_units(&model, n, 3, 20).unwrap();
+                    let ms: f64 = units
+                        .iter()
+                        .map(|u| if fused { u.fused_ms } else { u.unfused_ms })
+                        .sum();
+                    Duration::from_secs_f64(ms * iters as f64 / 1000.0)
+                });
+            });
+        }
+    }
+    g.finish();
 }
 
 fn network(c: &mut Criterion) {
@@ -84,9 +120,13 @@ fn network(c: &mut Criterion) {
     }
     let config = HrnetConfig::preset("w32-256x192").unwrap();
     let model = Model::random(&config, 2019).unwrap();
-    for precision in [Precision::F32, Precision::F16] {
-        let mut engine = CudaEngine::new(&model, precision).unwrap();
-        let mut g = c.benchmark_group(format!("gpu_w32_256x192_{precision}"));
+    for (precision, kernels) in [
+        (Precision::F32, Kernels::Direct),
+        (Precision::F16, Kernels::Direct),
+        (Precision::F16, Kernels::TensorCore),
+    ] {
+        let mut engine = CudaEngine::on_device(&model, precision, kernels, 0).unwrap();
+        let mut g = c.benchmark_group(format!("gpu_w32_256x192_{precision}_{kernels}"));
         g.measurement_time(Duration::from_secs(5));
         for n in [1, 8, 32, 64] {
             let x =
@@ -100,5 +140,5 @@ fn network(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, convs, network);
+criterion_group!(benches, convs, exchange_units, network);
 criterion_main!(benches);

@@ -207,6 +207,25 @@ def timings(a):
     return 0
 
 
+def peaks(a):
+    """The two ceilings, measured: fp16 tensor-core rate (an 8192^3 matmul on random data) and
+    device memory bandwidth (a 2 GiB copy, bytes read plus written)."""
+    if not torch.cuda.is_available():
+        print("measuring peaks needs CUDA", file=sys.stderr)
+        return 1
+    n = 8192
+    x = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    y = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    ms = time_one(lambda inp: inp @ y, x, 50, 10)
+    src = torch.randn(2**29, device="cuda")  # 2 GiB of f32
+    dst = torch.empty_like(src)
+    copy_ms = time_one(lambda inp: dst.copy_(inp), src, 50, 5)
+    print(json.dumps({"peak": "measured", "fp16_matmul_tflops": 2 * n**3 / ms / 1e9,
+                      "copy_gb_per_s": 2 * src.numel() * 4 / copy_ms / 1e6,
+                      "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True)
@@ -215,6 +234,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tolerance", type=float, default=1e-4)
     ap.add_argument("--time", action="store_true")
+    ap.add_argument("--peaks", action="store_true", help="measure the fp16 matmul rate and copy bandwidth")
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--input-size", default="256x192")
     ap.add_argument("--runs", type=int, default=100)
@@ -223,6 +243,8 @@ def main():
     status = 0
     if a.input and a.reference:
         status |= check(a)
+    if a.peaks:
+        status |= peaks(a)
     if a.time:
         status |= timings(a)
     return status

@@ -154,6 +154,10 @@ enum Command {
             default_value = "direct,tensor-core"
         )]
         kernels: Vec<KernelsArg>,
+        /// Time every exchange unit instead, fused (tensor-core, f16) against the unfused
+        /// sequence (conv, BN, ReLU, upsample, add, ReLU as separate kernels).
+        #[arg(long)]
+        exchange: bool,
         /// Batch sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
         batch: Vec<usize>,
@@ -373,8 +377,18 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Bench {
             model,
             weights,
+            exchange: true,
+            batch,
+            runs,
+            warmup,
+            ..
+        } => bench_exchange(&model, weights.as_deref(), &batch, runs.max(1), warmup)?,
+        Command::Bench {
+            model,
+            weights,
             precision,
             kernels,
+            exchange: false,
             batch,
             runs,
             warmup,
@@ -612,6 +626,44 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     })
 }
 
+fn bench_model(preset: &str, weights: Option<&std::path::Path>) -> Result<Model> {
+    match weights {
+        Some(w) => Model::load(w, None),
+        None => Model::random(&HrnetConfig::preset(preset)?, 2019),
+    }
+}
+
+/// `hrnet bench --exchange`: one JSON line per exchange-unit output branch and batch, then
+/// the totals over all units.
+fn bench_exchange(
+    preset: &str,
+    weights: Option<&std::path::Path>,
+    batches: &[usize],
+    runs: usize,
+    warmup: usize,
+) -> Result<()> {
+    let model = bench_model(preset, weights)?;
+    let name = model.graph.config.name.clone();
+    let gpu = gpus()?.remove(0).name;
+    for &n in batches {
+        let units = hrnet::cuda::time_exchange_units(&model, n, warmup, runs)?;
+        for u in &units {
+            println!(
+                "{{\"engine\": \"hrnet\", \"bench\": \"exchange\", \"config\": \"{name}\", \"unit\": \"{}\", \"batch\": {n}, \"fused_ms\": {:.5}, \"unfused_ms\": {:.5}, \"fused_launches\": {}, \"unfused_launches\": {}, \"rel_l2\": {:.2e}, \"gpu\": \"{gpu}\", \"runs\": {runs}}}",
+                u.name, u.fused_ms, u.unfused_ms, u.fused_launches, u.unfused_launches, u.rel_l2
+            );
+        }
+        let fused: f64 = units.iter().map(|u| u.fused_ms).sum();
+        let unfused: f64 = units.iter().map(|u| u.unfused_ms).sum();
+        println!(
+            "{{\"engine\": \"hrnet\", \"bench\": \"exchange-total\", \"config\": \"{name}\", \"units\": {}, \"batch\": {n}, \"fused_ms\": {fused:.5}, \"unfused_ms\": {unfused:.5}, \"speedup\": {:.3}, \"gpu\": \"{gpu}\"}}",
+            units.len(),
+            unfused / fused
+        );
+    }
+    Ok(())
+}
+
 fn bench(
     preset: &str,
     weights: Option<&std::path::Path>,
@@ -621,10 +673,7 @@ fn bench(
     runs: usize,
     warmup: usize,
 ) -> Result<()> {
-    let model = match weights {
-        Some(w) => Model::load(w, None)?,
-        None => Model::random(&HrnetConfig::preset(preset)?, 2019)?,
-    };
+    let model = bench_model(preset, weights)?;
     let name = model.graph.config.name.clone();
     let configs = precisions
         .iter()

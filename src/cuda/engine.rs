@@ -159,6 +159,9 @@ pub(crate) struct Gpu<T> {
     argmax_f32: CudaFunction,
     flip_merge: CudaFunction,
     fill_nan: CudaFunction,
+    upsample_nhwc: CudaFunction,
+    add: CudaFunction,
+    relu: CudaFunction,
     /// kernels/conv_tc.cu in `tc::SHAPES` × `tc::TILES` order; loaded for f16 only.
     pub(crate) tc: Vec<CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
@@ -211,6 +214,9 @@ impl<T: GpuElem> Gpu<T> {
             argmax_f32: modules_function(&files, &modules, "argmax_f32")?,
             flip_merge: function("flip_merge")?,
             fill_nan: function("fill_nan")?,
+            upsample_nhwc: function("upsample_nhwc")?,
+            add: function("add")?,
+            relu: function("relu")?,
             _modules: modules,
             _elem: std::marker::PhantomData,
             info,
@@ -313,6 +319,62 @@ impl<T: GpuElem> Gpu<T> {
         b.arg(&y).arg(&total);
         // SAFETY: `y` addresses a live buffer of at least `total` elements of T.
         unsafe { b.launch(cfg) }.map_err(driver_err("launching fill_nan"))?;
+        Ok(())
+    }
+
+    /// The launch shape of the elementwise kernels for `total` elements.
+    fn flat(what: &str, total: usize) -> Result<LaunchConfig> {
+        Ok(LaunchConfig {
+            grid_dim: grid_dim(what, blocks(total, FLAT_THREADS), 1, 1)?,
+            block_dim: (FLAT_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
+    /// Nearest upsampling by `f` of an NHWC tensor into `y` of `n` images of shape `s`
+    /// (kernels/unfused.cu).
+    pub(crate) fn upsample_nhwc(&self, x: u64, y: u64, s: Chw, n: usize, f: usize) -> Result<()> {
+        let total = n * s.len();
+        let cfg = Self::flat("upsample_nhwc", total)?;
+        let (total, h, w, c, f) = (
+            total as u64,
+            dim_i32(s.h)?,
+            dim_i32(s.w)?,
+            dim_i32(s.c)?,
+            dim_i32(f)?,
+        );
+        let mut b = self.stream.launch_builder(&self.upsample_nhwc);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&total)
+            .arg(&h)
+            .arg(&w)
+            .arg(&c)
+            .arg(&f);
+        // SAFETY: x holds n·(h/f)·(w/f)·c elements of T and y n·h·w·c, both live.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching upsample_nhwc"))?;
+        Ok(())
+    }
+
+    /// `y = a + b` over `total` elements (kernels/unfused.cu).
+    pub(crate) fn add(&self, a: u64, b: u64, y: u64, total: usize) -> Result<()> {
+        let cfg = Self::flat("add", total)?;
+        let total = total as u64;
+        let mut l = self.stream.launch_builder(&self.add);
+        l.arg(&a).arg(&b).arg(&y).arg(&total);
+        // SAFETY: a, b and y hold `total` elements of T each, all live.
+        unsafe { l.launch(cfg) }.map_err(driver_err("launching add"))?;
+        Ok(())
+    }
+
+    /// `y = max(x, 0)` over `total` elements (kernels/unfused.cu).
+    pub(crate) fn relu(&self, x: u64, y: u64, total: usize) -> Result<()> {
+        let cfg = Self::flat("relu", total)?;
+        let total = total as u64;
+        let mut l = self.stream.launch_builder(&self.relu);
+        l.arg(&x).arg(&y).arg(&total);
+        // SAFETY: x and y hold `total` elements of T each, both live.
+        unsafe { l.launch(cfg) }.map_err(driver_err("launching relu"))?;
         Ok(())
     }
 
@@ -580,6 +642,26 @@ pub(crate) fn plan_slots(
     (slot_of, len)
 }
 
+/// Records the launches `work` makes on `stream` into a CUDA graph, ready to replay.
+pub(crate) fn capture(
+    stream: &Arc<CudaStream>,
+    work: impl FnOnce() -> Result<()>,
+) -> Result<cudarc::driver::CudaGraph> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags_enum as Flags, CUstreamCaptureMode};
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(driver_err("beginning a graph capture"))?;
+    let launched = work();
+    let ended = stream.end_capture(Flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD);
+    launched?;
+    ended
+        .map_err(driver_err("ending a graph capture"))?
+        .ok_or_else(|| Error::Cuda {
+            what: "capturing launches into a CUDA graph".into(),
+            reason: "the capture recorded nothing".into(),
+        })
+}
+
 /// A captured forward. cudarc leaves its graph handles `!Send`.
 struct CapturedForward(cudarc::driver::CudaGraph);
 
@@ -806,21 +888,8 @@ impl<T: GpuElem> Net<T> {
 
     /// Records every launch of the forward for `n` images into a CUDA graph.
     fn capture(&mut self, n: usize) -> Result<CapturedForward> {
-        use cudarc::driver::sys::{CUgraphInstantiate_flags_enum as Flags, CUstreamCaptureMode};
         let stream = self.gpu.stream.clone();
-        stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(driver_err("beginning a graph capture"))?;
-        let launched = self.launch_all(n);
-        let ended = stream.end_capture(Flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD);
-        launched?;
-        ended
-            .map_err(driver_err("ending a graph capture"))?
-            .map(CapturedForward)
-            .ok_or_else(|| Error::Cuda {
-                what: "capturing the forward".into(),
-                reason: "the capture recorded nothing".into(),
-            })
+        capture(&stream, || self.launch_all(n)).map(CapturedForward)
     }
 
     /// Checks the input, makes room for its batch and copies it into the input's slot.
@@ -863,7 +932,7 @@ impl<T: GpuElem> Net<T> {
                 }
                 Ok(())
             };
-            return tc.launch(&self.gpu, &self.graph, n, &addr, &mut before);
+            return tc.launch(&self.gpu, &self.graph, n, &addr, &mut before, &|_| true);
         }
         let Program::Direct { weights, biases } = &self.program else {
             unreachable!("the tensor-core program returned above")

@@ -4,11 +4,13 @@
 
 pub mod compile;
 mod engine;
+mod exchange_bench;
 mod ops;
 pub mod probe;
 mod tc;
 
 pub use compile::{CompiledFile, KernelInfo, compiled, kernel_files};
 pub use engine::{CudaEngine, GpuElem, Kernels, Precision};
+pub use exchange_bench::{ExchangeTiming, time_exchange_units};
 pub use ops::{CudaOps, TcSource};
 pub use probe::{GpuInfo, Headers, gpus, headers};

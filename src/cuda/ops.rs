@@ -210,19 +210,39 @@ impl<T: GpuElem> CudaOps<T> {
 /// One summed convolution of [`CudaOps::conv_tc`]: input, layer, folded parameters.
 pub type TcSource<'a> = (&'a Tensor, &'a ConvLayer, &'a ConvParams);
 
+/// A tensor-core step with its operands on the device, ready to launch.
+struct TcLaunch {
+    step: super::tc::ConvStep,
+    bufs: Vec<cudarc::driver::CudaSlice<half::f16>>,
+    shape: Nchw,
+    nchw_out: bool,
+}
+
+impl TcLaunch {
+    fn run(&self, g: &Gpu<half::f16>) -> Result<()> {
+        let addr = |v: crate::graph::ValueId| g.addr(&self.bufs[v.0]);
+        super::tc::launch_conv(
+            g,
+            &self.step,
+            self.shape.chw(),
+            self.shape.n,
+            self.nchw_out,
+            &addr,
+        )
+    }
+}
+
 impl CudaOps<half::f16> {
-    /// One tensor-core step (kernels/conv_tc.cu) on NCHW host tensors:
-    /// `relu?(Σ_s conv(x_s) + Σ_s bias_s + Σ_t upsample(term_t))`. The sources share their
-    /// batch, resolution and layer shape; their channels are padded to 8 on upload. The
-    /// result comes back NCHW, written by the kernel as NHWC (or NCHW when `nchw_out`).
-    pub fn conv_tc(
+    /// Uploads the operands of a tensor-core step (see [`CudaOps::conv_tc`]); the output is
+    /// the last buffer, poisoned with NaN.
+    fn prepare_tc(
         &self,
         sources: &[TcSource<'_>],
         terms: &[(&Tensor, usize)],
         relu: bool,
         nchw_out: bool,
-    ) -> Result<Tensor> {
-        use super::tc::{ConvStep, Part, launch_conv};
+    ) -> Result<TcLaunch> {
+        use super::tc::{ConvStep, Part};
         use crate::graph::ValueId;
         use crate::graph::fused::{MAX_SOURCES, MAX_TERMS};
         let Some(&(x0, l0, _)) = sources.first() else {
@@ -262,7 +282,7 @@ impl CudaOps<half::f16> {
             }
         }
         let g = &self.gpu;
-        // Buffers by ValueId: sources 0.., terms MAX_SOURCES.., the output last.
+        // Buffers by ValueId: sources 0.., terms from MAX_SOURCES, the output last.
         let mut bufs = Vec::new();
         let mut parts = Vec::new();
         for (i, &(x, layer, params)) in sources.iter().enumerate() {
@@ -285,9 +305,31 @@ impl CudaOps<half::f16> {
         let out_id = ValueId(bufs.len());
         bufs.push(self.output(shape.len())?);
         let step = ConvStep::new(g, &parts, s0.chw(), &term_ids, relu, out_id)?;
-        let addr = |v: ValueId| g.addr(&bufs[v.0]);
-        launch_conv(g, &step, shape.chw(), shape.n, nchw_out, &addr)?;
-        let y = g.download(&bufs[out_id.0], shape.len())?;
+        Ok(TcLaunch {
+            step,
+            bufs,
+            shape,
+            nchw_out,
+        })
+    }
+
+    /// One tensor-core step (kernels/conv_tc.cu) on NCHW host tensors:
+    /// `relu?(Σ_s conv(x_s) + Σ_s bias_s + Σ_t upsample(term_t))`. The sources share their
+    /// batch, resolution and layer shape; their channels are padded to 8 on upload. The
+    /// result comes back NCHW, written by the kernel as NHWC (or NCHW when `nchw_out`).
+    pub fn conv_tc(
+        &self,
+        sources: &[TcSource<'_>],
+        terms: &[(&Tensor, usize)],
+        relu: bool,
+        nchw_out: bool,
+    ) -> Result<Tensor> {
+        let l = self.prepare_tc(sources, terms, relu, nchw_out)?;
+        l.run(&self.gpu)?;
+        let shape = l.shape;
+        let y = self
+            .gpu
+            .download(l.bufs.last().expect("the output"), shape.len())?;
         let y: Vec<f32> = y.into_iter().map(half::f16::to_f32).collect();
         let data = if nchw_out {
             y
@@ -304,5 +346,22 @@ impl CudaOps<half::f16> {
             nchw
         };
         Tensor::new(shape, data)
+    }
+
+    /// Device milliseconds of one tensor-core convolution (`relu(conv(x) + bias)`,
+    /// operands uploaded once, NHWC out), for each of `runs` runs after `warmup`.
+    pub fn time_conv_tc(
+        &self,
+        x: &Tensor,
+        layer: &ConvLayer,
+        p: &ConvParams,
+        warmup: usize,
+        runs: usize,
+    ) -> Result<Vec<f64>> {
+        let l = self.prepare_tc(&[(x, layer, p)], &[], true, false)?;
+        for _ in 0..warmup {
+            l.run(&self.gpu)?;
+        }
+        super::engine::time_runs(&self.gpu.stream, runs, || l.run(&self.gpu))
     }
 }

@@ -109,12 +109,14 @@ pub(crate) struct ConvStep {
     cout: usize,
     k: usize,
     input: Chw,
+    /// Per-image shape of the result.
+    pub(crate) output_shape: Chw,
     weights: CudaSlice<half::f16>,
     bias: CudaSlice<f32>,
 }
 
 enum TcStep {
-    Conv(ConvStep),
+    Conv(Box<ConvStep>),
     Exchange(crate::graph::ExchangeOp),
 }
 
@@ -157,7 +159,7 @@ impl TcProgram {
                     let input = graph.shape(sources[0].0);
                     let s = ConvStep::new(gpu, &parts, input, terms, *relu, *output)?;
                     weight_bytes += s.bytes();
-                    TcStep::Conv(s)
+                    TcStep::Conv(Box::new(s))
                 }
             });
         }
@@ -180,7 +182,24 @@ impl TcProgram {
         })
     }
 
-    /// Launches every step for a batch of `n`; `addr` gives a value's device address.
+    /// The value each step writes.
+    fn step_output(step: &TcStep) -> ValueId {
+        match step {
+            TcStep::Conv(c) => c.output,
+            TcStep::Exchange(e) => e.output,
+        }
+    }
+
+    /// How many steps write a value that `keep` accepts.
+    pub(crate) fn steps_writing(&self, keep: &dyn Fn(ValueId) -> bool) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| keep(Self::step_output(s)))
+            .count()
+    }
+
+    /// Launches, for a batch of `n`, every step whose output `keep` accepts; `addr` gives
+    /// a value's device address and `before` runs before each step (poisoning).
     pub(crate) fn launch<T: GpuElem>(
         &self,
         gpu: &Gpu<T>,
@@ -188,13 +207,14 @@ impl TcProgram {
         n: usize,
         addr: &dyn Fn(ValueId) -> u64,
         before: &mut dyn FnMut(ValueId) -> Result<()>,
+        keep: &dyn Fn(ValueId) -> bool,
     ) -> Result<()> {
-        for step in &self.steps {
+        for step in self.steps.iter().filter(|s| keep(Self::step_output(s))) {
             match step {
                 TcStep::Conv(c) => {
                     before(c.output)?;
                     let nchw = c.output == graph.output;
-                    launch_conv(gpu, c, graph.shape(c.output), n, nchw, addr)?;
+                    launch_conv(gpu, c, c.output_shape, n, nchw, addr)?;
                 }
                 TcStep::Exchange(e) => {
                     before(e.output)?;
@@ -287,6 +307,10 @@ impl ConvStep {
             cout,
             k,
             input,
+            output_shape: {
+                let (h, w) = first.out_size(input.h, input.w);
+                Chw { c: cout, h, w }
+            },
             weights: gpu.upload(&w)?,
             bias: gpu.upload(&bias)?,
         })

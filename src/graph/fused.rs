@@ -259,6 +259,12 @@ mod tests {
             })
             .count();
         assert_eq!(plan.steps.len(), g.ops.len() - strided_steps);
+        println!(
+            "W32: {} graph ops, {} fused steps ({} exchange branches fused)",
+            g.ops.len(),
+            plan.steps.len(),
+            plan.fused_exchanges
+        );
         let last = plan.last_uses(g);
         let mut written = vec![false; g.values.len()];
         written[Graph::INPUT.0] = true;

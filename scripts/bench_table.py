@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""One table from the JSON lines of `hrnet bench` and `scripts/peer_pytorch.py --time
+[--peaks]` (and `hrnet bench --exchange`), run in the same device call.
+
+  python3 scripts/bench_table.py LOG... [--json benches/results/h200.json]
+
+Prints, per batch, every engine configuration's median latency, images/s and peak memory,
+hrnet's ratio to the best PyTorch configuration, the exchange-unit totals, and the measured
+ceilings; with --json, writes the per-configuration rows (engine, precision, batch,
+median_ms, images_per_s, peak_mib) for the repository.
+"""
+import argparse
+import json
+import sys
+
+
+def rows_of(paths):
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError:
+                        pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("logs", nargs="+")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    rows = list(rows_of(a.logs))
+    runs = [r for r in rows if "median_ms" in r and r.get("bench") is None]
+    if not runs:
+        print("no timing lines found", file=sys.stderr)
+        return 1
+    for r in runs:
+        if r["engine"] == "hrnet":
+            r["name"] = f"hrnet {r['precision']} {r.get('kernels', 'direct')}"
+        else:
+            r["name"] = f"pytorch {r['config']}"
+    print(f"{'batch':>5}  {'engine':<38} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} {'vs best pytorch':>16}")
+    for batch in sorted({r["batch"] for r in runs}):
+        here = [r for r in runs if r["batch"] == batch]
+        torch_best = min((r["median_ms"] for r in here if r["engine"] == "pytorch"), default=None)
+        for r in sorted(here, key=lambda r: r["median_ms"]):
+            ratio = f"{torch_best / r['median_ms']:.2f}x" if torch_best and r["engine"] == "hrnet" else ""
+            print(f"{batch:>5}  {r['name']:<38} {r['median_ms']:>10.4f} {r['images_per_s']:>10.1f} "
+                  f"{r['peak_mib']:>9.1f} {ratio:>16}")
+    for t in (r for r in rows if r.get("bench") == "exchange-total"):
+        print(f"exchange units, batch {t['batch']}: {t['units']} output branches, fused {t['fused_ms']:.4f} ms, "
+              f"unfused {t['unfused_ms']:.4f} ms, speedup {t['speedup']:.2f}x")
+    for p in (r for r in rows if r.get("peak") == "measured"):
+        print(f"measured ceilings: fp16 matmul {p['fp16_matmul_tflops']:.0f} TFLOP/s, "
+              f"copy {p['copy_gb_per_s']:.0f} GB/s ({p['gpu']})")
+    if a.json:
+        keep = ("engine", "name", "precision", "batch", "median_ms", "images_per_s", "peak_mib", "gpu")
+        with open(a.json, "w") as f:
+            json.dump([{k: r[k] for k in keep if k in r} for r in runs], f, indent=1)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
