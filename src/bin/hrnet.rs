@@ -692,8 +692,9 @@ fn bench(
             ms.sort_by(f64::total_cmp);
             let median = ms[ms.len() / 2];
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
+            let (launches, path) = engine.launches();
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
                 n as f64 * 1000.0 / median,

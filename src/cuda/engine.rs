@@ -149,6 +149,10 @@ pub(crate) struct Gpu<T> {
     pub(crate) info: GpuInfo,
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
+    /// One stream per branch for concurrent launches; `streams[0]` is `stream`.
+    streams: Vec<Arc<CudaStream>>,
+    /// The stream kernels are launched on now (an index into `streams`).
+    current: std::cell::Cell<usize>,
     conv_k3s1: CudaFunction,
     conv_k3s2: CudaFunction,
     conv_k1s1: CudaFunction,
@@ -185,6 +189,10 @@ impl<T: GpuElem> Gpu<T> {
         // no buffer is shared with another stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
+        let mut streams = vec![stream.clone()];
+        for _ in 1..super::schedule::STREAMS {
+            streams.push(ctx.new_stream().map_err(driver_err("creating a stream"))?);
+        }
         let modules: Vec<Arc<CudaModule>> = files
             .iter()
             .map(|f| {
@@ -222,7 +230,15 @@ impl<T: GpuElem> Gpu<T> {
             info,
             ctx,
             stream,
+            streams,
+            current: std::cell::Cell::new(0),
         })
+    }
+
+    /// The stream kernels go to now: the main stream unless a concurrent forward chose
+    /// another.
+    pub(crate) fn on(&self) -> &Arc<CudaStream> {
+        &self.streams[self.current.get()]
     }
 
     /// The device address of a buffer, for kernel arguments.
@@ -315,7 +331,7 @@ impl<T: GpuElem> Gpu<T> {
             shared_mem_bytes: 0,
         };
         let total = total as u64;
-        let mut b = self.stream.launch_builder(&self.fill_nan);
+        let mut b = self.on().launch_builder(&self.fill_nan);
         b.arg(&y).arg(&total);
         // SAFETY: `y` addresses a live buffer of at least `total` elements of T.
         unsafe { b.launch(cfg) }.map_err(driver_err("launching fill_nan"))?;
@@ -343,7 +359,7 @@ impl<T: GpuElem> Gpu<T> {
             dim_i32(s.c)?,
             dim_i32(f)?,
         );
-        let mut b = self.stream.launch_builder(&self.upsample_nhwc);
+        let mut b = self.on().launch_builder(&self.upsample_nhwc);
         b.arg(&x)
             .arg(&y)
             .arg(&total)
@@ -360,7 +376,7 @@ impl<T: GpuElem> Gpu<T> {
     pub(crate) fn add(&self, a: u64, b: u64, y: u64, total: usize) -> Result<()> {
         let cfg = Self::flat("add", total)?;
         let total = total as u64;
-        let mut l = self.stream.launch_builder(&self.add);
+        let mut l = self.on().launch_builder(&self.add);
         l.arg(&a).arg(&b).arg(&y).arg(&total);
         // SAFETY: a, b and y hold `total` elements of T each, all live.
         unsafe { l.launch(cfg) }.map_err(driver_err("launching add"))?;
@@ -371,7 +387,7 @@ impl<T: GpuElem> Gpu<T> {
     pub(crate) fn relu(&self, x: u64, y: u64, total: usize) -> Result<()> {
         let cfg = Self::flat("relu", total)?;
         let total = total as u64;
-        let mut l = self.stream.launch_builder(&self.relu);
+        let mut l = self.on().launch_builder(&self.relu);
         l.arg(&x).arg(&y).arg(&total);
         // SAFETY: x and y hold `total` elements of T each, both live.
         unsafe { l.launch(cfg) }.map_err(driver_err("launching relu"))?;
@@ -418,7 +434,7 @@ impl<T: GpuElem> Gpu<T> {
         let (cin, h, wd) = (dim_i32(s.c)?, dim_i32(s.h)?, dim_i32(s.w)?);
         let (cout, ho, wo) = (dim_i32(layer.cout)?, dim_i32(ho)?, dim_i32(wo)?);
         let relu = i32::from(relu);
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.on().launch_builder(f);
         b.arg(&x).arg(&w).arg(&bias).arg(&residual).arg(&y);
         b.arg(&cin)
             .arg(&h)
@@ -460,7 +476,7 @@ impl<T: GpuElem> Gpu<T> {
             *slot = (p, dim_i32(f)?);
         }
         let (total, h, w, c) = (total as u64, dim_i32(s.h)?, dim_i32(s.w)?, dim_i32(s.c)?);
-        let mut b = self.stream.launch_builder(if nhwc {
+        let mut b = self.on().launch_builder(if nhwc {
             &self.exchange_nhwc
         } else {
             &self.exchange
@@ -498,7 +514,7 @@ impl<T: GpuElem> Gpu<T> {
             shared_mem_bytes: 0,
         };
         let (n, k, h, w) = (dim_i32(n)?, dim_i32(k)?, dim_i32(h)?, dim_i32(w)?);
-        let mut b = self.stream.launch_builder(&self.flip_merge);
+        let mut b = self.on().launch_builder(&self.flip_merge);
         b.arg(&hm)
             .arg(&partner)
             .arg(&out)
@@ -537,7 +553,7 @@ impl<T: GpuElem> Gpu<T> {
             i32::from(relu),
         );
         let [gamma, beta, mean, var] = stats;
-        let mut b = self.stream.launch_builder(&self.bn_relu);
+        let mut b = self.on().launch_builder(&self.bn_relu);
         b.arg(&x).arg(&gamma).arg(&beta).arg(&mean).arg(&var);
         b.arg(&y)
             .arg(&total)
@@ -569,7 +585,7 @@ impl<T: GpuElem> Gpu<T> {
             shared_mem_bytes: 0,
         };
         let (h, w) = (dim_i32(h)?, dim_i32(w)?);
-        let mut b = self.stream.launch_builder(if f32_maps {
+        let mut b = self.on().launch_builder(if f32_maps {
             &self.argmax_f32
         } else {
             &self.argmax
@@ -602,15 +618,21 @@ pub(crate) fn nhwc_padded<T: GpuElem>(input: &Tensor, align: usize) -> Vec<T> {
 /// order, each value's last reader and per-image length: a value takes the smallest free
 /// slot that fits (else a new one) and frees its inputs' slots after their last reader,
 /// never before its own slot is taken, so a step never reads and writes the same slot.
+/// With `pools` (a pool per value: its stream), a freed slot goes to the pool of the step
+/// that last read it and a value takes slots from its own pool only, so that branches on
+/// different streams rarely wait on each other to reuse memory.
 /// Returns the slot of each value and each slot's per-image length.
 pub(crate) fn plan_slots(
     steps: &[(Vec<ValueId>, ValueId)],
     last: &[usize],
     value_len: &[usize],
+    pools: Option<&[usize]>,
 ) -> (Vec<usize>, Vec<usize>) {
+    let pool = |v: ValueId| pools.map_or(0, |p| p[v.0]);
+    let n_pools = pools.and_then(|p| p.iter().max()).map_or(1, |m| m + 1);
     let mut slot_of = vec![usize::MAX; value_len.len()];
     let mut len: Vec<usize> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
+    let mut free: Vec<Vec<usize>> = vec![Vec::new(); n_pools];
     let take = |need: usize, len: &mut Vec<usize>, free: &mut Vec<usize>| -> usize {
         let fit = free
             .iter()
@@ -630,12 +652,14 @@ pub(crate) fn plan_slots(
             }
         }
     };
-    slot_of[Graph::INPUT.0] = take(value_len[Graph::INPUT.0], &mut len, &mut free);
+    let input = Graph::INPUT;
+    slot_of[input.0] = take(value_len[input.0], &mut len, &mut free[pool(input)]);
     for (i, (inputs, out)) in steps.iter().enumerate() {
-        slot_of[out.0] = take(value_len[out.0], &mut len, &mut free);
+        slot_of[out.0] = take(value_len[out.0], &mut len, &mut free[pool(*out)]);
         for &v in inputs {
-            if last[v.0] == i && !free.contains(&slot_of[v.0]) {
-                free.push(slot_of[v.0]);
+            let s = slot_of[v.0];
+            if last[v.0] == i && !free.iter().any(|f| f.contains(&s)) {
+                free[pool(*out)].push(s);
             }
         }
     }
@@ -719,6 +743,11 @@ struct Net<T> {
     gpu: Gpu<T>,
     graph: Graph,
     program: Program<T>,
+    /// The program's steps as (inputs, output), in launch order.
+    steps_io: Vec<(Vec<ValueId>, ValueId)>,
+    schedule: super::schedule::Schedule,
+    /// Whether a step of another stream waits for step i (so it records an event).
+    waited_on: Vec<bool>,
     slot_of: Vec<usize>,
     slot_len: Vec<usize>,
     slots: Vec<CudaSlice<T>>,
@@ -738,7 +767,7 @@ impl<T: GpuElem> Net<T> {
     fn new(model: &Model, ordinal: usize, kernels: Kernels) -> Result<Self> {
         let gpu = Gpu::<T>::open(ordinal)?;
         let graph = &model.graph;
-        let (program, (slot_of, slot_len)) = match kernels {
+        let (program, steps_io, last, value_len) = match kernels {
             Kernels::Direct => {
                 let mut weights = Vec::with_capacity(model.params.len());
                 let mut biases = Vec::with_capacity(model.params.len());
@@ -749,8 +778,12 @@ impl<T: GpuElem> Net<T> {
                 }
                 let io: Vec<_> = graph.ops.iter().map(|o| (o.inputs(), o.output())).collect();
                 let len: Vec<usize> = graph.values.iter().map(Chw::len).collect();
-                let plan = plan_slots(&io, &graph.last_uses(), &len);
-                (Program::Direct { weights, biases }, plan)
+                (
+                    Program::Direct { weights, biases },
+                    io,
+                    graph.last_uses(),
+                    len,
+                )
             }
             Kernels::TensorCore => {
                 if gpu.tc.is_empty() {
@@ -760,16 +793,30 @@ impl<T: GpuElem> Net<T> {
                     ));
                 }
                 let tc = super::tc::TcProgram::new(&gpu, model)?;
-                let plan = plan_slots(&tc.io, &tc.last_uses, &tc.value_len);
-                (Program::TensorCore(tc), plan)
+                let (io, last, len) = (tc.io.clone(), tc.last_uses.clone(), tc.value_len.clone());
+                (Program::TensorCore(tc), io, last, len)
             }
         };
+        use super::schedule::{Schedule, stream_of_value};
+        let pools: Vec<usize> = (0..graph.values.len())
+            .map(|v| stream_of_value(graph, ValueId(v)))
+            .collect();
+        let (slot_of, slot_len) = plan_slots(&steps_io, &last, &value_len, Some(&pools));
+        let streams = steps_io.iter().map(|s| pools[s.1.0]).collect();
+        let schedule = Schedule::new(&steps_io, &slot_of, streams);
+        let mut waited_on = vec![false; steps_io.len()];
+        for &w in schedule.waits.iter().flatten() {
+            waited_on[w] = true;
+        }
         let (xy, score, merged, partner) =
             (gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?);
         Ok(Net {
             gpu,
             graph: graph.clone(),
             program,
+            steps_io,
+            schedule,
+            waited_on,
             slot_of,
             slot_len,
             slots: Vec::new(),
@@ -920,48 +967,75 @@ impl<T: GpuElem> Net<T> {
         time_runs(&stream, runs, || self.execute(n))
     }
 
-    /// Launches every step of the program on the batch of `n` already uploaded, each
-    /// output first filled with NaN when poisoning.
-    fn launch_all(&mut self, n: usize) -> Result<()> {
-        if let Program::TensorCore(tc) = &self.program {
-            let addr = |v: ValueId| self.addr_of(v);
-            let mut before = |v: ValueId| {
-                if self.poison {
-                    self.gpu
-                        .fill_nan(self.addr_of(v), n * self.slot_len[self.slot_of[v.0]])?;
-                }
-                Ok(())
-            };
-            return tc.launch(&self.gpu, &self.graph, n, &addr, &mut before, &|_| true);
-        }
-        let Program::Direct { weights, biases } = &self.program else {
-            unreachable!("the tensor-core program returned above")
+    /// The value step `i` of the program writes.
+    fn step_output(&self, i: usize) -> ValueId {
+        self.steps_io[i].1
+    }
+
+    /// Launches step `i` of the program on the GPU's current stream.
+    fn launch_step(&self, i: usize, n: usize) -> Result<()> {
+        let addr = |v: ValueId| self.addr_of(v);
+        let (weights, biases) = match &self.program {
+            Program::TensorCore(tc) => return tc.launch_step(&self.gpu, &self.graph, i, n, &addr),
+            Program::Direct { weights, biases } => (weights, biases),
         };
-        for op in &self.graph.ops {
-            let out = op.output();
-            let y = self.addr_of(out);
+        let op = &self.graph.ops[i];
+        let y = addr(op.output());
+        match op {
+            Op::Conv(c) => {
+                let l = &self.graph.layers[c.layer];
+                let res = c.residual.map_or(0, addr);
+                let (w, b) = (
+                    self.gpu.addr(&weights[c.layer]),
+                    self.gpu.addr(&biases[c.layer]),
+                );
+                let x = addr(c.input);
+                self.gpu
+                    .conv(l, self.graph.shape(c.input), n, x, w, b, res, y, c.relu)
+            }
+            Op::Exchange(e) => {
+                let terms: Vec<(u64, usize)> = e.terms.iter().map(|&(v, f)| (addr(v), f)).collect();
+                self.gpu
+                    .exchange(&terms, self.graph.shape(op.output()), n, y, false)
+            }
+        }
+    }
+
+    /// Launches every step of the program on the batch of `n` already uploaded, each on
+    /// its branch's stream after the steps it depends on (`schedule`), each output first
+    /// filled with NaN when poisoning; the main stream waits for all of it at the end.
+    fn launch_all(&mut self, n: usize) -> Result<()> {
+        let err = |e| driver_err("ordering the branch streams")(e);
+        let streams = self.gpu.streams.clone();
+        let start = streams[0].record_event(None).map_err(err)?;
+        for s in &streams[1..] {
+            s.wait(&start).map_err(err)?;
+        }
+        let mut events: Vec<Option<cudarc::driver::CudaEvent>> = Vec::new();
+        events.resize_with(self.steps_io.len(), || None);
+        let result = (0..self.steps_io.len()).try_for_each(|i| {
+            self.gpu.current.set(self.schedule.stream[i]);
+            for &w in &self.schedule.waits[i] {
+                let e = events[w]
+                    .as_ref()
+                    .expect("a step waited on records its event");
+                self.gpu.on().wait(e).map_err(err)?;
+            }
             if self.poison {
-                self.gpu.fill_nan(y, n * self.graph.shape(out).len())?;
+                let v = self.step_output(i);
+                let len = n * self.slot_len[self.slot_of[v.0]];
+                self.gpu.fill_nan(self.addr_of(v), len)?;
             }
-            match op {
-                Op::Conv(c) => {
-                    let l = &self.graph.layers[c.layer];
-                    let res = c.residual.map_or(0, |r| self.addr_of(r));
-                    let (w, b) = (
-                        self.gpu.addr(&weights[c.layer]),
-                        self.gpu.addr(&biases[c.layer]),
-                    );
-                    let x = self.addr_of(c.input);
-                    self.gpu
-                        .conv(l, self.graph.shape(c.input), n, x, w, b, res, y, c.relu)?;
-                }
-                Op::Exchange(e) => {
-                    let terms: Vec<(u64, usize)> =
-                        e.terms.iter().map(|&(v, f)| (self.addr_of(v), f)).collect();
-                    self.gpu
-                        .exchange(&terms, self.graph.shape(out), n, y, false)?;
-                }
+            self.launch_step(i, n)?;
+            if self.waited_on[i] {
+                events[i] = Some(self.gpu.on().record_event(None).map_err(err)?);
             }
+            Ok(())
+        });
+        self.gpu.current.set(0);
+        result?;
+        for s in &streams[1..] {
+            streams[0].join(s).map_err(err)?;
         }
         Ok(())
     }
@@ -1162,6 +1236,13 @@ impl CudaEngine {
         on_net!(&mut self.inner, n => n.time(input, warmup, runs))
     }
 
+    /// Kernel launches per forward (poisoning aside), and how many of them lie on the
+    /// longest chain of dependencies once the branches run concurrently.
+    #[must_use]
+    pub fn launches(&self) -> (usize, usize) {
+        on_net!(&self.inner, n => (n.steps_io.len(), n.schedule.critical_path()))
+    }
+
     /// Bytes of the weights on the device.
     #[must_use]
     pub fn weight_bytes(&self) -> usize {
@@ -1205,7 +1286,7 @@ mod tests {
 
     /// No two values alive at once share a slot, and every slot holds its values.
     fn check_slots(io: &[(Vec<ValueId>, ValueId)], last: &[usize], len: &[usize]) -> usize {
-        let (slot_of, slot_len) = plan_slots(io, last, len);
+        let (slot_of, slot_len) = plan_slots(io, last, len, None);
         let mut born = vec![usize::MAX; len.len()];
         born[Graph::INPUT.0] = 0;
         for (i, (_, out)) in io.iter().enumerate() {

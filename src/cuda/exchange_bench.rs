@@ -132,7 +132,7 @@ fn time_unit(
     }
     let addr = |v: ValueId| bufs.addr(gpu, v);
     let keep = |v: ValueId| inside.contains(&v);
-    let fused = || tc.launch(gpu, graph, n, &addr, &mut |_| Ok(()), &keep);
+    let fused = || tc.launch_where(gpu, graph, n, &addr, &keep);
     let fused_launches = tc.steps_writing(&keep);
 
     let unfused = Unfused::new(gpu, model, &ops, n)?;

@@ -7,6 +7,7 @@ mod engine;
 mod exchange_bench;
 mod ops;
 pub mod probe;
+mod schedule;
 mod tc;
 
 pub use compile::{CompiledFile, KernelInfo, compiled, kernel_files};

@@ -198,30 +198,40 @@ impl TcProgram {
             .count()
     }
 
-    /// Launches, for a batch of `n`, every step whose output `keep` accepts; `addr` gives
-    /// a value's device address and `before` runs before each step (poisoning).
-    pub(crate) fn launch<T: GpuElem>(
+    /// Launches step `i` for a batch of `n` on the GPU's current stream; `addr` gives a
+    /// value's device address.
+    pub(crate) fn launch_step<T: GpuElem>(
+        &self,
+        gpu: &Gpu<T>,
+        graph: &Graph,
+        i: usize,
+        n: usize,
+        addr: &dyn Fn(ValueId) -> u64,
+    ) -> Result<()> {
+        match &self.steps[i] {
+            TcStep::Conv(c) => {
+                let nchw = c.output == graph.output;
+                launch_conv(gpu, c, c.output_shape, n, nchw, addr)
+            }
+            TcStep::Exchange(e) => {
+                let terms: Vec<(u64, usize)> = e.terms.iter().map(|&(v, f)| (addr(v), f)).collect();
+                gpu.exchange(&terms, graph.shape(e.output), n, addr(e.output), true)
+            }
+        }
+    }
+
+    /// Launches, in order on the current stream, every step whose output `keep` accepts.
+    pub(crate) fn launch_where<T: GpuElem>(
         &self,
         gpu: &Gpu<T>,
         graph: &Graph,
         n: usize,
         addr: &dyn Fn(ValueId) -> u64,
-        before: &mut dyn FnMut(ValueId) -> Result<()>,
         keep: &dyn Fn(ValueId) -> bool,
     ) -> Result<()> {
-        for step in self.steps.iter().filter(|s| keep(Self::step_output(s))) {
-            match step {
-                TcStep::Conv(c) => {
-                    before(c.output)?;
-                    let nchw = c.output == graph.output;
-                    launch_conv(gpu, c, c.output_shape, n, nchw, addr)?;
-                }
-                TcStep::Exchange(e) => {
-                    before(e.output)?;
-                    let terms: Vec<(u64, usize)> =
-                        e.terms.iter().map(|&(v, f)| (addr(v), f)).collect();
-                    gpu.exchange(&terms, graph.shape(e.output), n, addr(e.output), true)?;
-                }
+        for (i, step) in self.steps.iter().enumerate() {
+            if keep(Self::step_output(step)) {
+                self.launch_step(gpu, graph, i, n, addr)?;
             }
         }
         Ok(())
@@ -374,7 +384,7 @@ pub(crate) fn launch_conv<T: GpuElem>(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let mut b = gpu.stream.launch_builder(f);
+    let mut b = gpu.on().launch_builder(f);
     b.arg(&a);
     // SAFETY: every source holds n·hi·wi·cin_s f16, the weights cout·k f16, the bias cout
     // f32, each term n·(ho/f)·(wo/f)·cout f16 and y n·ho·wo·cout f16 (the strides address
