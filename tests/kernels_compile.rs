@@ -54,9 +54,9 @@ fn every_kernel_compiles_for_sm90_without_spills() {
             kernels += 1;
         }
     }
-    // conv (3 shapes), exchange (NCHW, NHWC), bn_relu, argmax, flip_merge, fill_nan, each
-    // in f32 and f16; conv_tc (3 shapes × 4 tiles, f16 only).
-    assert_eq!(kernels, 2 * 9 + 12);
+    // conv (3 shapes), exchange (NCHW, NHWC), bn_relu, argmax, flip_merge, fill_nan,
+    // upsample_nhwc, add, relu, each in f32 and f16; conv_tc (3 shapes × 4 tiles, f16 only).
+    assert_eq!(kernels, 2 * 12 + 12);
     // Compiled once per process: the second call is the same files.
     assert!(std::sync::Arc::ptr_eq(&files, &compiled("sm_90").unwrap()));
 }

@@ -228,9 +228,11 @@ mod tests {
             "argmax",
             "bn_relu",
             "conv",
+            "conv_tc",
             "exchange",
             "fill",
             "flip_merge",
+            "unfused",
         ] {
             assert!(names.contains(&f), "{f}");
         }

@@ -91,12 +91,14 @@ struct Buffers {
 }
 
 impl Buffers {
+    fn get(&self, v: ValueId) -> &CudaSlice<half::f16> {
+        self.by_value[v.0]
+            .as_ref()
+            .expect("every value of the cone has a buffer")
+    }
+
     fn addr(&self, gpu: &Gpu<half::f16>, v: ValueId) -> u64 {
-        gpu.addr(
-            self.by_value[v.0]
-                .as_ref()
-                .expect("every value of the cone has a buffer"),
-        )
+        gpu.addr(self.get(v))
     }
 }
 
@@ -138,9 +140,9 @@ fn time_unit(
     let unfused = Unfused::new(gpu, model, &ops, n)?;
     let final_len = n * graph.shape(e.output).len();
     fused()?;
-    let want = gpu.download(&bufs_slice(&bufs, e.output), final_len)?;
+    let want = gpu.download(bufs.get(e.output), final_len)?;
     unfused.launch(gpu, &addr)?;
-    let got = gpu.download(&bufs_slice(&bufs, e.output), final_len)?;
+    let got = gpu.download(bufs.get(e.output), final_len)?;
     let got: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
     let want: Vec<f64> = want.iter().map(|v| f64::from(v.to_f32())).collect();
     if got.iter().any(|v| !v.is_finite()) {
@@ -176,13 +178,6 @@ fn time_unit(
         unfused_launches: unfused.launches(),
         rel_l2,
     })
-}
-
-fn bufs_slice(bufs: &Buffers, v: ValueId) -> CudaSlice<half::f16> {
-    bufs.by_value[v.0]
-        .as_ref()
-        .expect("every value of the cone has a buffer")
-        .clone()
 }
 
 /// One conv of the cone, unfused: the raw conv into `raw`, then BN (and ReLU) apart.
