@@ -47,6 +47,10 @@ struct TcArgs {
 };
 static_assert(sizeof(TcArgs) == 184, "TcArgs must match src/cuda/tc.rs");
 
+// The four PTX wrappers. tests/emulate/conv_tc_host.cpp compiles this file on the CPU with
+// host versions of them (a 32-lane warp emulator) to check the kernel's indexing and
+// fragment layouts without a GPU; it defines HRNET_WARP_EMULATION.
+#ifndef HRNET_WARP_EMULATION
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
@@ -71,6 +75,7 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 template <int KS, int S, int BM, int BN>
 __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {

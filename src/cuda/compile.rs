@@ -178,10 +178,24 @@ pub fn compiled(arch: &str) -> Result<Arc<Vec<CompiledFile>>> {
     if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(arch) {
         return Ok(hit.clone());
     }
-    let files: Vec<CompiledFile> = kernel_files()
-        .iter()
-        .map(|&(file, source)| compile_file(file, source, arch))
-        .collect::<Result<_>>()?;
+    // One NVRTC program per file, compiled side by side (NVRTC is thread-safe across
+    // programs): the first GPU call of a process waits for the slowest file, not the sum.
+    let files: Vec<CompiledFile> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = kernel_files()
+            .iter()
+            .map(|&(file, source)| scope.spawn(move || compile_file(file, source, arch)))
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join().unwrap_or_else(|_| {
+                    Err(nvrtc_err(
+                        "compiling the kernels",
+                        "a compiler thread panicked",
+                    ))
+                })
+            })
+            .collect::<Result<_>>()
+    })?;
     let files = Arc::new(files);
     cache
         .lock()

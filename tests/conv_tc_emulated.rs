@@ -1,0 +1,50 @@
+//! kernels/conv_tc.cu run on the CPU: tests/emulate/conv_tc_host.cpp compiles the kernel
+//! source with host stand-ins for its four PTX instructions (a 32-lane warp emulator
+//! following the PTX ISA's ldmatrix and mma.m16n8k16 fragment layouts) and checks every
+//! tile and kernel shape, several summed sources, upsampled terms and NCHW output against a
+//! direct convolution in double. It catches indexing and fragment-layout mistakes without a
+//! GPU; the pipeline's timing and the real instructions are the GPU parity tests' job.
+//! Needs a C++20 compiler (`CXX`, else `c++`); scripts/test makes it mandatory
+//! (HRNET_REQUIRE_CXX=1).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn tensor_core_kernel_matches_a_direct_conv_under_warp_emulation() {
+    let name = "tensor_core_kernel_matches_a_direct_conv_under_warp_emulation";
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    if Command::new(&cxx).arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("HRNET_REQUIRE_CXX").is_none(),
+            "HRNET_REQUIRE_CXX is set but there is no C++ compiler ({cxx})"
+        );
+        common::skip(name, &format!("no C++ compiler ({cxx})"));
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conv_tc_host");
+    let built = Command::new(&cxx)
+        .args(["-std=c++20", "-O2", "-pthread", "-I"])
+        .arg(root.join("kernels"))
+        .arg(root.join("tests/emulate/conv_tc_host.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("the C++ compiler runs");
+    assert!(
+        built.status.success(),
+        "compiling the emulator failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let run = Command::new(&exe).output().expect("the emulator runs");
+    let out = String::from_utf8_lossy(&run.stdout);
+    println!("{out}");
+    assert!(
+        run.status.success(),
+        "the emulated kernel disagrees:\n{out}"
+    );
+    assert!(out.contains("PASS: 0 of 24 cases failed"), "{out}");
+}

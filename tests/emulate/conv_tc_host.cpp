@@ -1,0 +1,286 @@
+// conv_tc_host.cpp: runs kernels/conv_tc.cu on the CPU, every block as 128 threads, with a
+// 32-lane warp emulator standing in for the PTX instructions, and checks every output
+// against a direct convolution in double. It tests what a GPU-less machine can: the
+// kernel's indexing (implicit GEMM addressing, padding, sources, tiles, epilogue terms,
+// strides) and its use of the ldmatrix and mma.sync fragment layouts, as the PTX ISA
+// defines them (section "Matrix Fragments for mma.m16n8k16 with floating point type" and
+// "ldmatrix"). cp.async is emulated as a synchronous copy, so the pipeline's ordering is
+// not tested here; the parity tests on the GPU do that.
+//
+// Built and run by tests/conv_tc_emulated.rs: c++ -std=c++20 -O2 -pthread -I kernels.
+// Prints one line per case; exits 1 on the first mismatch.
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+// ---- what common.cuh and the CUDA compiler would provide ----
+typedef unsigned long long u64;
+struct Dim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+static thread_local Dim3 threadIdx, blockIdx;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(threads, blocks)
+#define __restrict__
+#define __align__(n) __attribute__((aligned(n)))
+// One block runs at a time, so a static array is the block's shared memory.
+#define __shared__ static
+struct __half {
+    _Float16 v;
+};
+static inline float __half2float(__half h) { return (float)h.v; }
+static inline __half __float2half_rn(float f) { return __half{(_Float16)f}; }
+static inline float relu_keep_nan(float v) { return v < 0.0f ? 0.0f : v; }
+
+static std::barrier<>* block_barrier;
+#define __syncthreads() block_barrier->arrive_and_wait()
+
+// ---- the warp emulator: the four PTX wrappers the kernel uses ----
+struct Warp {
+    std::barrier<> sync{32};
+    const void* row[32];
+    unsigned a[32][4], b[32][2];
+};
+static Warp warps[4];
+static inline int lane_id() { return threadIdx.x & 31; }
+static inline Warp& warp() { return warps[threadIdx.x >> 5]; }
+
+static inline void cp_async16(void* smem, const void* gmem, int bytes) {
+    if (bytes == 16)
+        std::memcpy(smem, gmem, 16);
+    else
+        std::memset(smem, 0, 16);
+}
+static inline void cp_async_commit() {}
+template <int N> static inline void cp_async_wait() {}
+
+static inline uint16_t bits(const void* p, int i) {
+    uint16_t v;
+    std::memcpy(&v, (const char*)p + 2 * i, 2);
+    return v;
+}
+static inline float half_of(unsigned reg, int hi) {
+    uint16_t b = hi ? (uint16_t)(reg >> 16) : (uint16_t)(reg & 0xffff);
+    _Float16 h;
+    std::memcpy(&h, &b, 2);
+    return (float)h;
+}
+
+// ldmatrix .x4: lanes 8q..8q+7 give the 8 row addresses of matrix q; lane l receives, of
+// each matrix, row l/4, elements 2(l%4) and 2(l%4)+1.
+static inline void ldmatrix_x4(unsigned (&r)[4], const __half* smem) {
+    Warp& w = warp();
+    const int l = lane_id();
+    w.row[l] = smem;
+    w.sync.arrive_and_wait();
+    for (int q = 0; q < 4; ++q) {
+        const void* row = w.row[q * 8 + l / 4];
+        r[q] = bits(row, 2 * (l % 4)) | ((unsigned)bits(row, 2 * (l % 4) + 1) << 16);
+    }
+    w.sync.arrive_and_wait();
+}
+
+// mma.m16n8k16 .row.col f16 -> f32. A: register j of lane l holds row l/4 + 8(j%2),
+// columns 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1},
+// column l/4; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2.
+static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    Warp& w = warp();
+    const int l = lane_id();
+    for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
+    w.b[l][0] = b0;
+    w.b[l][1] = b1;
+    w.sync.arrive_and_wait();
+    auto A = [&](int row, int k) {
+        const int lane = (row % 8) * 4 + (k % 8) / 2;
+        return half_of(w.a[lane][(row / 8) + 2 * (k / 8)], k % 2);
+    };
+    auto B = [&](int k, int n) {
+        const int lane = n * 4 + (k % 8) / 2;
+        return half_of(w.b[lane][k / 8], k % 2);
+    };
+    for (int e = 0; e < 4; ++e) {
+        const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
+        float s = d[e];
+        for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+        d[e] = s;
+    }
+    w.sync.arrive_and_wait();
+}
+
+#define HRNET_WARP_EMULATION
+#include "conv_tc.cu"
+
+// ---- the harness ----
+typedef void (*Kernel)(const TcArgs);
+
+struct Tile {
+    int bm, bn;
+    Kernel k3s1, k3s2, k1s1;
+};
+static const Tile TILES[] = {
+    {128, 64, conv_tc_k3s1_128x64_f16, conv_tc_k3s2_128x64_f16, conv_tc_k1s1_128x64_f16},
+    {64, 64, conv_tc_k3s1_64x64_f16, conv_tc_k3s2_64x64_f16, conv_tc_k1s1_64x64_f16},
+    {64, 32, conv_tc_k3s1_64x32_f16, conv_tc_k3s2_64x32_f16, conv_tc_k1s1_64x32_f16},
+    {32, 32, conv_tc_k3s1_32x32_f16, conv_tc_k3s2_32x32_f16, conv_tc_k1s1_32x32_f16},
+};
+
+static void run_grid(Kernel kernel, const TcArgs& a, int gx, int gy) {
+    for (int by = 0; by < gy; ++by) {
+        for (int bx = 0; bx < gx; ++bx) {
+            std::barrier<> bar(TC_THREADS);
+            block_barrier = &bar;
+            std::vector<std::thread> threads;
+            for (int t = 0; t < TC_THREADS; ++t) {
+                threads.emplace_back([&, t] {
+                    threadIdx.x = t;
+                    blockIdx.x = bx;
+                    blockIdx.y = by;
+                    kernel(a);
+                });
+            }
+            for (auto& th : threads) th.join();
+        }
+    }
+}
+
+static std::mt19937_64 rng(std::random_device{}());
+static __half rnd() { return __float2half_rn(std::normal_distribution<float>(0.0f, 1.0f)(rng)); }
+
+struct Case {
+    int ks, stride, n, h, w, cout;
+    std::vector<int> cin;      // per source (multiples of 8)
+    std::vector<int> factors;  // per epilogue term
+    bool relu, nchw;
+};
+
+// Runs one case with one tile; returns false on a mismatch.
+static bool check(const Case& c, const Tile& tile) {
+    const int p = c.ks / 2, kk = c.ks * c.ks;
+    const int ho = (c.h + 2 * p - c.ks) / c.stride + 1, wo = (c.w + 2 * p - c.ks) / c.stride + 1;
+    const int nsrc = (int)c.cin.size();
+    int k = 0;
+    std::vector<int> kbeg;
+    for (int ci : c.cin) {
+        kbeg.push_back(k);
+        k += kk * ci;
+    }
+    std::vector<std::vector<__half>> x(nsrc), terms(c.factors.size());
+    for (int s = 0; s < nsrc; ++s) {
+        x[s].resize((size_t)c.n * c.h * c.w * c.cin[s]);
+        for (auto& v : x[s]) v = rnd();
+    }
+    std::vector<__half> w((size_t)c.cout * k);
+    const float scale = 1.0f / std::sqrt((float)k);
+    for (auto& v : w) v = __float2half_rn(__half2float(rnd()) * scale);
+    std::vector<float> bias(c.cout);
+    for (auto& v : bias) v = __half2float(rnd());
+    for (size_t t = 0; t < c.factors.size(); ++t) {
+        terms[t].resize((size_t)c.n * (ho / c.factors[t]) * (wo / c.factors[t]) * c.cout);
+        for (auto& v : terms[t]) v = rnd();
+    }
+    std::vector<__half> y((size_t)c.n * ho * wo * c.cout, __float2half_rn(NAN));
+
+    TcArgs a{};
+    for (int s = 0; s < nsrc; ++s) {
+        a.src[s] = x[s].data();
+        a.cin[s] = c.cin[s];
+        a.kbeg[s] = kbeg[s];
+    }
+    for (size_t t = 0; t < c.factors.size(); ++t) {
+        a.term[t] = terms[t].data();
+        a.factor[t] = c.factors[t];
+    }
+    a.w = w.data();
+    a.bias = bias.data();
+    a.y = y.data();
+    const long long plane = (long long)ho * wo;
+    a.ys_n = plane * c.cout;
+    a.ys_p = c.nchw ? 1 : c.cout;
+    a.ys_c = c.nchw ? plane : 1;
+    a.nsrc = nsrc;
+    a.n = c.n;
+    a.hi = c.h;
+    a.wi = c.w;
+    a.ho = ho;
+    a.wo = wo;
+    a.cout = c.cout;
+    a.k = k;
+    a.relu = c.relu;
+    Kernel kernel = c.ks == 1 ? tile.k1s1 : (c.stride == 1 ? tile.k3s1 : tile.k3s2);
+    const int m = c.n * ho * wo;
+    run_grid(kernel, a, (m + tile.bm - 1) / tile.bm, (c.cout + tile.bn - 1) / tile.bn);
+
+    double err2 = 0, ref2 = 0;
+    for (int n = 0; n < c.n; ++n)
+        for (int oy = 0; oy < ho; ++oy)
+            for (int ox = 0; ox < wo; ++ox)
+                for (int co = 0; co < c.cout; ++co) {
+                    double s = bias[co];
+                    for (int src = 0; src < nsrc; ++src)
+                        for (int ky = 0; ky < c.ks; ++ky)
+                            for (int kx = 0; kx < c.ks; ++kx) {
+                                const int iy = oy * c.stride + ky - p, ix = ox * c.stride + kx - p;
+                                if (iy < 0 || iy >= c.h || ix < 0 || ix >= c.w) continue;
+                                for (int ci = 0; ci < c.cin[src]; ++ci) {
+                                    const double xv = __half2float(
+                                        x[src][(((size_t)n * c.h + iy) * c.w + ix) * c.cin[src] + ci]);
+                                    const double wv = __half2float(
+                                        w[(size_t)co * k + kbeg[src] + (ky * c.ks + kx) * c.cin[src] + ci]);
+                                    s += xv * wv;
+                                }
+                            }
+                    for (size_t t = 0; t < c.factors.size(); ++t) {
+                        const int f = c.factors[t], hs = ho / f, ws = wo / f;
+                        s += __half2float(terms[t][(((size_t)n * hs + oy / f) * ws + ox / f) * c.cout + co]);
+                    }
+                    if (c.relu && s < 0) s = 0;
+                    const size_t at = n * a.ys_n + (long long)(oy * wo + ox) * a.ys_p + co * a.ys_c;
+                    const double got = __half2float(y[at]);
+                    if (!std::isfinite(got)) {
+                        std::printf("FAIL k%ds%d tile %dx%d: output (%d,%d,%d,%d) is %g (unwritten)\n", c.ks,
+                                    c.stride, tile.bm, tile.bn, n, oy, ox, co, got);
+                        return false;
+                    }
+                    err2 += (got - s) * (got - s);
+                    ref2 += s * s;
+                }
+    const double rel = std::sqrt(err2 / ref2);
+    const bool ok = rel < 2e-3;
+    std::printf("%s k%ds%d tile %3dx%-2d n=%d %2dx%-2d sources=%d terms=%d cout=%-3d %s: rel L2 %.2e\n",
+                ok ? "ok  " : "FAIL", c.ks, c.stride, tile.bm, tile.bn, c.n, c.h, c.w, nsrc,
+                (int)c.factors.size(), c.cout, c.nchw ? "NCHW" : "NHWC", rel);
+    return ok;
+}
+
+int main() {
+    const Case cases[] = {
+        // the stem's first conv: 3 channels padded to 8, stride 2, K = 72 (not a multiple of 32)
+        {3, 2, 1, 16, 12, 64, {8}, {}, true, false},
+        // a BasicBlock's second conv: the residual as a term
+        {3, 1, 2, 8, 6, 32, {32}, {1}, true, false},
+        // an exchange unit's fused branch: two strided sources of different widths, the
+        // identity and an upsampled 1×1 result as terms
+        {3, 2, 1, 8, 8, 64, {16, 32}, {1, 2}, true, false},
+        // three sources, three terms (identity, ×2, ×4)
+        {3, 2, 1, 16, 16, 32, {8, 16, 24}, {1, 2, 4}, true, false},
+        // a 1×1 conv at low resolution, no ReLU; 48 channels in (K = 48)
+        {1, 1, 3, 4, 6, 96, {48}, {}, false, false},
+        // the head: 17 heatmaps written NCHW
+        {1, 1, 2, 8, 6, 17, {32}, {}, false, true},
+    };
+    int failed = 0;
+    for (const Case& c : cases)
+        for (const Tile& t : TILES) failed += !check(c, t);
+    std::printf("%s: %d of %zu cases failed\n", failed ? "FAIL" : "PASS", failed,
+                sizeof(cases) / sizeof(cases[0]) * 4);
+    return failed ? 1 : 0;
+}
