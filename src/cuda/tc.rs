@@ -271,7 +271,7 @@ impl ConvStep {
                     s = first.stride
                 ))
             })?;
-        let (cout, kk) = (first.cout, first.kernel * first.kernel);
+        let cout = first.cout;
         for p in parts {
             if !p.stored_cin.is_multiple_of(8) || p.stored_cin < p.layer.cin {
                 return Err(Error::Config(format!(
@@ -288,25 +288,7 @@ impl ConvStep {
                 )));
             }
         }
-        let k: usize = parts.iter().map(|p| kk * p.stored_cin).sum();
-        let mut w = vec![half::f16::ZERO; cout * k];
-        let mut bias = vec![0f64; cout];
-        let mut kbeg = 0;
-        for p in parts {
-            let cin = p.layer.cin;
-            for co in 0..cout {
-                bias[co] += f64::from(p.params.bias[co]);
-                for ci in 0..cin {
-                    for tap in 0..kk {
-                        let from = (co * cin + ci) * kk + tap;
-                        w[co * k + kbeg + tap * p.stored_cin + ci] =
-                            half::f16::from_f32(p.params.weight[from]);
-                    }
-                }
-            }
-            kbeg += kk * p.stored_cin;
-        }
-        let bias: Vec<f32> = bias.iter().map(|&b| b as f32).collect();
+        let (w, bias, k) = pack(parts);
         Ok(ConvStep {
             sources: parts.iter().map(|p| p.input).collect(),
             terms: terms.to_vec(),
@@ -330,6 +312,32 @@ impl ConvStep {
     fn bytes(&self) -> usize {
         self.weights.len() * 2 + self.bias.len() * 4
     }
+}
+
+/// The parts' weights side by side as `[cout][K]`, K = Σ K²·stored_cin, each part's block
+/// ordered (ky, kx, ci) with the padding channels zero; the summed biases; K.
+fn pack(parts: &[Part<'_>]) -> (Vec<half::f16>, Vec<f32>, usize) {
+    let first = parts[0].layer;
+    let (cout, kk) = (first.cout, first.kernel * first.kernel);
+    let k: usize = parts.iter().map(|p| kk * p.stored_cin).sum();
+    let mut w = vec![half::f16::ZERO; cout * k];
+    let mut bias = vec![0f64; cout];
+    let mut kbeg = 0;
+    for p in parts {
+        let cin = p.layer.cin;
+        for co in 0..cout {
+            bias[co] += f64::from(p.params.bias[co]);
+            for ci in 0..cin {
+                for tap in 0..kk {
+                    let from = (co * cin + ci) * kk + tap;
+                    w[co * k + kbeg + tap * p.stored_cin + ci] =
+                        half::f16::from_f32(p.params.weight[from]);
+                }
+            }
+        }
+        kbeg += kk * p.stored_cin;
+    }
+    (w, bias.iter().map(|&b| b as f32).collect(), k)
 }
 
 /// Launches one conv step over `n` images of output shape `out`, written NHWC or
@@ -408,5 +416,141 @@ mod tests {
         assert_eq!(TILES[pick_tile(64 * 3072, 17, 132)].1, 32);
         assert_eq!(kernel_names().len(), SHAPES.len() * TILES.len());
         assert!(kernel_names().contains(&"conv_tc_k3s2_64x32_f16".to_string()));
+    }
+
+    /// The packed weights, read the way kernels/conv_tc.cu reads them (K walked source by
+    /// source, (ky, kx, ci) within, inputs NHWC with padded channels), give the sum of the
+    /// parts' convolutions as the CPU reference computes them.
+    #[test]
+    fn packed_weights_give_the_summed_convolutions() {
+        use crate::cpu::ops::conv2d;
+        use crate::tensor::{Nchw, Tensor};
+        let layer = |cin| ConvLayer {
+            name: format!("{cin}->24"),
+            bn: None,
+            cin,
+            cout: 24,
+            kernel: 3,
+            stride: 2,
+        };
+        let layers = [layer(3), layer(16)];
+        let (h, w) = (10, 6);
+        let seed = u64::from(std::process::id());
+        let params: Vec<ConvParams> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ConvParams {
+                weight: Tensor::random_normal(
+                    Nchw {
+                        n: 1,
+                        c: 1,
+                        h: 1,
+                        w: l.weight_len(),
+                    },
+                    seed + i as u64,
+                )
+                .into_data(),
+                bias: Tensor::random_normal(
+                    Nchw {
+                        n: 1,
+                        c: 1,
+                        h: 1,
+                        w: 24,
+                    },
+                    seed + 7,
+                )
+                .into_data(),
+            })
+            .collect();
+        let inputs: Vec<Tensor> = layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                Tensor::random_normal(
+                    Nchw {
+                        n: 1,
+                        c: l.cin,
+                        h,
+                        w,
+                    },
+                    seed + 11 + i as u64,
+                )
+            })
+            .collect();
+        let parts: Vec<Part<'_>> = layers
+            .iter()
+            .zip(&params)
+            .enumerate()
+            .map(|(i, (l, p))| Part {
+                input: ValueId(i),
+                layer: l,
+                params: p,
+                stored_cin: l.cin.next_multiple_of(8),
+            })
+            .collect();
+        let (packed, bias, k) = pack(&parts);
+        assert_eq!(k, 9 * (8 + 16));
+        let (ho, wo) = layers[0].out_size(h, w);
+        // The kernel's arithmetic, in f64.
+        let nhwc: Vec<Vec<half::f16>> = inputs
+            .iter()
+            .map(|x| crate::cuda::engine::nhwc_padded::<half::f16>(x, 8))
+            .collect();
+        let mut got = vec![0f64; 24 * ho * wo];
+        for co in 0..24 {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut sum = f64::from(bias[co]);
+                    let mut kbeg = 0;
+                    for (part, x) in parts.iter().zip(&nhwc) {
+                        let cs = part.stored_cin;
+                        for tap in 0..9 {
+                            let (iy, ix) = (
+                                (oy * 2 + tap / 3) as isize - 1,
+                                (ox * 2 + tap % 3) as isize - 1,
+                            );
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            for ci in 0..cs {
+                                let xv = x[(iy as usize * w + ix as usize) * cs + ci].to_f64();
+                                sum += xv * packed[co * k + kbeg + tap * cs + ci].to_f64();
+                            }
+                        }
+                        kbeg += 9 * cs;
+                    }
+                    got[(co * ho + oy) * wo + ox] = sum;
+                }
+            }
+        }
+        // The CPU reference on the same f16-rounded operands.
+        let round = |v: &[f32]| -> Vec<f64> {
+            v.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect()
+        };
+        let mut want = vec![0f64; 24 * ho * wo];
+        let mut part = vec![0f64; 24 * ho * wo];
+        let mut col = Vec::new();
+        for ((l, p), x) in layers.iter().zip(&params).zip(&inputs) {
+            let b: Vec<f64> = p.bias.iter().map(|&v| f64::from(v)).collect();
+            conv2d(
+                &round(x.data()),
+                x.shape().chw(),
+                l,
+                &round(&p.weight),
+                &b,
+                &mut part,
+                &mut col,
+            );
+            want.iter_mut().zip(&part).for_each(|(w, p)| *w += p);
+        }
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            err < 1e-5,
+            "packed weights disagree with the reference by {err:e}"
+        );
     }
 }
