@@ -682,6 +682,13 @@ fn bench(
         if (p, k) == (Prec::F32, KernelsArg::TensorCore) {
             continue;
         }
+        let usable = Kernels::default_for(Precision::F16, &model.graph) == Kernels::TensorCore;
+        if k == KernelsArg::TensorCore && !usable {
+            eprintln!(
+                "{name}: tensor-core kernels skipped (its channel counts are not all multiples of 8)"
+            );
+            continue;
+        }
         let mut engine = CudaEngine::on_device(&model, p.into(), k.into(), 0)?;
         for &n in batches {
             if n == 0 {
