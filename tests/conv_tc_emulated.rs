@@ -29,6 +29,8 @@ fn tensor_core_kernel_matches_a_direct_conv_under_warp_emulation() {
     let built = Command::new(&cxx)
         .args(["-std=c++20", "-O2", "-pthread", "-I"])
         .arg(root.join("kernels"))
+        .arg("-I")
+        .arg(root.join("tests/emulate"))
         .arg(root.join("tests/emulate/conv_tc_host.cpp"))
         .arg("-o")
         .arg(&exe)

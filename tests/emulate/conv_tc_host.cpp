@@ -1,4 +1,4 @@
-// conv_tc_host.cpp: runs kernels/conv_tc.cu on the CPU, every block as 128 threads, with a
+// conv_tc_host.cpp: runs kernels/conv_tc.cu on the CPU, every block as 128 fibers, with a
 // 32-lane warp emulator standing in for the PTX instructions, and checks every output
 // against a direct convolution in double. It tests what a GPU-less machine can: the
 // kernel's indexing (implicit GEMM addressing, padding, sources, tiles, epilogue terms,
@@ -7,7 +7,8 @@
 // "ldmatrix"). cp.async is emulated as a synchronous copy, so the pipeline's ordering is
 // not tested here; the parity tests on the GPU do that.
 //
-// Built and run by tests/conv_tc_emulated.rs: c++ -std=c++20 -O2 -pthread -I kernels.
+// Built and run by tests/conv_tc_emulated.rs:
+// c++ -std=c++20 -O2 -pthread -I kernels -I tests/emulate.
 // Prints one line per case; exits 1 on the first mismatch.
 
 #include <barrier>
@@ -20,103 +21,11 @@
 #include <thread>
 #include <vector>
 
-// ---- what common.cuh and the CUDA compiler would provide ----
-typedef unsigned long long u64;
-struct Dim3 {
-    unsigned x = 0, y = 0, z = 0;
-};
-static thread_local Dim3 threadIdx, blockIdx;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(threads, blocks)
-#define __restrict__
-#define __align__(n) __attribute__((aligned(n)))
-// One block runs at a time, so a static array is the block's shared memory.
-#define __shared__ static
-struct __half {
-    _Float16 v;
-};
-static inline float __half2float(__half h) { return (float)h.v; }
-static inline __half __float2half_rn(float f) { return __half{(_Float16)f}; }
-static inline float relu_keep_nan(float v) { return v < 0.0f ? 0.0f : v; }
-
-static std::barrier<>* block_barrier;
-#define __syncthreads() block_barrier->arrive_and_wait()
-
-// ---- the warp emulator: the four PTX wrappers the kernel uses ----
-struct Warp {
-    std::barrier<> sync{32};
-    const void* row[32];
-    unsigned a[32][4], b[32][2];
-};
-static Warp warps[4];
-static inline int lane_id() { return threadIdx.x & 31; }
-static inline Warp& warp() { return warps[threadIdx.x >> 5]; }
-
-static inline void cp_async16(void* smem, const void* gmem, int bytes) {
-    if (bytes == 16)
-        std::memcpy(smem, gmem, 16);
-    else
-        std::memset(smem, 0, 16);
-}
-static inline void cp_async_commit() {}
-template <int N> static inline void cp_async_wait() {}
-
-static inline uint16_t bits(const void* p, int i) {
-    uint16_t v;
-    std::memcpy(&v, (const char*)p + 2 * i, 2);
-    return v;
-}
-static inline float half_of(unsigned reg, int hi) {
-    uint16_t b = hi ? (uint16_t)(reg >> 16) : (uint16_t)(reg & 0xffff);
-    _Float16 h;
-    std::memcpy(&h, &b, 2);
-    return (float)h;
-}
-
-// ldmatrix .x4: lanes 8q..8q+7 give the 8 row addresses of matrix q; lane l receives, of
-// each matrix, row l/4, elements 2(l%4) and 2(l%4)+1.
-static inline void ldmatrix_x4(unsigned (&r)[4], const __half* smem) {
-    Warp& w = warp();
-    const int l = lane_id();
-    w.row[l] = smem;
-    w.sync.arrive_and_wait();
-    for (int q = 0; q < 4; ++q) {
-        const void* row = w.row[q * 8 + l / 4];
-        r[q] = bits(row, 2 * (l % 4)) | ((unsigned)bits(row, 2 * (l % 4) + 1) << 16);
-    }
-    w.sync.arrive_and_wait();
-}
-
-// mma.m16n8k16 .row.col f16 -> f32. A: register j of lane l holds row l/4 + 8(j%2),
-// columns 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1},
-// column l/4; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2.
-static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    Warp& w = warp();
-    const int l = lane_id();
-    for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
-    w.b[l][0] = b0;
-    w.b[l][1] = b1;
-    w.sync.arrive_and_wait();
-    auto A = [&](int row, int k) {
-        const int lane = (row % 8) * 4 + (k % 8) / 2;
-        return half_of(w.a[lane][(row / 8) + 2 * (k / 8)], k % 2);
-    };
-    auto B = [&](int k, int n) {
-        const int lane = n * 4 + (k % 8) / 2;
-        return half_of(w.b[lane][k / 8], k % 2);
-    };
-    for (int e = 0; e < 4; ++e) {
-        const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
-        float s = d[e];
-        for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
-        d[e] = s;
-    }
-    w.sync.arrive_and_wait();
-}
+#include "device.h"
+#include "warp.h"
 
 #define HRNET_WARP_EMULATION
+#include "common.cuh"
 #include "conv_tc.cu"
 
 // ---- the harness ----
@@ -134,22 +43,21 @@ static const Tile TILES[] = {
 };
 
 static void run_grid(Kernel kernel, const TcArgs& a, int gx, int gy) {
-    for (int by = 0; by < gy; ++by) {
+    struct Call {
+        Kernel kernel;
+        const TcArgs* a;
+    } call{kernel, &a};
+    auto invoke = [](const void* c) {
+        const Call& k = *static_cast<const Call*>(c);
+        k.kernel(*k.a);
+    };
+    blockDim = Dim3{TC_THREADS, 1, 1};
+    gridDim = Dim3{(unsigned)gx, (unsigned)gy, 1};
+    for (int by = 0; by < gy; ++by)
         for (int bx = 0; bx < gx; ++bx) {
-            std::barrier<> bar(TC_THREADS);
-            block_barrier = &bar;
-            std::vector<std::thread> threads;
-            for (int t = 0; t < TC_THREADS; ++t) {
-                threads.emplace_back([&, t] {
-                    threadIdx.x = t;
-                    blockIdx.x = bx;
-                    blockIdx.y = by;
-                    kernel(a);
-                });
-            }
-            for (auto& th : threads) th.join();
+            blockIdx = Dim3{(unsigned)bx, (unsigned)by, 0};
+            run_block(blockDim, invoke, &call);
         }
-    }
 }
 
 static std::mt19937_64 rng(std::random_device{}());

@@ -1,0 +1,169 @@
+// device.h: CUDA's built-in names for host C++, so that the kernel files compile unchanged
+// on the CPU (tests/emulate). A CUDA thread is a fiber (or, for kernels that never
+// synchronise, one call of a loop); one block runs at a time, so `__shared__` arrays are
+// function-local statics shared by the block's threads.
+#pragma once
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+struct Dim3 {
+    unsigned x = 0, y = 0, z = 0;
+};
+// Plain globals, not thread-locals: one kernel runs at a time in the process (the emulated
+// driver serialises them), and its threads are fibers of one host thread.
+inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+
+// Stops the process with a message: what a GPU would report as a launch failure.
+[[noreturn]] inline void emulation_abort(const char* what) {
+    std::fprintf(stderr, "CUDA emulation: %s\n", what);
+    std::fflush(stderr);
+    std::abort();
+}
+
+// ---- a block's threads as fibers on the calling host thread ----
+// Each CUDA thread of a block is a fiber with its own stack; a barrier is a switch back to
+// the scheduler, which resumes the fibers round robin. x86-64 only: the switch saves the
+// callee-saved registers and the stack pointer (System V ABI).
+#if !defined(__x86_64__)
+#error "tests/emulate runs CUDA threads as x86-64 fibers"
+#endif
+extern "C" void hrnet_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .type hrnet_emu_switch, @function
+hrnet_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size hrnet_emu_switch, .-hrnet_emu_switch
+)");
+
+// Threads that meet: `count` arrivals complete a phase.
+struct FiberBarrier {
+    unsigned arrived = 0;
+    unsigned long long phase = 0;
+};
+
+struct BlockRun {
+    struct Fiber {
+        void* sp = nullptr;
+        char* stack = nullptr;
+        Dim3 idx;
+        bool done = false;
+    };
+    static constexpr size_t STACK = 256 << 10;
+    Fiber fibers[1024];
+    void* scheduler_sp = nullptr;
+    unsigned n = 0, current = 0, alive = 0;
+    unsigned long long progress = 0;  // arrivals, completed phases and finished threads
+    FiberBarrier block;
+    const void* body = nullptr;  // the kernel call: a std::function<void()>
+    void (*call)(const void*) = nullptr;
+};
+inline BlockRun* running_block = nullptr;
+
+inline void fiber_yield() {
+    BlockRun& r = *running_block;
+    hrnet_emu_switch(&r.fibers[r.current].sp, r.scheduler_sp);
+}
+
+inline void barrier_wait(FiberBarrier& b, unsigned count) {
+    BlockRun& r = *running_block;
+    ++r.progress;
+    const unsigned long long phase = b.phase;
+    if (++b.arrived == count) {
+        b.arrived = 0;
+        ++b.phase;
+        return;
+    }
+    while (b.phase == phase) fiber_yield();
+}
+
+[[noreturn]] inline void fiber_main() {
+    BlockRun& r = *running_block;
+    r.call(r.body);
+    r.fibers[r.current].done = true;
+    --r.alive;
+    ++r.progress;
+    // Exited threads no longer count at __syncthreads, as on the GPU.
+    if (r.block.arrived && r.block.arrived == r.alive) {
+        r.block.arrived = 0;
+        ++r.block.phase;
+    }
+    void* dead;
+    hrnet_emu_switch(&dead, r.scheduler_sp);
+    emulation_abort("a finished fiber was resumed");
+}
+
+// Runs `call(body)` as every thread of one block (blockIdx, blockDim, gridDim already set).
+inline void run_block(Dim3 block, void (*call)(const void*), const void* body) {
+    static BlockRun* r = new BlockRun;
+    r->n = block.x * block.y * block.z;
+    if (r->n == 0 || r->n > 1024) emulation_abort("a block of 0 or more than 1024 threads");
+    for (unsigned t = 0; t < r->n; ++t) {
+        BlockRun::Fiber& f = r->fibers[t];
+        if (!f.stack) f.stack = static_cast<char*>(std::aligned_alloc(16, BlockRun::STACK));
+        // The first switch pops six registers and returns into fiber_main, with the stack
+        // aligned as after a call.
+        void** top = reinterpret_cast<void**>(f.stack + BlockRun::STACK);
+        top[-1] = nullptr;
+        top[-2] = reinterpret_cast<void*>(&fiber_main);
+        for (int i = 3; i <= 8; ++i) top[-i] = nullptr;
+        f.sp = top - 8;
+        f.idx = Dim3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+        f.done = false;
+    }
+    r->alive = r->n;
+    r->block = FiberBarrier{};
+    r->call = call;
+    r->body = body;
+    BlockRun* outer = running_block;
+    running_block = r;
+    while (r->alive) {
+        const unsigned long long before = r->progress;
+        for (unsigned t = 0; t < r->n; ++t) {
+            if (r->fibers[t].done) continue;
+            r->current = t;
+            threadIdx = r->fibers[t].idx;
+            hrnet_emu_switch(&r->scheduler_sp, r->fibers[t].sp);
+        }
+        if (r->alive && r->progress == before) emulation_abort("deadlock: threads wait at barriers that never complete");
+    }
+    running_block = outer;
+}
+
+inline void __syncthreads() {
+    if (!running_block) emulation_abort("__syncthreads in a kernel registered as barrier-free");
+    barrier_wait(running_block->block, running_block->alive);
+}
+
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, sizeof f);
+    return f;
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }

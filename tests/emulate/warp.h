@@ -1,0 +1,93 @@
+// warp.h: host versions of the four PTX wrappers of kernels/conv_tc.cu: a 32-lane warp
+// emulator for ldmatrix and mma.sync following the PTX ISA's fragment layouts (sections
+// "Matrix Fragments for mma.m16n8k16 with floating point type" and "ldmatrix"), and
+// cp.async as a synchronous copy (so the pipeline's ordering is not tested; the GPU parity
+// tests do that). Every lane of a warp is a fiber (device.h); the lanes meet at the warp's
+// barrier to exchange their registers. Misaligned addresses abort, as the GPU faults.
+// Include after device.h and before kernels/conv_tc.cu, with HRNET_WARP_EMULATION defined.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda_fp16.h"
+#include "device.h"
+
+struct Warp {
+    FiberBarrier sync;
+    const void* row[32];
+    unsigned a[32][4], b[32][2];
+};
+inline Warp warps[32];  // a block of up to 1024 threads
+static inline int lane_id() { return threadIdx.x & 31; }
+static inline Warp& warp() { return warps[threadIdx.x >> 5]; }
+
+static inline void require_aligned16(const void* p, const char* what) {
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) emulation_abort(what);
+}
+
+static inline void cp_async16(void* smem, const void* gmem, int bytes) {
+    require_aligned16(smem, "cp.async: shared address not 16-byte aligned");
+    require_aligned16(gmem, "cp.async: global address not 16-byte aligned");
+    if (bytes == 16)
+        std::memcpy(smem, gmem, 16);
+    else if (bytes == 0)
+        std::memset(smem, 0, 16);
+    else
+        emulation_abort("cp.async: source size other than 0 or 16 bytes");
+}
+static inline void cp_async_commit() {}
+template <int N> static inline void cp_async_wait() {}
+
+static inline uint16_t bits(const void* p, int i) {
+    uint16_t v;
+    std::memcpy(&v, (const char*)p + 2 * i, 2);
+    return v;
+}
+static inline float half_of(unsigned reg, int hi) {
+    uint16_t b = hi ? (uint16_t)(reg >> 16) : (uint16_t)(reg & 0xffff);
+    _Float16 h;
+    std::memcpy(&h, &b, 2);
+    return (float)h;
+}
+
+// ldmatrix .x4: lanes 8q..8q+7 give the 8 row addresses of matrix q; lane l receives, of
+// each matrix, row l/4, elements 2(l%4) and 2(l%4)+1.
+static inline void ldmatrix_x4(unsigned (&r)[4], const __half* smem) {
+    require_aligned16(smem, "ldmatrix: row address not 16-byte aligned");
+    Warp& w = warp();
+    const int l = lane_id();
+    w.row[l] = smem;
+    barrier_wait(w.sync, 32);
+    for (int q = 0; q < 4; ++q) {
+        const void* row = w.row[q * 8 + l / 4];
+        r[q] = bits(row, 2 * (l % 4)) | ((unsigned)bits(row, 2 * (l % 4) + 1) << 16);
+    }
+    barrier_wait(w.sync, 32);
+}
+
+// mma.m16n8k16 .row.col f16 -> f32. A: register j of lane l holds row l/4 + 8(j%2),
+// columns 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1},
+// column l/4; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2.
+static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    Warp& w = warp();
+    const int l = lane_id();
+    for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
+    w.b[l][0] = b0;
+    w.b[l][1] = b1;
+    barrier_wait(w.sync, 32);
+    auto A = [&](int row, int k) {
+        const int lane = (row % 8) * 4 + (k % 8) / 2;
+        return half_of(w.a[lane][(row / 8) + 2 * (k / 8)], k % 2);
+    };
+    auto B = [&](int k, int n) {
+        const int lane = n * 4 + (k % 8) / 2;
+        return half_of(w.b[lane][k / 8], k % 2);
+    };
+    for (int e = 0; e < 4; ++e) {
+        const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
+        float s = d[e];
+        for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+        d[e] = s;
+    }
+    barrier_wait(w.sync, 32);
+}
