@@ -853,6 +853,9 @@ impl<T: GpuElem> Net<T> {
         self.graphs.clear();
         self.slots.clear();
         self.capacity = 0;
+        // The old arena's frees are stream-ordered: the pool holds that memory until a
+        // synchronisation, and until then the free memory read below would leave it out.
+        self.gpu.sync()?;
         let what = format!(
             "a batch of {n} ({} activations)",
             T::SUFFIX.trim_start_matches('_')
