@@ -5,7 +5,9 @@
 //! `CudaEngine` (arena, branch streams and events, CUDA graphs, tensor-core program, peaks,
 //! flip merge, out of memory) on small networks and checks it against the CPU reference
 //! and the official model. The emulated streams run their work in a random order that
-//! respects the dependencies, so a missing wait shows as a changed result.
+//! respects the dependencies, so a missing wait shows as a changed result; and where the
+//! compiler has AddressSanitizer the driver is built with it, so a kernel's access outside
+//! its buffers stops the run with a report (a CPU stand-in for compute-sanitizer memcheck).
 //!
 //! This is not the GPU's word on timing, the cp.async pipeline or compute-sanitizer's
 //! checks: tests/gpu_parity.rs and scripts/device-validate are, on the device.
@@ -15,7 +17,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use hrnet::cuda::{CudaEngine, CudaOps, Kernels, Precision, time_exchange_units};
@@ -28,31 +30,46 @@ use hrnet::{CpuEngine, Error, HrnetConfig, Model, Nchw, Tensor, npy};
 const CHILD: &str = "HRNET_EMULATED_DRIVER";
 /// The emulated device's memory, bytes.
 const MEMORY: usize = 512 << 20;
-/// f16 storage on this random W8 network: 1.6e-2 to 3.7e-2 from f64 over fresh inputs,
-/// on the direct and the tensor-core kernels alike (measured here, 2026-11-23). The 3e-2
-/// target is W32's, checked on the device (tests/gpu_parity.rs); what this test looks for
-/// (indexing, ordering, aliasing) gives errors of order 1 or NaN.
-const F16_BOUND: f64 = 6e-2;
+/// f16 on this random W8 network: over 40 fresh inputs (batch 1), 1.5e-3 to 1.04e-1 from
+/// f64, median 1.5e-2, on the direct and the tensor-core kernels alike (2026-11-23). The
+/// network amplifies rounding about 50× (f32 lands at 3e-6), so f16 storage alone spreads
+/// that wide; a CPU model that rounds what the GPU stores to f16 lands just as far from
+/// the GPU. This bound catches what the test looks for (indexing, ordering, aliasing:
+/// errors of order 1 or NaN); the 3e-2 target is W32's, checked on the device
+/// (tests/gpu_parity.rs).
+const F16_BOUND: f64 = 0.25;
 
 fn seed() -> u64 {
     rand::random()
 }
 
-/// Builds the emulated driver into `dir/libcuda.so`.
-fn build_driver(dir: &Path) -> Result<(), String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+fn cxx() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "c++".into())
+}
+
+/// The compiler's AddressSanitizer runtime, if it has one.
+fn asan_runtime() -> Option<PathBuf> {
+    let out = Command::new(cxx())
+        .arg("-print-file-name=libasan.so")
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Some(path).filter(|p| p.is_absolute() && p.exists())
+}
+
+/// Builds the emulated driver into `dir/libcuda.so`, with AddressSanitizer when `asan`.
+fn build_driver(dir: &Path, asan: bool) -> Result<(), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let out = Command::new(&cxx)
-        .args([
-            "-std=c++20",
-            "-O2",
-            "-march=native",
-            "-pthread",
-            "-shared",
-            "-fPIC",
-        ])
-        .arg("-fvisibility=hidden")
+    let sanitize: &[&str] = if asan {
+        &["-fsanitize=address", "-fno-omit-frame-pointer"]
+    } else {
+        &[]
+    };
+    let out = Command::new(cxx())
+        .args(["-std=c++20", "-O2", "-march=native", "-pthread"])
+        .args(["-shared", "-fPIC", "-fvisibility=hidden"])
+        .args(sanitize)
         .arg("-I")
         .arg(root.join("kernels"))
         .arg("-I")
@@ -61,7 +78,7 @@ fn build_driver(dir: &Path) -> Result<(), String> {
         .arg("-o")
         .arg(dir.join("libcuda.so"))
         .output()
-        .map_err(|e| format!("{cxx}: {e}"))?;
+        .map_err(|e| format!("{}: {e}", cxx()))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -71,9 +88,8 @@ fn build_driver(dir: &Path) -> Result<(), String> {
 
 /// What is missing for the emulation to run here, if anything.
 fn missing() -> Option<String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    if Command::new(&cxx).arg("--version").output().is_err() {
-        return Some(format!("no C++ compiler ({cxx})"));
+    if Command::new(cxx()).arg("--version").output().is_err() {
+        return Some(format!("no C++ compiler ({})", cxx()));
     }
     if !hrnet::cuda::probe::nvrtc_present() {
         return Some("NVRTC (libnvrtc.so) not found".into());
@@ -81,33 +97,70 @@ fn missing() -> Option<String> {
     hrnet::cuda::headers().err().map(|e| e.to_string())
 }
 
-#[test]
-fn cuda_engine_matches_the_cpu_reference_under_an_emulated_driver() {
-    let name = "cuda_engine_matches_the_cpu_reference_under_an_emulated_driver";
-    if std::env::var_os(CHILD).is_some() {
-        return child();
-    }
-    if let Some(why) = missing() {
-        let required = ["HRNET_REQUIRE_CXX", "HRNET_REQUIRE_NVRTC"];
+/// The emulated driver, built once per test process: its folder and whether it has
+/// memcheck (the AddressSanitizer runtime to preload), or why it cannot run here.
+fn driver() -> &'static Result<(PathBuf, Option<PathBuf>), String> {
+    static DRIVER: OnceLock<Result<(PathBuf, Option<PathBuf>), String>> = OnceLock::new();
+    DRIVER.get_or_init(|| {
+        if let Some(why) = missing() {
+            return Err(why);
+        }
+        // Memcheck (AddressSanitizer) where the compiler has it; CI's must.
+        let asan = asan_runtime();
         assert!(
-            required.iter().all(|v| std::env::var_os(v).is_none()),
-            "{} is set but {why}",
-            required.join(" or ")
+            asan.is_some() || std::env::var_os("HRNET_REQUIRE_CXX").is_none(),
+            "HRNET_REQUIRE_CXX is set but {} has no AddressSanitizer runtime",
+            cxx()
         );
-        common::skip(name, &why);
-        return;
+        let dir: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-driver");
+        build_driver(&dir, asan.is_some())
+            .unwrap_or_else(|e| panic!("building the emulated driver failed:\n{e}"));
+        Ok((dir, asan))
+    })
+}
+
+/// A named check, run in the child on the shared W8 model.
+type Check = (&'static str, fn(&Model));
+
+/// Runs `checks` in a child process (this test binary again, running only test `name`)
+/// that loads the emulated driver; without one, prints the skip line.
+fn under_emulated_driver(name: &str, checks: &[Check]) {
+    if std::env::var_os(CHILD).is_some() {
+        return child(checks);
     }
-    let dir: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-driver");
-    build_driver(&dir).unwrap_or_else(|e| panic!("building the emulated driver failed:\n{e}"));
+    let (dir, asan) = match driver() {
+        Ok(d) => d,
+        Err(why) => {
+            let required = ["HRNET_REQUIRE_CXX", "HRNET_REQUIRE_NVRTC"];
+            assert!(
+                required.iter().all(|v| std::env::var_os(v).is_none()),
+                "{} is set but {why}",
+                required.join(" or ")
+            );
+            common::skip(name, why);
+            return;
+        }
+    };
+    match asan {
+        Some(lib) => println!("memcheck: AddressSanitizer ({})", lib.display()),
+        None => println!("memcheck: off ({} has no AddressSanitizer runtime)", cxx()),
+    }
     let library_path = match std::env::var("LD_LIBRARY_PATH") {
         Ok(p) if !p.is_empty() => format!("{}:{p}", dir.display()),
         _ => dir.display().to_string(),
     };
     let order_seed = seed();
     println!("emulated streams ordered by seed {order_seed} (HRNET_EMULATION_SEED)");
-    let run = Command::new(std::env::current_exe().unwrap())
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    if let Some(lib) = asan {
+        // Leaks are not this test's concern (NVRTC and the test harness keep memory).
+        child
+            .env("LD_PRELOAD", lib)
+            .env("ASAN_OPTIONS", "detect_leaks=0");
+    }
+    let run = child
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, &dir)
+        .env(CHILD, dir)
         .env("LD_LIBRARY_PATH", library_path)
         .env("HRNET_EMULATION_SEED", order_seed.to_string())
         .env("HRNET_EMULATED_MEMORY", MEMORY.to_string())
@@ -124,36 +177,48 @@ fn cuda_engine_matches_the_cpu_reference_under_an_emulated_driver() {
 }
 
 /// The checks, in the child process that loaded the emulated driver.
-fn child() {
+fn child(checks: &[Check]) {
     let gpus = hrnet::cuda::gpus().expect("the emulated driver loads");
     assert!(
         gpus[0].name.contains("emulation"),
         "a real driver was loaded: {}",
         gpus[0].name
     );
-    let t = Instant::now();
-    official_case();
-    println!("official case: {:.1} s", t.elapsed().as_secs_f64());
     let model = small_w8();
-    for (step, f) in [
-        ("network", network as fn(&Model)),
-        ("flip", flip),
-        ("out of memory", out_of_memory),
-        ("threads", threads),
-        ("exchange units", exchange_units),
-        ("single kernels", single_kernels),
-    ] {
+    for (step, f) in checks {
         let t = Instant::now();
         f(&model);
         println!("{step}: {:.1} s", t.elapsed().as_secs_f64());
     }
 }
 
-/// W8 (channels 8/16/32/64: the tensor-core kernels apply) at 64×64, with the official
+#[test]
+fn cuda_engine_matches_the_official_model_and_the_cpu_reference_under_an_emulated_driver() {
+    under_emulated_driver(
+        "cuda_engine_matches_the_official_model_and_the_cpu_reference_under_an_emulated_driver",
+        &[("official case", official_case), ("network", network)],
+    );
+}
+
+#[test]
+fn cuda_pipeline_memory_and_threads_under_an_emulated_driver() {
+    under_emulated_driver(
+        "cuda_pipeline_memory_and_threads_under_an_emulated_driver",
+        &[
+            ("flip", flip),
+            ("out of memory", out_of_memory),
+            ("threads", threads),
+            ("exchange units", exchange_units),
+            ("single kernels", single_kernels),
+        ],
+    );
+}
+
+/// W8 (channels 8/16/32/64: the tensor-core kernels apply) at 64×32, with the official
 /// depth: every op kind and exchange-unit shape of HRNet, at a size the emulator runs in
-/// seconds.
+/// seconds; portrait like the official crops, so that a swapped height and width shows.
 fn small_w8() -> Model {
-    let config = HrnetConfig::official("w8-64x64", 8, 17, 64, 64);
+    let config = HrnetConfig::official("w8-64x32", 8, 17, 64, 32);
     Model::random(&config, 8).unwrap()
 }
 
@@ -163,7 +228,7 @@ fn input(model: &Model, n: usize) -> Tensor {
 
 /// The committed official case (W4, 96×64, 2 images; the direct kernels) against the
 /// official model's float64 heatmaps.
-fn official_case() {
+fn official_case(_: &Model) {
     let dir = common::official_tiny();
     let x = npy::read_tensor(dir.join("input.npy")).unwrap();
     let model = common::load_for(&dir.join("weights.safetensors"), &x);
@@ -184,7 +249,7 @@ fn official_case() {
 /// f32 direct, f16 direct and f16 tensor-core against the CPU reference in f64, batch 2
 /// and 1, outputs poisoned; peaks against the CPU decode; at batch 2, graphs against plain
 /// launches, poisoned against not, and repeated runs (each in a new random stream order)
-/// bitwise equal.
+/// bitwise equal, each unpoisoned run after one on other data.
 fn network(model: &Model) {
     let cpu = CpuEngine::new(model.clone());
     let map = model.graph.output_shape().h * model.graph.output_shape().w;
@@ -217,9 +282,14 @@ fn network(model: &Model) {
             }
             let bytes = gpu.arena_bytes();
             assert_eq!(gpu.forward(&x).unwrap(), out, "repeated run differs");
+            // Unpoisoned runs follow one on other data: a step that read a slot too early
+            // would find that data there, not a copy of the right answer.
+            let other = input(model, n);
             gpu.set_poison(false);
+            gpu.forward(&other).unwrap();
             assert_eq!(gpu.forward(&x).unwrap(), out, "without poisoning");
             gpu.set_graphs(false);
+            gpu.forward(&other).unwrap();
             assert_eq!(gpu.forward(&x).unwrap(), out, "plain launches");
             gpu.set_graphs(true);
             gpu.set_poison(true);

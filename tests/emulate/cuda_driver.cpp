@@ -18,12 +18,14 @@
 //   live allocation when the kernel runs, and copies must stay inside one.
 // - Launches: the block may not exceed the kernel's __launch_bounds__, nor the grid CUDA's
 //   limits; a module serves only the kernels its image names.
-// Not emulated: timing (events give host times), the cp.async pipeline's asynchrony, and
-// accesses out of bounds inside an allocation (compute-sanitizer's job on the device).
+// - Memcheck: built with -fsanitize=address (and libasan preloaded), every kernel access
+//   outside an allocation, or into one already freed, stops the process with a report.
+// Not emulated: timing (events give host times) and the cp.async pipeline's asynchrony.
 //
-// Build: c++ -std=c++20 -O2 -march=native -pthread -shared -fPIC -fvisibility=hidden -I kernels
-//        -I tests/emulate tests/emulate/cuda_driver.cpp -o DIR/libcuda.so
-// and put DIR first on LD_LIBRARY_PATH.
+// Build: c++ -std=c++20 -O2 -march=native [-fsanitize=address] -pthread -shared -fPIC
+//        -fvisibility=hidden -I kernels -I tests/emulate tests/emulate/cuda_driver.cpp
+//        -o DIR/libcuda.so
+// and put DIR first on LD_LIBRARY_PATH (with ASan: LD_PRELOAD=$(c++ -print-file-name=libasan.so)).
 
 #include <algorithm>
 #include <chrono>
@@ -353,10 +355,11 @@ CUresult alloc(CUdeviceptr* p, size_t bytes, bool from_pool) {
     if (refused_in_capture()) return CAPTURE_UNSUPPORTED;
     const size_t free = limit - used - (from_pool ? 0 : pooled);
     if (bytes > free) return OUT_OF_MEMORY;
-    const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
-    void* m = std::aligned_alloc(256, rounded);
-    if (!m) return OUT_OF_MEMORY;
-    std::memset(m, 0xff, rounded);  // uninitialised memory reads as NaN
+    // Exactly the bytes asked for (the memcheck build then reports any access past them),
+    // 256-byte aligned as cuMemAlloc's.
+    void* m = nullptr;
+    if (posix_memalign(&m, 256, std::max<size_t>(bytes, 1)) != 0) return OUT_OF_MEMORY;
+    std::memset(m, 0xff, bytes);  // uninitialised memory reads as NaN
     allocations[reinterpret_cast<std::uintptr_t>(m)] = Allocation{bytes};
     used += bytes;
     *p = reinterpret_cast<CUdeviceptr>(m);

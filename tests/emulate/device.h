@@ -62,6 +62,23 @@ hrnet_emu_switch:
     .size hrnet_emu_switch, .-hrnet_emu_switch
 )");
 
+// Under AddressSanitizer (the emulated driver's memcheck build) every switch is announced,
+// so that it knows which stack is live, and a fiber stack is unpoisoned before reuse.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+inline void switch_stack(void** save_sp, void* load_sp, const void* bottom, size_t size, bool leaving_for_good) {
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(leaving_for_good ? nullptr : &fake, bottom, size);
+    hrnet_emu_switch(save_sp, load_sp);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+}
+inline void stack_reused(void* bottom, size_t size) { ASAN_UNPOISON_MEMORY_REGION(bottom, size); }
+#else
+inline void switch_stack(void** save_sp, void* load_sp, const void*, size_t, bool) { hrnet_emu_switch(save_sp, load_sp); }
+inline void stack_reused(void*, size_t) {}
+#endif
+
 // Threads that meet: `count` arrivals complete a phase.
 struct FiberBarrier {
     unsigned arrived = 0;
@@ -78,6 +95,8 @@ struct BlockRun {
     static constexpr size_t STACK = 256 << 10;
     Fiber fibers[1024];
     void* scheduler_sp = nullptr;
+    const void* scheduler_bottom = nullptr;  // the host thread's stack, for the sanitizer
+    size_t scheduler_size = 0;
     unsigned n = 0, current = 0, alive = 0;
     unsigned long long progress = 0;  // arrivals, completed phases and finished threads
     FiberBarrier block;
@@ -88,7 +107,7 @@ inline BlockRun* running_block = nullptr;
 
 inline void fiber_yield() {
     BlockRun& r = *running_block;
-    hrnet_emu_switch(&r.fibers[r.current].sp, r.scheduler_sp);
+    switch_stack(&r.fibers[r.current].sp, r.scheduler_sp, r.scheduler_bottom, r.scheduler_size, false);
 }
 
 inline void barrier_wait(FiberBarrier& b, unsigned count) {
@@ -104,6 +123,9 @@ inline void barrier_wait(FiberBarrier& b, unsigned count) {
 }
 
 [[noreturn]] inline void fiber_main() {
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_finish_switch_fiber(nullptr, &running_block->scheduler_bottom, &running_block->scheduler_size);
+#endif
     BlockRun& r = *running_block;
     r.call(r.body);
     r.fibers[r.current].done = true;
@@ -115,7 +137,7 @@ inline void barrier_wait(FiberBarrier& b, unsigned count) {
         ++r.block.phase;
     }
     void* dead;
-    hrnet_emu_switch(&dead, r.scheduler_sp);
+    switch_stack(&dead, r.scheduler_sp, r.scheduler_bottom, r.scheduler_size, true);
     emulation_abort("a finished fiber was resumed");
 }
 
@@ -129,6 +151,7 @@ inline void run_block(Dim3 block, void (*call)(const void*), const void* body) {
         if (!f.stack) f.stack = static_cast<char*>(std::aligned_alloc(16, BlockRun::STACK));
         // The first switch pops six registers and returns into fiber_main, with the stack
         // aligned as after a call.
+        stack_reused(f.stack, BlockRun::STACK);
         void** top = reinterpret_cast<void**>(f.stack + BlockRun::STACK);
         top[-1] = nullptr;
         top[-2] = reinterpret_cast<void*>(&fiber_main);
@@ -149,7 +172,7 @@ inline void run_block(Dim3 block, void (*call)(const void*), const void* body) {
             if (r->fibers[t].done) continue;
             r->current = t;
             threadIdx = r->fibers[t].idx;
-            hrnet_emu_switch(&r->scheduler_sp, r->fibers[t].sp);
+            switch_stack(&r->scheduler_sp, r->fibers[t].sp, r->fibers[t].stack, BlockRun::STACK, false);
         }
         if (r->alive && r->progress == before) emulation_abort("deadlock: threads wait at barriers that never complete");
     }
