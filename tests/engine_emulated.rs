@@ -20,7 +20,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use hrnet::cuda::{CudaEngine, CudaOps, Kernels, Precision, time_exchange_units};
+use common::parity;
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, time_exchange_units};
 use hrnet::decode::peaks;
 use hrnet::pose::{flip_images, joints::COCO, merge_flipped};
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -411,62 +412,14 @@ fn exchange_units(model: &Model) {
     );
 }
 
-/// The standalone kernels the network does not use: BN(+ReLU) and argmax on crafted maps.
+/// The standalone kernels the network does not use, BN(+ReLU), and argmax on crafted
+/// maps, in both precisions (the checks of tests/gpu_parity.rs at small sizes).
 fn single_kernels(_: &Model) {
-    let ops = CudaOps::<f32>::open().unwrap();
-    let (n, c, h, w) = (2, 8, 6, 5);
-    let x = Tensor::random_normal(Nchw { n, c, h, w }, seed());
-    let v = |s| {
-        Tensor::random_normal(
-            Nchw {
-                n: 1,
-                c: 1,
-                h: 1,
-                w: c,
-            },
-            s,
-        )
-        .into_data()
-    };
-    let (gamma, beta, mean) = (v(seed()), v(seed()), v(seed()));
-    let var: Vec<f32> = v(seed()).iter().map(|x| x.abs() + 0.1).collect();
-    let got = ops
-        .bn_relu(&x, [&gamma, &beta, &mean, &var], 1e-5, true)
-        .unwrap();
-    let want: Vec<f64> = x
-        .data()
-        .iter()
-        .enumerate()
-        .map(|(i, &xv)| {
-            let ch = (i / (h * w)) % c;
-            let y = (f64::from(xv) - f64::from(mean[ch])) / (f64::from(var[ch]) + 1e-5).sqrt()
-                * f64::from(gamma[ch])
-                + f64::from(beta[ch]);
-            y.max(0.0)
-        })
-        .collect();
-    let rel = relative_l2(got.data(), &want).unwrap();
-    assert!(rel <= 1e-6, "bn_relu: {rel:.3e}");
-    // Peaks on the edges and next to them, a tie, all-negative and all-zero maps.
-    let (h, w) = (6, 7);
-    let mut data = Tensor::random_normal(Nchw { n: 1, c: 17, h, w }, seed()).into_data();
-    let map = h * w;
-    for (k, at) in [0, 1, w - 2, w - 1, (h - 2) * w + 3, (h - 1) * w + w - 1]
-        .into_iter()
-        .enumerate()
-    {
-        data[k * map + at] = 10.0;
+    fn both<T: GpuElem>() {
+        let ops = CudaOps::<T>::open().unwrap();
+        parity::bn_relu(&ops, &[(8, 6, 5), (16, 4, 3)], &[1, 2]);
+        parity::argmax(&ops, &[(1, 6, 7), (2, 16, 8)]);
     }
-    data[6 * map + 7] = 9.0;
-    data[6 * map + 3] = 9.0;
-    data[7 * map..8 * map]
-        .iter_mut()
-        .for_each(|v| *v = -v.abs() - 1.0);
-    data[8 * map..9 * map].iter_mut().for_each(|v| *v = 0.0);
-    let hm = Tensor::new(Nchw { n: 1, c: 17, h, w }, data).unwrap();
-    assert_eq!(
-        ops.argmax(&hm).unwrap(),
-        peaks(&hm),
-        "argmax on crafted maps"
-    );
+    both::<f32>();
+    both::<half::f16>();
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::gpu_or_skip;
+use common::parity::{self, check, seed, stored, tolerance};
 use hrnet::cpu::ops::{conv2d, relu_in_place, upsample_add};
 use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision};
 use hrnet::decode::peaks;
@@ -30,33 +31,6 @@ macro_rules! both_precisions {
             }
         }
     };
-}
-
-fn seed() -> u64 {
-    rand::random()
-}
-
-/// Rounds through the storage type, so that the reference sees what the GPU sees.
-fn stored<T: GpuElem>(x: &[f32]) -> Vec<f64> {
-    x.iter()
-        .map(|&v| f64::from(T::from_f32(v).to_f32()))
-        .collect()
-}
-
-/// Tolerance of one kernel against the f64 reference on the same stored operands.
-fn tolerance<T: GpuElem>() -> f64 {
-    if T::SUFFIX == "_f32" { 1e-6 } else { 2e-3 }
-}
-
-fn check(what: &str, out: &Tensor, reference: &[f64], tol: f64) {
-    if let Some(i) = out.data().iter().position(|v| !v.is_finite()) {
-        panic!(
-            "{what}: element {i} is {} (unwritten or overflow)",
-            out.data()[i]
-        );
-    }
-    let rel = relative_l2(out.data(), reference).expect("same length");
-    assert!(rel <= tol, "{what}: relative L2 {rel:.3e} > {tol:.0e}");
 }
 
 /// Every convolution shape of W32 and W48 at 256×192 (stem, layer1, transitions, branches,
@@ -389,76 +363,15 @@ fn exchange_parity<T: GpuElem>() {
 both_precisions!(exchange_matches_cpu, exchange_parity);
 
 fn bn_parity<T: GpuElem>() {
-    let gpu = ops::<T>();
-    for (c, h, w) in [(32, 64, 48), (64, 32, 24), (256, 8, 6), (384, 8, 6)] {
-        for n in [1, 3] {
-            let x = Tensor::random_normal(Nchw { n, c, h, w }, seed());
-            let v = |s| {
-                Tensor::random_normal(
-                    Nchw {
-                        n: 1,
-                        c: 1,
-                        h: 1,
-                        w: c,
-                    },
-                    s,
-                )
-                .into_data()
-            };
-            let (gamma, beta, mean) = (v(seed()), v(seed()), v(seed()));
-            let var: Vec<f32> = v(seed()).iter().map(|x| x.abs() + 0.1).collect();
-            for relu in [false, true] {
-                let got = gpu
-                    .bn_relu(&x, [&gamma, &beta, &mean, &var], 1e-5, relu)
-                    .unwrap();
-                let xs = stored::<T>(x.data());
-                let want: Vec<f64> = xs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &xv)| {
-                        let ch = (i / (h * w)) % c;
-                        let y = (xv - f64::from(mean[ch])) / (f64::from(var[ch]) + 1e-5).sqrt()
-                            * f64::from(gamma[ch])
-                            + f64::from(beta[ch]);
-                        if relu { y.max(0.0) } else { y }
-                    })
-                    .collect();
-                check(
-                    &format!("bn_relu{} {c}x{h}x{w} n={n}", T::SUFFIX),
-                    &got,
-                    &want,
-                    tolerance::<T>(),
-                );
-            }
-        }
-    }
+    let shapes = [(32, 64, 48), (64, 32, 24), (256, 8, 6), (384, 8, 6)];
+    parity::bn_relu(&ops::<T>(), &shapes, &[1, 3]);
 }
 
 both_precisions!(bn_relu_matches_cpu, bn_parity);
 
 fn argmax_parity<T: GpuElem>() {
-    let gpu = ops::<T>();
-    for (n, h, w) in [(1, 64, 48), (3, 64, 48), (2, 96, 72), (1, 6, 5)] {
-        let mut data = Tensor::random_normal(Nchw { n, c: 17, h, w }, seed()).into_data();
-        let map = h * w;
-        // Crafted maps: peaks on every edge and next to it, ties, all-negative, all-zero.
-        let crafted = [0, 1, w - 2, w - 1, (h - 2) * w + 3, (h - 1) * w + w - 1];
-        for (k, &at) in crafted.iter().enumerate() {
-            let m = &mut data[k * map..(k + 1) * map];
-            m[at] = 10.0;
-        }
-        data[6 * map + 7] = 9.0;
-        data[6 * map + 3] = 9.0; // a tie: the first (row-major) wins
-        data[7 * map..8 * map]
-            .iter_mut()
-            .for_each(|v| *v = -v.abs() - 1.0);
-        data[8 * map..9 * map].iter_mut().for_each(|v| *v = 0.0);
-        // Round through the storage type so both sides see the same values.
-        let data: Vec<f32> = data.iter().map(|&v| T::from_f32(v).to_f32()).collect();
-        let hm = Tensor::new(Nchw { n, c: 17, h, w }, data).unwrap();
-        let got = gpu.argmax(&hm).unwrap();
-        assert_eq!(got, peaks(&hm), "argmax{} {n}x17x{h}x{w}", T::SUFFIX);
-    }
+    let shapes = [(1, 64, 48), (3, 64, 48), (2, 96, 72), (1, 6, 5)];
+    parity::argmax(&ops::<T>(), &shapes);
 }
 
 both_precisions!(argmax_matches_the_official_decoding, argmax_parity);

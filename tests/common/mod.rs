@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod parity;
+
 use std::path::{Path, PathBuf};
 
 use hrnet::tensor::{argmax_agreement, relative_l2};

@@ -1,0 +1,108 @@
+//! Kernel checks shared by the GPU parity tests and the emulated driver's test: fresh
+//! random inputs, the reference computed on the values the kernel sees (rounded through
+//! its storage type), outputs checked for unwritten elements.
+
+use hrnet::cuda::{CudaOps, GpuElem};
+use hrnet::decode::peaks;
+use hrnet::tensor::relative_l2;
+use hrnet::{Nchw, Tensor};
+
+pub fn seed() -> u64 {
+    rand::random()
+}
+
+/// Rounds through the storage type, so that the reference sees what the GPU sees.
+pub fn stored<T: GpuElem>(x: &[f32]) -> Vec<f64> {
+    x.iter()
+        .map(|&v| f64::from(T::from_f32(v).to_f32()))
+        .collect()
+}
+
+/// Tolerance of one kernel against the f64 reference on the same stored operands.
+pub fn tolerance<T: GpuElem>() -> f64 {
+    if T::SUFFIX == "_f32" { 1e-6 } else { 2e-3 }
+}
+
+pub fn check(what: &str, out: &Tensor, reference: &[f64], tol: f64) {
+    if let Some(i) = out.data().iter().position(|v| !v.is_finite()) {
+        panic!(
+            "{what}: element {i} is {} (unwritten or overflow)",
+            out.data()[i]
+        );
+    }
+    let rel = relative_l2(out.data(), reference).expect("same length");
+    assert!(rel <= tol, "{what}: relative L2 {rel:.3e} > {tol:.0e}");
+}
+
+/// Standalone BN(+ReLU), with and without the ReLU, on `n` images of each `(c, h, w)` for
+/// each `n` of `batches`.
+pub fn bn_relu<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)], batches: &[usize]) {
+    for &(c, h, w) in shapes {
+        for &n in batches {
+            let x = Tensor::random_normal(Nchw { n, c, h, w }, seed());
+            let v = |s| {
+                Tensor::random_normal(
+                    Nchw {
+                        n: 1,
+                        c: 1,
+                        h: 1,
+                        w: c,
+                    },
+                    s,
+                )
+                .into_data()
+            };
+            let (gamma, beta, mean) = (v(seed()), v(seed()), v(seed()));
+            let var: Vec<f32> = v(seed()).iter().map(|x| x.abs() + 0.1).collect();
+            for relu in [false, true] {
+                let got = gpu
+                    .bn_relu(&x, [&gamma, &beta, &mean, &var], 1e-5, relu)
+                    .unwrap();
+                let xs = stored::<T>(x.data());
+                let want: Vec<f64> = xs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &xv)| {
+                        let ch = (i / (h * w)) % c;
+                        let y = (xv - f64::from(mean[ch])) / (f64::from(var[ch]) + 1e-5).sqrt()
+                            * f64::from(gamma[ch])
+                            + f64::from(beta[ch]);
+                        if relu { y.max(0.0) } else { y }
+                    })
+                    .collect();
+                check(
+                    &format!("bn_relu{} {c}x{h}x{w} n={n}", T::SUFFIX),
+                    &got,
+                    &want,
+                    tolerance::<T>(),
+                );
+            }
+        }
+    }
+}
+
+/// Peaks of 17 maps an image, for each `(n, h, w)`, against the CPU decode: random maps and
+/// crafted ones (maxima on the edges and next to them, a tie, all negative, all zero).
+pub fn argmax<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)]) {
+    for &(n, h, w) in shapes {
+        let mut data = Tensor::random_normal(Nchw { n, c: 17, h, w }, seed()).into_data();
+        let map = h * w;
+        // Crafted maps: peaks on every edge and next to it, ties, all-negative, all-zero.
+        let crafted = [0, 1, w - 2, w - 1, (h - 2) * w + 3, (h - 1) * w + w - 1];
+        for (k, &at) in crafted.iter().enumerate() {
+            let m = &mut data[k * map..(k + 1) * map];
+            m[at] = 10.0;
+        }
+        data[6 * map + 7] = 9.0;
+        data[6 * map + 3] = 9.0; // a tie: the first (row-major) wins
+        data[7 * map..8 * map]
+            .iter_mut()
+            .for_each(|v| *v = -v.abs() - 1.0);
+        data[8 * map..9 * map].iter_mut().for_each(|v| *v = 0.0);
+        // Round through the storage type so both sides see the same values.
+        let data: Vec<f32> = data.iter().map(|&v| T::from_f32(v).to_f32()).collect();
+        let hm = Tensor::new(Nchw { n, c: 17, h, w }, data).unwrap();
+        let got = gpu.argmax(&hm).unwrap();
+        assert_eq!(got, peaks(&hm), "argmax{} {n}x17x{h}x{w}", T::SUFFIX);
+    }
+}
