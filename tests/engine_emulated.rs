@@ -150,7 +150,11 @@ fn under_emulated_driver(name: &str, checks: &[Check]) {
         Ok(p) if !p.is_empty() => format!("{}:{p}", dir.display()),
         _ => dir.display().to_string(),
     };
-    let order_seed = seed();
+    // A failure names its seed; set HRNET_EMULATION_SEED to replay that order.
+    let order_seed = std::env::var("HRNET_EMULATION_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(seed);
     println!("emulated streams ordered by seed {order_seed} (HRNET_EMULATION_SEED)");
     let mut child = Command::new(std::env::current_exe().unwrap());
     if let Some(lib) = asan {
