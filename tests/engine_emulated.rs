@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use common::parity;
+use common::parity::{self, seed};
 use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, time_exchange_units};
 use hrnet::decode::peaks;
 use hrnet::pose::{flip_images, joints::COCO, merge_flipped};
@@ -39,10 +39,6 @@ const MEMORY: usize = 512 << 20;
 /// errors of order 1 or NaN); the 3e-2 target is W32's, checked on the device
 /// (tests/gpu_parity.rs).
 const F16_BOUND: f64 = 0.25;
-
-fn seed() -> u64 {
-    rand::random()
-}
 
 fn cxx() -> String {
     std::env::var("CXX").unwrap_or_else(|_| "c++".into())
