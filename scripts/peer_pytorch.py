@@ -7,6 +7,11 @@ heatmaps, then timed in PyTorch's usual configurations.
               --reference heatmaps.npy [--device cpu|cuda]
           (heatmaps.npy from `hrnet forward` on the same input; prints the relative L2
           error and argmax agreement, exits 1 above --tolerance)
+  accuracy: python3 scripts/peer_pytorch.py --weights W.safetensors --input x.npy \
+              --accuracy hrnet-f32.npy hrnet-f16.npy [--device cuda]
+          (the network in float64 as the reference; PyTorch fp32 without TF32 and fp16
+          channels_last, and each hrnet heatmaps file, against it: relative L2 error and
+          argmax agreement, JSON lines)
   time:   python3 scripts/peer_pytorch.py --weights W.safetensors --time --batches 1,8,32,64
           (CUDA only: eager fp32 with PyTorch's defaults (TF32 convolutions), eager fp16
           channels_last, fp16 under CUDA graphs, torch.compile(mode="max-autotune") fp16;
@@ -144,11 +149,39 @@ def check(a):
     with torch.no_grad():
         out = model(x).double().cpu().numpy()
     ref = np.load(a.reference).astype(np.float64)
-    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-    n, k = out.shape[:2]
-    agree = float((out.reshape(n * k, -1).argmax(1) == ref.reshape(n * k, -1).argmax(1)).mean())
+    rel, agree = scores(out, ref)
     print(json.dumps({"check": "pytorch vs hrnet", "device": a.device, "relative_l2": rel, "argmax_agreement": agree}))
     return 0 if rel <= a.tolerance and agree == 1.0 else 1
+
+
+def scores(out, ref):
+    """Relative L2 error and per-map argmax agreement of `out` against `ref` (N×K×H×W)."""
+    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    n, k = ref.shape[:2]
+    agree = float((out.reshape(n * k, -1).argmax(1) == ref.reshape(n * k, -1).argmax(1)).mean())
+    return rel, agree
+
+
+def accuracy(a):
+    device = torch.device(a.device)
+    x = torch.from_numpy(np.load(a.input).astype(np.float32)).to(device)
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.no_grad():
+        ref = load(a.weights).double().to(device)(x.double()).cpu().numpy()
+        runs = [("pytorch", "fp32 (no TF32)", load(a.weights).to(device)(x))]
+        half = load(a.weights).half().to(device).to(memory_format=torch.channels_last)
+        runs.append(("pytorch", "fp16 channels_last", half(x.half().contiguous(memory_format=torch.channels_last))))
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    rows = [(engine, what, out.double().contiguous().cpu().numpy()) for engine, what, out in runs]
+    rows += [("hrnet", path, np.load(path).astype(np.float64)) for path in a.accuracy]
+    for engine, what, out in rows:
+        if out.shape != ref.shape:
+            print(json.dumps({"accuracy": engine, "heatmaps": what, "error": f"shape {out.shape}, expected {ref.shape}"}))
+            return 1
+        rel, agree = scores(out, ref)
+        print(json.dumps({"accuracy": engine, "heatmaps": what, "device": a.device, "relative_l2": rel, "argmax_agreement": agree}))
+    return 0
 
 
 def time_one(fn, x, runs, warmup):
@@ -233,6 +266,7 @@ def main():
     ap.add_argument("--reference")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tolerance", type=float, default=1e-4)
+    ap.add_argument("--accuracy", nargs="+", metavar="HEATMAPS", help="hrnet heatmaps (.npy) to score against float64")
     ap.add_argument("--time", action="store_true")
     ap.add_argument("--peaks", action="store_true", help="measure the fp16 matmul rate and copy bandwidth")
     ap.add_argument("--batches", default="1,8,32,64")
@@ -243,6 +277,8 @@ def main():
     status = 0
     if a.input and a.reference:
         status |= check(a)
+    if a.input and a.accuracy:
+        status |= accuracy(a)
     if a.peaks:
         status |= peaks(a)
     if a.time:
