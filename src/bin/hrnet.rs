@@ -678,12 +678,12 @@ fn bench(
     let configs = precisions
         .iter()
         .flat_map(|&p| kernels.iter().map(move |&k| (p, k)));
+    let tensor_cores = Kernels::default_for(Precision::F16, &model.graph) == Kernels::TensorCore;
     for (p, k) in configs {
         if (p, k) == (Prec::F32, KernelsArg::TensorCore) {
             continue;
         }
-        let usable = Kernels::default_for(Precision::F16, &model.graph) == Kernels::TensorCore;
-        if k == KernelsArg::TensorCore && !usable {
+        if k == KernelsArg::TensorCore && !tensor_cores {
             eprintln!(
                 "{name}: tensor-core kernels skipped (its channel counts are not all multiples of 8)"
             );
