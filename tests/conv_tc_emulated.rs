@@ -15,18 +15,12 @@ use std::process::Command;
 #[test]
 fn tensor_core_kernel_matches_a_direct_conv_under_warp_emulation() {
     let name = "tensor_core_kernel_matches_a_direct_conv_under_warp_emulation";
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    if Command::new(&cxx).arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("HRNET_REQUIRE_CXX").is_none(),
-            "HRNET_REQUIRE_CXX is set but there is no C++ compiler ({cxx})"
-        );
-        common::skip(name, &format!("no C++ compiler ({cxx})"));
+    if !common::cxx_or_skip(name) {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conv_tc_host");
-    let built = Command::new(&cxx)
+    let built = Command::new(common::cxx())
         .args(["-std=c++20", "-O2", "-pthread", "-I"])
         .arg(root.join("kernels"))
         .arg("-I")

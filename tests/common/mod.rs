@@ -63,3 +63,27 @@ pub fn gpu_or_skip(test: &str) -> bool {
         }
     }
 }
+
+/// The C++ compiler the host emulations build with: `CXX`, else `c++`.
+pub fn cxx() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "c++".into())
+}
+
+/// Whether the C++ compiler runs; if not, fails under `HRNET_REQUIRE_CXX` (as in CI), else
+/// prints the skip line for `test`.
+pub fn cxx_or_skip(test: &str) -> bool {
+    if std::process::Command::new(cxx())
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    let why = format!("no C++ compiler ({})", cxx());
+    assert!(
+        std::env::var_os("HRNET_REQUIRE_CXX").is_none(),
+        "HRNET_REQUIRE_CXX is set but there is {why}"
+    );
+    skip(test, &why);
+    false
+}

@@ -385,6 +385,14 @@ void init_once() {
     streams.insert(&legacy);
 }
 
+// Ends a live handle of `live`'s kind, or says it is not one.
+template <typename T> CUresult destroy(std::set<T*>& live, void* handle) {
+    auto* p = static_cast<T*>(handle);
+    if (!live.erase(p)) return INVALID_HANDLE;
+    delete p;
+    return SUCCESS;
+}
+
 // The size of an ELF image (a cubin), from its header; 0 if it is not one.
 size_t elf_size(const unsigned char* p) {
     if (std::memcmp(p, "\x7f" "ELF", 4) != 0 || p[4] != 2) return 0;  // 64-bit ELF only
@@ -505,10 +513,7 @@ API cuModuleLoadData(void** module, const void* image) {
 }
 API cuModuleUnload(void* module) {
     LOCK;
-    auto* m = static_cast<Module*>(module);
-    if (!modules.erase(m)) return INVALID_HANDLE;
-    delete m;
-    return SUCCESS;
+    return destroy(modules, module);
 }
 API cuModuleGetFunction(void** f, void* module, const char* name) {
     LOCK;
@@ -651,10 +656,7 @@ API cuEventCreate(void** e, unsigned flags) {
 }
 API cuEventDestroy_v2(void* e) {
     LOCK;
-    auto* ev = static_cast<Event*>(e);
-    if (!events.erase(ev)) return INVALID_HANDLE;
-    delete ev;
-    return SUCCESS;
+    return destroy(events, e);
 }
 API cuEventRecord(void* e, void* s) {
     LOCK;
@@ -824,9 +826,6 @@ API cuGraphUpload(void* exec, void*) {
 }
 API cuGraphDestroy(void* graph) {
     LOCK;
-    auto* g = static_cast<Graph*>(graph);
-    if (!graphs.erase(g)) return INVALID_HANDLE;
-    delete g;
-    return SUCCESS;
+    return destroy(graphs, graph);
 }
 API cuGraphExecDestroy(void* exec) { return cuGraphDestroy(exec); }
