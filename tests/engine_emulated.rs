@@ -39,6 +39,11 @@ const MEMORY: usize = 512 << 20;
 /// errors of order 1 or NaN); the 3e-2 target is W32's, checked on the device
 /// (tests/gpu_parity.rs).
 const F16_BOUND: f64 = 0.25;
+/// f32 on the same network: over 80 fresh inputs, median 2.5e-6 and at most 8.8e-6 from
+/// f64, once 1.5e-5 in CI; the CPU reference's own f32 reaches 3.6e-5 here (2026-11-23).
+/// The 1e-5 target holds on the official case (a fixed input, 3.4e-6) and is W32's on the
+/// device.
+const F32_BOUND: f64 = 5e-5;
 
 /// The compiler's AddressSanitizer runtime, if it has one.
 fn asan_runtime() -> Option<PathBuf> {
@@ -252,7 +257,7 @@ fn network(model: &Model) {
     let cpu = CpuEngine::new(model.clone());
     let map = model.graph.output_shape().h * model.graph.output_shape().w;
     for (precision, kernels, bound) in [
-        (Precision::F32, Kernels::Direct, 1e-5),
+        (Precision::F32, Kernels::Direct, F32_BOUND),
         (Precision::F16, Kernels::Direct, F16_BOUND),
         (Precision::F16, Kernels::TensorCore, F16_BOUND),
     ] {
