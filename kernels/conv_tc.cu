@@ -22,8 +22,15 @@
 // K advances in slices of 32 through a 3-stage cp.async pipeline (16-byte copies, zero
 // fill for padding and out-of-range rows); shared rows are 40 halves (80 bytes) apart so
 // that the 8 rows of each ldmatrix phase fall in distinct banks.
+// Split K: when a layer gives too few tiles to fill the GPU (the deep branches at small
+// batch), blockIdx.z splits its K slices into `splits` contiguous ranges. Each block stores
+// its partial sums (f32, `part`), and the last block of a tile to arrive, counted by an
+// atomic per tile (`count`, zero before the launch and left zero after it), adds all the
+// partial sums in split order and applies the epilogue: one launch, and a result that
+// does not depend on which block came last.
 // Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32}_f16 (K, S, BM × BN).
-// Launch: 128 threads, grid (ceil(M / BM), ceil(Cout / BN)); the host picks the tile.
+// Launch: 128 threads, grid (ceil(M / BM), ceil(Cout / BN), splits); the host picks the
+// tile and the splits.
 
 #define TC_THREADS 128
 #define TC_BK 32
@@ -32,20 +39,22 @@
 #define TC_MAX_SRC 4
 #define TC_MAX_TERMS 3
 
-// Field order and sizes match `TcArgs` in src/cuda/tc.rs (184 bytes, no padding).
+// Field order and sizes match `TcArgs` in src/cuda/tc.rs (208 bytes, no implicit padding).
 struct TcArgs {
     const __half* src[TC_MAX_SRC];
     const __half* w;
     const float* bias;
     const __half* term[TC_MAX_TERMS];
     __half* y;
+    float* part;      // split K: [tile][split][BM·BN / 128][128] partial sums
+    unsigned* count;  // split K: arrivals per tile
     long long ys_n, ys_p, ys_c;
     int cin[TC_MAX_SRC];
     int kbeg[TC_MAX_SRC];
     int factor[TC_MAX_TERMS];
-    int nsrc, n, hi, wi, ho, wo, cout, k, relu;
+    int nsrc, n, hi, wi, ho, wo, cout, k, relu, splits, unused;
 };
-static_assert(sizeof(TcArgs) == 184, "TcArgs must match src/cuda/tc.rs");
+static_assert(sizeof(TcArgs) == 208, "TcArgs must match src/cuda/tc.rs");
 
 // The four PTX wrappers. tests/emulate/conv_tc_host.cpp compiles this file on the CPU with
 // host versions of them (a 32-lane warp emulator) to check the kernel's indexing and
@@ -148,10 +157,13 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-    const int KT = (a.k + TC_BK - 1) / TC_BK;
+    // This block's K slices: [kt0, kt1) of ceil(K / 32), the split blockIdx.z of a.splits.
+    const int slices = (a.k + TC_BK - 1) / TC_BK;
+    const int kt0 = (int)((long long)slices * blockIdx.z / a.splits);
+    const int KT = (int)((long long)slices * (blockIdx.z + 1) / a.splits) - kt0;
 #pragma unroll
     for (int s = 0; s < TC_STAGES - 1; ++s) {
-        if (s < KT) load_stage(s, s);
+        if (s < KT) load_stage(s, kt0 + s);
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
@@ -160,7 +172,7 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
         __syncthreads();
         // Refill the stage every warp finished reading in the previous iteration.
         const int next = kt + TC_STAGES - 1;
-        if (next < KT) load_stage(next % TC_STAGES, next);
+        if (next < KT) load_stage(next % TC_STAGES, kt0 + next);
         cp_async_commit();
 
         const int st = kt % TC_STAGES;
@@ -186,6 +198,42 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
         }
     }
     cp_async_wait<0>();
+
+    if (a.splits > 1) {
+        // Every thread stores its accumulators, coalesced across the block; a fence makes
+        // them visible device-wide before the tile's counter says they are there.
+        constexpr int PER = MT * NT * 4;
+        const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
+        float* const tile_part = a.part + (u64)tile * a.splits * PER * TC_THREADS + tid;
+        float* const mine = tile_part + (u64)blockIdx.z * PER * TC_THREADS;
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) mine[((i * NT + j) * 4 + e) * TC_THREADS] = acc[i][j][e];
+        __threadfence();
+        __syncthreads();
+        __shared__ unsigned arrived;
+        if (tid == 0) arrived = atomicAdd(&a.count[tile], 1u);
+        __syncthreads();
+        if (arrived != (unsigned)a.splits - 1) return;
+        // The last block: every split's partial sums, read from L2 (__ldcg: not through a
+        // stale L1 line), added in split order so the result is the same whoever is last.
+        __threadfence();
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float* p = tile_part + ((i * NT + j) * 4 + e) * TC_THREADS;
+                    float sum = 0.0f;
+                    for (int z = 0; z < a.splits; ++z) sum += __ldcg(p + (u64)z * PER * TC_THREADS);
+                    acc[i][j][e] = sum;
+                }
+        if (tid == 0) a.count[tile] = 0;  // ready for the next launch on this stream
+    }
 
     // Epilogue: accumulator (i, j, e) is pixel row (lane / 4) + 8·(e / 2), channel 2·(lane % 4) + e % 2.
 #pragma unroll

@@ -39,6 +39,8 @@ def main():
     for r in runs:
         if r["engine"] == "hrnet":
             r["name"] = f"hrnet {r['precision']} {r.get('kernels', 'direct')}"
+            if r.get("kernels") == "tensor-core" and not r.get("split_k", True):
+                r["name"] += " (split K off)"
         else:
             r["name"] = f"pytorch {r['config']}"
     print(f"{'batch':>5}  {'engine':<38} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} {'vs best pytorch':>16}")

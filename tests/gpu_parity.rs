@@ -186,7 +186,8 @@ fn conv_parity<T: GpuElem>() {
 both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
 
 /// The tensor-core kernels (kernels/conv_tc.cu, every tile) on every HRNet conv shape,
-/// the residual as an epilogue term, written NHWC and NCHW.
+/// the residual as an epilogue term, written NHWC and NCHW, K split as the engine splits
+/// it (the deep branches at small batches) and unsplit.
 #[test]
 fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
     if !gpu_or_skip("tensor_core_conv_matches_cpu_on_every_hrnet_shape") {
@@ -194,7 +195,7 @@ fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
     }
     let gpu = ops::<half::f16>();
     let tol = tolerance::<half::f16>();
-    let mut checked = 0;
+    let (mut checked, mut split) = (0, 0);
     for (layer, s, residual, relu) in hrnet_convs() {
         // Batch 1 and 3 pick small tiles; batch 8 the large ones.
         for n in [1, 3, 8] {
@@ -203,22 +204,34 @@ fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
             let r = residual.then(|| Tensor::random_normal(out_shape(&layer, &x), seed()));
             let terms: Vec<(&Tensor, usize)> = r.iter().map(|r| (r, 1)).collect();
             let want = reference_step::<half::f16>(&[(&x, &layer, &p)], &terms, relu);
-            for nchw in [false, true] {
-                let got = gpu
-                    .conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw)
-                    .unwrap();
-                assert_eq!(got.shape(), out_shape(&layer, &x));
-                check(
-                    &format!("tensor-core {} {s} n={n} nchw={nchw}", layer.name),
-                    &got,
-                    &want,
-                    tol,
-                );
-                checked += 1;
+            let splits = gpu.tc_splits(x.shape(), &layer);
+            for split_k in [false, true] {
+                if split_k && splits == 1 {
+                    continue;
+                }
+                for nchw in [false, true] {
+                    let got = gpu
+                        .conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw, split_k)
+                        .unwrap();
+                    assert_eq!(got.shape(), out_shape(&layer, &x));
+                    check(
+                        &format!(
+                            "tensor-core {} {s} n={n} nchw={nchw} split {}",
+                            layer.name,
+                            if split_k { splits } else { 1 }
+                        ),
+                        &got,
+                        &want,
+                        tol,
+                    );
+                    checked += 1;
+                    split += usize::from(split_k);
+                }
             }
         }
     }
-    println!("{checked} tensor-core conv cases within {tol:.0e}");
+    assert!(split > 0, "no HRNet shape split its K on this GPU");
+    println!("{checked} tensor-core conv cases ({split} with K split) within {tol:.0e}");
 }
 
 /// The fused exchange unit (kernels/conv_tc.cu): for every output branch i > 0 of W32's
@@ -284,15 +297,19 @@ fn fused_exchange_unit_matches_cpu() {
                         })
                         .collect();
                     let terms: Vec<(&Tensor, usize)> = terms.iter().map(|(t, f)| (t, *f)).collect();
-                    let got = gpu.conv_tc(&sources, &terms, true, false).unwrap();
                     let want = reference_step::<half::f16>(&sources, &terms, true);
-                    check(
-                        &format!("fused exchange W{w} {branches} branches -> {i} n={n}"),
-                        &got,
-                        &want,
-                        tol,
-                    );
-                    checked += 1;
+                    for split_k in [false, true] {
+                        let got = gpu.conv_tc(&sources, &terms, true, false, split_k).unwrap();
+                        check(
+                            &format!(
+                                "fused exchange W{w} {branches} branches -> {i} n={n} split_k={split_k}"
+                            ),
+                            &got,
+                            &want,
+                            tol,
+                        );
+                        checked += 1;
+                    }
                 }
             }
         }
@@ -461,7 +478,8 @@ fn config_input(c: &HrnetConfig) -> Chw {
 }
 
 /// The flip test on the GPU (one batch of plain and mirrored crops, merged and decoded on
-/// the device) equals the CPU's merge and decode of the same engine's heatmaps, bitwise.
+/// the device) equals the CPU's merge and decode of the same engine's heatmaps of that
+/// batch, bitwise.
 #[test]
 fn flip_merge_and_peaks_on_the_gpu_match_the_cpu() {
     if !gpu_or_skip("flip_merge_and_peaks_on_the_gpu_match_the_cpu") {
@@ -484,17 +502,6 @@ fn flip_merge_and_peaks_on_the_gpu_match_the_cpu() {
             },
             seed(),
         );
-        let mirrored = hrnet::pose::flip_images(&x);
-        let (merged, gpu_peaks) = gpu
-            .forward_flip_peaks(&Tensor::concat(&[&x, &mirrored]).unwrap(), pairs)
-            .unwrap();
-        let want = hrnet::pose::merge_flipped(
-            &gpu.forward(&x).unwrap(),
-            &gpu.forward(&mirrored).unwrap(),
-            pairs,
-        )
-        .unwrap();
-        assert_eq!(merged, want, "{precision}: merged heatmaps");
-        assert_eq!(gpu_peaks, peaks(&want), "{precision}: peaks");
+        parity::flip(&mut gpu, &x, pairs, &precision.to_string());
     }
 }

@@ -31,8 +31,8 @@ fn out_of_memory_is_an_error_and_the_engine_recovers() {
     );
     let before = gpu.forward(&x).unwrap();
     let (free_before, total) = gpu.memory().unwrap();
-    let per_image = gpu.arena_bytes() / 2;
-    assert!(per_image > 0);
+    let held = gpu.memory_for(2).unwrap();
+    assert!(held >= gpu.arena_bytes() && gpu.arena_bytes() > 0);
     // Far more than any GPU holds: refused before allocating, naming the sizes.
     let e = gpu.reserve(1 << 22).unwrap_err();
     println!("{e}");
@@ -44,7 +44,7 @@ fn out_of_memory_is_an_error_and_the_engine_recovers() {
     }
     assert!(e.to_string().contains("MiB are free"));
     // Just over what is free: also refused, and the old arena is gone with the attempt.
-    let too_many = free_before / per_image + 16;
+    let too_many = gpu.largest_batch_within(free_before + held) + 16;
     assert!(
         matches!(gpu.reserve(too_many), Err(Error::OutOfMemory { .. })),
         "{too_many} images"

@@ -66,6 +66,12 @@ impl From<KernelsArg> for Kernels {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the network on a normalised float32 NCHW batch and write the heatmaps.
@@ -154,6 +160,10 @@ enum Command {
             default_value = "direct,tensor-core"
         )]
         kernels: Vec<KernelsArg>,
+        /// Split K of the tensor-core convolutions that give too few tiles to fill the GPU,
+        /// comma-separated to time both (`on,off`); no effect on the direct kernels.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
+        split_k: Vec<Switch>,
         /// Time every exchange unit instead, fused (tensor-core, f16) against the unfused
         /// sequence (conv, BN, ReLU, upsample, add, ReLU as separate kernels).
         #[arg(long)]
@@ -388,18 +398,18 @@ fn run(command: Command) -> Result<ExitCode> {
             weights,
             precision,
             kernels,
+            split_k,
             exchange: false,
             batch,
             runs,
             warmup,
         } => bench(
-            &model,
-            weights.as_deref(),
+            &bench_model(&model, weights.as_deref())?,
             &precision,
             &kernels,
+            &split_k,
             &batch,
-            runs.max(1),
-            warmup,
+            (runs.max(1), warmup),
         )?,
         Command::Pose {
             weights,
@@ -664,36 +674,45 @@ fn bench_exchange(
     Ok(())
 }
 
+/// `hrnet bench`: one JSON line per configuration and batch. `runs` is (timed, warm-up).
 fn bench(
-    preset: &str,
-    weights: Option<&std::path::Path>,
+    model: &Model,
     precisions: &[Prec],
     kernels: &[KernelsArg],
+    split_k: &[Switch],
     batches: &[usize],
-    runs: usize,
-    warmup: usize,
+    (runs, warmup): (usize, usize),
 ) -> Result<()> {
-    let model = bench_model(preset, weights)?;
+    if batches.contains(&0) {
+        return Err(Error::Input("batch sizes must be at least 1".into()));
+    }
     let name = model.graph.config.name.clone();
-    let configs = precisions
-        .iter()
-        .flat_map(|&p| kernels.iter().map(move |&k| (p, k)));
     let tensor_cores = Kernels::default_for(Precision::F16, &model.graph) == Kernels::TensorCore;
-    for (p, k) in configs {
-        if (p, k) == (Prec::F32, KernelsArg::TensorCore) {
-            continue;
-        }
-        if k == KernelsArg::TensorCore && !tensor_cores {
-            eprintln!(
-                "{name}: tensor-core kernels skipped (its channel counts are not all multiples of 8)"
-            );
-            continue;
-        }
-        let mut engine = CudaEngine::on_device(&model, p.into(), k.into(), 0)?;
-        for &n in batches {
-            if n == 0 {
-                return Err(Error::Input("batch sizes must be at least 1".into()));
+    let mut configs = Vec::new();
+    for &p in precisions {
+        for &k in kernels {
+            if (p, k) == (Prec::F32, KernelsArg::TensorCore) {
+                continue;
             }
+            if k == KernelsArg::TensorCore && !tensor_cores {
+                eprintln!(
+                    "{name}: tensor-core kernels skipped (its channel counts are not all multiples of 8)"
+                );
+                continue;
+            }
+            // Split K applies to the tensor-core kernels only.
+            let splits: &[Switch] = if k == KernelsArg::TensorCore {
+                split_k
+            } else {
+                &[Switch::On]
+            };
+            configs.extend(splits.iter().map(|&sk| (p, k, sk == Switch::On)));
+        }
+    }
+    for (p, k, sk) in configs {
+        let mut engine = CudaEngine::on_device(model, p.into(), k.into(), 0)?;
+        engine.set_split_k(sk);
+        for &n in batches {
             let x = Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand_seed());
             let mut ms = engine.time(&x, warmup, runs)?;
             ms.sort_by(f64::total_cmp);
@@ -701,9 +720,11 @@ fn bench(
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
             let (launches, path) = engine.launches();
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
+                sk && k == KernelsArg::TensorCore,
+                engine.split_k_launches(n),
                 n as f64 * 1000.0 / median,
                 engine.gpu().name
             );

@@ -751,6 +751,10 @@ struct Net<T> {
     slot_of: Vec<usize>,
     slot_len: Vec<usize>,
     slots: Vec<CudaSlice<T>>,
+    /// Split-K scratch, one per stream (tensor-core program), sized with the arena.
+    split: Vec<super::tc::SplitScratch>,
+    /// Whether the tensor-core convolutions split K when they give too few tiles.
+    split_k: bool,
     xy: CudaSlice<f32>,
     score: CudaSlice<f32>,
     merged: CudaSlice<f32>,
@@ -820,6 +824,8 @@ impl<T: GpuElem> Net<T> {
             slot_of,
             slot_len,
             slots: Vec::new(),
+            split: Vec::new(),
+            split_k: true,
             xy,
             score,
             merged,
@@ -832,15 +838,49 @@ impl<T: GpuElem> Net<T> {
         })
     }
 
-    /// Bytes of arena and peak buffers for `n` images (None if that overflows).
+    /// Bytes of arena, split-K scratch and peak buffers for `n` images (None if that
+    /// overflows).
     fn bytes_for(&self, n: usize) -> Option<usize> {
         let elems = self.slot_len.iter().sum::<usize>().checked_mul(n)?;
         let peaks = n
             .checked_mul(self.graph.output_shape().c)?
             .checked_mul(3 * std::mem::size_of::<f32>())?;
+        let split: usize = self.split_room(n).iter().map(|s| s.bytes()).sum();
         elems
             .checked_mul(std::mem::size_of::<T>())?
-            .checked_add(peaks)
+            .checked_add(peaks)?
+            .checked_add(split)
+    }
+
+    /// The split-K scratch each stream needs for every batch up to `n` (an arena serves
+    /// all smaller batches, and a smaller batch may split more ways). A launch that does
+    /// not split at some batch does not split at any larger one (its tiles only grow), so
+    /// the search stops at the first batch where nothing splits.
+    fn split_room(&self, n: usize) -> Vec<super::tc::SplitNeed> {
+        let mut room = self.split_needs(1);
+        for b in 2..=n {
+            let needs = self.split_needs(b);
+            if needs.iter().all(|s| s.bytes() == 0) {
+                break;
+            }
+            room = room.iter().zip(&needs).map(|(r, s)| r.max(*s)).collect();
+        }
+        room
+    }
+
+    /// The split-K scratch each stream needs at batch `n`: the most any of its
+    /// tensor-core launches uses (nothing for the direct kernels, nor past the batch at
+    /// which every launch fills the GPU).
+    fn split_needs(&self, n: usize) -> Vec<super::tc::SplitNeed> {
+        let Program::TensorCore(tc) = &self.program else {
+            return Vec::new();
+        };
+        let mut needs = vec![super::tc::SplitNeed::default(); super::schedule::STREAMS];
+        for (i, &stream) in self.schedule.stream.iter().enumerate() {
+            let need = tc.split_need(i, n, self.gpu.info.multiprocessors);
+            needs[stream] = needs[stream].max(need);
+        }
+        needs
     }
 
     /// Makes the arena hold `n` images; allocates only when `n` exceeds every batch so far.
@@ -852,6 +892,7 @@ impl<T: GpuElem> Net<T> {
         }
         self.graphs.clear();
         self.slots.clear();
+        self.split.clear();
         self.capacity = 0;
         // The old arena's frees are stream-ordered: the pool holds that memory until a
         // synchronisation, and until then the free memory read below would leave it out.
@@ -874,9 +915,14 @@ impl<T: GpuElem> Net<T> {
             .iter()
             .map(|&len| self.gpu.alloc(n * len))
             .collect::<Result<Vec<_>>>()?;
+        let split = self
+            .split_room(n)
+            .into_iter()
+            .map(|room| super::tc::SplitScratch::new(&self.gpu, room))
+            .collect::<Result<Vec<_>>>()?;
         let maps = n * self.graph.output_shape().c;
         let (xy, score) = (self.gpu.alloc(2 * maps)?, self.gpu.alloc(maps)?);
-        (self.slots, self.xy, self.score, self.capacity) = (slots, xy, score, n);
+        (self.slots, self.split, self.xy, self.score, self.capacity) = (slots, split, xy, score, n);
         Ok(())
     }
 
@@ -898,6 +944,7 @@ impl<T: GpuElem> Net<T> {
 
     fn arena_bytes(&self) -> usize {
         self.capacity * self.slot_len.iter().sum::<usize>() * std::mem::size_of::<T>()
+            + self.split.iter().map(|s| s.bytes()).sum::<usize>()
     }
 
     fn addr_of(&self, v: crate::graph::ValueId) -> u64 {
@@ -979,7 +1026,11 @@ impl<T: GpuElem> Net<T> {
     fn launch_step(&self, i: usize, n: usize) -> Result<()> {
         let addr = |v: ValueId| self.addr_of(v);
         let (weights, biases) = match &self.program {
-            Program::TensorCore(tc) => return tc.launch_step(&self.gpu, &self.graph, i, n, &addr),
+            Program::TensorCore(tc) => {
+                let stream = self.schedule.stream[i];
+                let scratch = self.split.get(stream).filter(|_| self.split_k);
+                return tc.launch_step(&self.gpu, &self.graph, i, n, &addr, scratch);
+            }
             Program::Direct { weights, biases } => (weights, biases),
         };
         let op = &self.graph.ops[i];
@@ -1212,6 +1263,29 @@ impl CudaEngine {
         on_net!(&mut self.inner, n => n.graphs_on = on)
     }
 
+    /// Let the tensor-core convolutions split their K loop across blocks when they give
+    /// too few tiles to fill the GPU (on by default; the deep branches at small batches).
+    /// The result changes only by the order of f32 additions; each setting is
+    /// deterministic. No effect on the direct kernels.
+    pub fn set_split_k(&mut self, on: bool) {
+        on_net!(&mut self.inner, n => {
+            n.graphs.clear();
+            n.split_k = on;
+        })
+    }
+
+    /// How many launches of a forward at batch `n` split their K loop (0 for the direct
+    /// kernels or with split K off; see [`CudaEngine::set_split_k`]).
+    #[must_use]
+    pub fn split_k_launches(&self, n: usize) -> usize {
+        on_net!(&self.inner, net => match &net.program {
+            Program::TensorCore(tc) if net.split_k => (0..net.steps_io.len())
+                .filter(|&i| tc.split_need(i, n, net.gpu.info.multiprocessors).counters > 0)
+                .count(),
+            _ => 0,
+        })
+    }
+
     /// Why CUDA graphs are not in use, if capturing one failed (the engine then launches
     /// kernels one by one).
     #[must_use]
@@ -1223,6 +1297,37 @@ impl CudaEngine {
     #[must_use]
     pub fn arena_bytes(&self) -> usize {
         on_net!(&self.inner, n => n.arena_bytes())
+    }
+
+    /// Device bytes a forward of `n` images needs beyond the weights: the activation
+    /// arena, the split-K scratch and the peak buffers (None if that overflows). What
+    /// [`CudaEngine::reserve`] compares with the free memory.
+    #[must_use]
+    pub fn memory_for(&self, n: usize) -> Option<usize> {
+        on_net!(&self.inner, net => net.bytes_for(n))
+    }
+
+    /// The largest batch whose [`CudaEngine::memory_for`] is at most `bytes` (0 if not
+    /// even one image fits): with the free memory plus [`CudaEngine::arena_bytes`] and
+    /// the peaks, the largest batch [`CudaEngine::reserve`] accepts now.
+    #[must_use]
+    pub fn largest_batch_within(&self, bytes: usize) -> usize {
+        let fits = |n| self.memory_for(n).is_some_and(|b| b <= bytes);
+        // memory_for grows with n: bracket the answer by doubling, then halve the bracket.
+        let mut hi = 1;
+        while fits(hi) {
+            hi *= 2;
+        }
+        let mut lo = hi / 2;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Preallocates the activation arena for batches of up to `n` images, so that the

@@ -16,7 +16,7 @@ use cudarc::driver::CudaSlice;
 
 use super::engine::{Gpu, capture, time_runs};
 use super::probe::driver_err;
-use super::tc::{ConvStep, Part, TcProgram, launch_conv};
+use super::tc::{ConvStep, Part, SplitNeed, SplitScratch, TcProgram, launch_conv};
 use crate::error::{Error, Result};
 use crate::graph::{ExchangeOp, Graph, Op, ValueId};
 use crate::tensor::{Nchw, Tensor, relative_l2};
@@ -134,14 +134,27 @@ fn time_unit(
     }
     let addr = |v: ValueId| bufs.addr(gpu, v);
     let keep = |v: ValueId| inside.contains(&v);
-    let fused = || tc.launch_where(gpu, graph, n, &addr, &keep);
+    let unfused = Unfused::new(gpu, model, &ops, n)?;
+    // Both split K the way the engine does, in one scratch (one stream).
+    let sms = gpu.info.multiprocessors;
+    let room = (0..tc.io.len())
+        .filter(|&i| keep(tc.io[i].1))
+        .map(|i| tc.split_need(i, n, sms))
+        .chain(
+            unfused
+                .convs
+                .iter()
+                .map(|c| c.step.plan(n, sms, true).need()),
+        )
+        .fold(SplitNeed::default(), SplitNeed::max);
+    let scratch = SplitScratch::new(gpu, room)?;
+    let fused = || tc.launch_where(gpu, graph, n, &addr, &keep, Some(&scratch));
     let fused_launches = tc.steps_writing(&keep);
 
-    let unfused = Unfused::new(gpu, model, &ops, n)?;
     let final_len = n * graph.shape(e.output).len();
     fused()?;
     let want = gpu.download(bufs.get(e.output), final_len)?;
-    unfused.launch(gpu, &addr)?;
+    unfused.launch(gpu, &addr, &scratch)?;
     let got = gpu.download(bufs.get(e.output), final_len)?;
     let got: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
     let want: Vec<f64> = want.iter().map(|v| f64::from(v.to_f32())).collect();
@@ -169,7 +182,7 @@ fn time_unit(
         Ok(ms[ms.len() / 2])
     };
     let fused_graph = capture(&gpu.stream, fused)?;
-    let unfused_graph = capture(&gpu.stream, || unfused.launch(gpu, &addr))?;
+    let unfused_graph = capture(&gpu.stream, || unfused.launch(gpu, &addr, &scratch))?;
     Ok(ExchangeTiming {
         name: e.name.clone(),
         fused_ms: median(&fused_graph)?,
@@ -258,15 +271,19 @@ impl Unfused {
 
     /// conv, BN, ReLU per conv; then `y = t0`, and for each further term an upsample
     /// (when coarser) and an add; then the ReLU.
-    fn launch(&self, gpu: &Gpu<half::f16>, addr: &dyn Fn(ValueId) -> u64) -> Result<()> {
+    fn launch(
+        &self,
+        gpu: &Gpu<half::f16>,
+        addr: &dyn Fn(ValueId) -> u64,
+        scratch: &SplitScratch,
+    ) -> Result<()> {
         let n = self.n;
         for c in &self.convs {
             let raw = gpu.addr(&c.raw);
             let out = addr(c.output);
             let shape = c.step.output_shape;
-            launch_conv(gpu, &c.step, shape, n, false, &|v| {
-                if v == c.output { raw } else { addr(v) }
-            })?;
+            let to_raw = |v| if v == c.output { raw } else { addr(v) };
+            launch_conv(gpu, &c.step, n, false, &to_raw, Some(scratch))?;
             let stats = c.stats.each_ref().map(|s| gpu.addr(s));
             let nhwc = crate::graph::Chw {
                 c: shape.c,

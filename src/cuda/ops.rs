@@ -213,6 +213,8 @@ pub type TcSource<'a> = (&'a Tensor, &'a ConvLayer, &'a ConvParams);
 /// A tensor-core step with its operands on the device, ready to launch.
 struct TcLaunch {
     step: super::tc::ConvStep,
+    /// Room for the step's split K (None: never split).
+    scratch: Option<super::tc::SplitScratch>,
     bufs: Vec<cudarc::driver::CudaSlice<half::f16>>,
     shape: Nchw,
     nchw_out: bool,
@@ -224,10 +226,10 @@ impl TcLaunch {
         super::tc::launch_conv(
             g,
             &self.step,
-            self.shape.chw(),
             self.shape.n,
             self.nchw_out,
             &addr,
+            self.scratch.as_ref(),
         )
     }
 }
@@ -241,6 +243,7 @@ impl CudaOps<half::f16> {
         terms: &[(&Tensor, usize)],
         relu: bool,
         nchw_out: bool,
+        split_k: bool,
     ) -> Result<TcLaunch> {
         use super::tc::{ConvStep, Part};
         use crate::graph::ValueId;
@@ -305,8 +308,15 @@ impl CudaOps<half::f16> {
         let out_id = ValueId(bufs.len());
         bufs.push(self.output(shape.len())?);
         let step = ConvStep::new(g, &parts, s0.chw(), &term_ids, relu, out_id)?;
+        let scratch = split_k
+            .then(|| {
+                let room = step.plan(s0.n, g.info.multiprocessors, true).need();
+                super::tc::SplitScratch::new(g, room)
+            })
+            .transpose()?;
         Ok(TcLaunch {
             step,
+            scratch,
             bufs,
             shape,
             nchw_out,
@@ -317,14 +327,17 @@ impl CudaOps<half::f16> {
     /// `relu?(Σ_s conv(x_s) + Σ_s bias_s + Σ_t upsample(term_t))`. The sources share their
     /// batch, resolution and layer shape; their channels are padded to 8 on upload. The
     /// result comes back NCHW, written by the kernel as NHWC (or NCHW when `nchw_out`).
+    /// With `split_k`, the K loop is split across blocks as the engine splits it
+    /// ([`CudaOps::tc_splits`] ways).
     pub fn conv_tc(
         &self,
         sources: &[TcSource<'_>],
         terms: &[(&Tensor, usize)],
         relu: bool,
         nchw_out: bool,
+        split_k: bool,
     ) -> Result<Tensor> {
-        let l = self.prepare_tc(sources, terms, relu, nchw_out)?;
+        let l = self.prepare_tc(sources, terms, relu, nchw_out, split_k)?;
         l.run(&self.gpu)?;
         let shape = l.shape;
         let y = self
@@ -348,17 +361,29 @@ impl CudaOps<half::f16> {
         Tensor::new(shape, data)
     }
 
+    /// How many ways the engine splits the K loop of the tensor-core `layer` on an input
+    /// of shape `x` on this GPU (1: not split).
+    #[must_use]
+    pub fn tc_splits(&self, x: Nchw, layer: &ConvLayer) -> usize {
+        let (ho, wo) = layer.out_size(x.h, x.w);
+        let k = layer.kernel * layer.kernel * layer.cin.next_multiple_of(8);
+        let sms = self.gpu.info.multiprocessors;
+        super::tc::LaunchPlan::new(x.n * ho * wo, layer.cout, k, sms, true).splits
+    }
+
     /// Device milliseconds of one tensor-core convolution (`relu(conv(x) + bias)`,
-    /// operands uploaded once, NHWC out), for each of `runs` runs after `warmup`.
+    /// operands uploaded once, NHWC out, K split when `split_k` and the shape calls for
+    /// it), for each of `runs` runs after `warmup`.
     pub fn time_conv_tc(
         &self,
         x: &Tensor,
         layer: &ConvLayer,
         p: &ConvParams,
+        split_k: bool,
         warmup: usize,
         runs: usize,
     ) -> Result<Vec<f64>> {
-        let l = self.prepare_tc(&[(x, layer, p)], &[], true, false)?;
+        let l = self.prepare_tc(&[(x, layer, p)], &[], true, false, split_k)?;
         for _ in 0..warmup {
             l.run(&self.gpu)?;
         }

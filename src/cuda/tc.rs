@@ -21,6 +21,9 @@ struct TcArgs {
     bias: u64,
     term: [u64; MAX_TERMS],
     y: u64,
+    /// Split K: the partial sums and the per-tile arrival counters (null when unsplit).
+    part: u64,
+    count: u64,
     /// Output strides in elements: image, pixel, channel.
     ys: [i64; 3],
     cin: [i32; MAX_SOURCES],
@@ -35,12 +38,15 @@ struct TcArgs {
     cout: i32,
     k: i32,
     relu: i32,
+    splits: i32,
+    /// Explicit, so that the struct has no padding bytes.
+    unused: i32,
 }
 
-const _: () = assert!(std::mem::size_of::<TcArgs>() == 184);
+const _: () = assert!(std::mem::size_of::<TcArgs>() == 208);
 
 // SAFETY: `TcArgs` is plain data (integers only), `#[repr(C)]` with no padding, laid out as
-// the kernel's `struct TcArgs` (both assert 184 bytes); the kernel reads it by value.
+// the kernel's `struct TcArgs` (both assert 208 bytes); the kernel reads it by value.
 unsafe impl DeviceRepr for TcArgs {}
 
 /// Threads per block of every conv_tc kernel.
@@ -73,6 +79,118 @@ pub(crate) fn pick_tile(m: usize, cout: usize, sms: usize) -> usize {
         .copied()
         .find(|&i| blocks(TILES[i]) >= sms)
         .unwrap_or_else(|| *fits.last().expect("the 32-wide tile always fits"))
+}
+
+/// K slices (of 32) each split keeps at least, so that its copy pipeline runs full.
+const MIN_SLICES_PER_SPLIT: usize = 4;
+/// The most ways a convolution's K is split.
+pub(crate) const MAX_SPLITS: usize = 16;
+
+/// How many ways to split the K loop of a launch of `tiles` tiles, `slices` K slices each,
+/// on `sms` multiprocessors: enough for about one block per SM, each split at least
+/// `MIN_SLICES_PER_SPLIT` slices long. 1 when the tiles already fill the GPU.
+#[must_use]
+pub(crate) fn pick_splits(tiles: usize, slices: usize, sms: usize) -> usize {
+    (sms / tiles.max(1))
+        .min(slices / MIN_SLICES_PER_SPLIT)
+        .clamp(1, MAX_SPLITS)
+}
+
+/// How one conv step is launched at one batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LaunchPlan {
+    /// Index into TILES.
+    pub(crate) tile: usize,
+    /// Output tiles (blocks per split).
+    pub(crate) tiles: usize,
+    /// Ways the K loop is split (grid z).
+    pub(crate) splits: usize,
+}
+
+impl LaunchPlan {
+    /// The plan for an `m × cout` GEMM with K = `k`; split only when `split_k`.
+    #[must_use]
+    pub(crate) fn new(m: usize, cout: usize, k: usize, sms: usize, split_k: bool) -> Self {
+        let tile = pick_tile(m, cout, sms);
+        let (bm, bn) = TILES[tile];
+        let tiles = m.div_ceil(bm) * cout.div_ceil(bn);
+        let splits = if split_k {
+            pick_splits(tiles, k.div_ceil(32), sms)
+        } else {
+            1
+        };
+        LaunchPlan {
+            tile,
+            tiles,
+            splits,
+        }
+    }
+
+    /// The split-K scratch this launch uses.
+    #[must_use]
+    pub(crate) fn need(&self) -> SplitNeed {
+        if self.splits == 1 {
+            return SplitNeed::default();
+        }
+        let (bm, bn) = TILES[self.tile];
+        SplitNeed {
+            partials: self.tiles * self.splits * bm * bn,
+            counters: self.tiles,
+        }
+    }
+}
+
+/// Split-K scratch, in elements: f32 partial sums and u32 per-tile counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SplitNeed {
+    pub(crate) partials: usize,
+    pub(crate) counters: usize,
+}
+
+impl SplitNeed {
+    /// Room for both.
+    #[must_use]
+    pub(crate) fn max(self, other: Self) -> Self {
+        SplitNeed {
+            partials: self.partials.max(other.partials),
+            counters: self.counters.max(other.counters),
+        }
+    }
+
+    /// Whether this much room holds `other`.
+    fn holds(self, other: Self) -> bool {
+        self.partials >= other.partials && self.counters >= other.counters
+    }
+
+    /// Device bytes.
+    #[must_use]
+    pub(crate) fn bytes(self) -> usize {
+        self.partials * std::mem::size_of::<f32>() + self.counters * std::mem::size_of::<u32>()
+    }
+}
+
+/// The split-K scratch of one stream: launches on one stream run one after another, so
+/// they share it. The counters start at zero and every split launch leaves them zero.
+pub(crate) struct SplitScratch {
+    partials: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
+    room: SplitNeed,
+}
+
+impl SplitScratch {
+    pub(crate) fn new<T: GpuElem>(gpu: &Gpu<T>, room: SplitNeed) -> Result<Self> {
+        Ok(SplitScratch {
+            partials: gpu.alloc(room.partials)?,
+            counters: gpu.alloc(room.counters)?,
+            room,
+        })
+    }
+
+    /// Device bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.partials.len() * std::mem::size_of::<f32>()
+            + self.counters.len() * std::mem::size_of::<u32>()
+    }
 }
 
 /// Channels a value is stored with in NHWC: the input image is padded to 8 so that every
@@ -198,8 +316,16 @@ impl TcProgram {
             .count()
     }
 
+    /// The split-K scratch step `i` uses at batch `n` on `sms` multiprocessors.
+    pub(crate) fn split_need(&self, i: usize, n: usize, sms: usize) -> SplitNeed {
+        match &self.steps[i] {
+            TcStep::Conv(c) => c.plan(n, sms, true).need(),
+            TcStep::Exchange(_) => SplitNeed::default(),
+        }
+    }
+
     /// Launches step `i` for a batch of `n` on the GPU's current stream; `addr` gives a
-    /// value's device address.
+    /// value's device address, `scratch` the stream's split-K scratch (None: no split).
     pub(crate) fn launch_step<T: GpuElem>(
         &self,
         gpu: &Gpu<T>,
@@ -207,12 +333,10 @@ impl TcProgram {
         i: usize,
         n: usize,
         addr: &dyn Fn(ValueId) -> u64,
+        scratch: Option<&SplitScratch>,
     ) -> Result<()> {
         match &self.steps[i] {
-            TcStep::Conv(c) => {
-                let nchw = c.output == graph.output;
-                launch_conv(gpu, c, c.output_shape, n, nchw, addr)
-            }
+            TcStep::Conv(c) => launch_conv(gpu, c, n, c.output == graph.output, addr, scratch),
             TcStep::Exchange(e) => {
                 let terms: Vec<(u64, usize)> = e.terms.iter().map(|&(v, f)| (addr(v), f)).collect();
                 gpu.exchange(&terms, graph.shape(e.output), n, addr(e.output), true)
@@ -228,10 +352,11 @@ impl TcProgram {
         n: usize,
         addr: &dyn Fn(ValueId) -> u64,
         keep: &dyn Fn(ValueId) -> bool,
+        scratch: Option<&SplitScratch>,
     ) -> Result<()> {
         for (i, step) in self.steps.iter().enumerate() {
             if keep(Self::step_output(step)) {
-                self.launch_step(gpu, graph, i, n, addr)?;
+                self.launch_step(gpu, graph, i, n, addr, scratch)?;
             }
         }
         Ok(())
@@ -308,6 +433,12 @@ impl ConvStep {
         })
     }
 
+    /// Its launch over `n` images on `sms` multiprocessors.
+    pub(crate) fn plan(&self, n: usize, sms: usize, split_k: bool) -> LaunchPlan {
+        let out = self.output_shape;
+        LaunchPlan::new(n * out.h * out.w, self.cout, self.k, sms, split_k)
+    }
+
     /// Bytes of its weights and bias on the device.
     fn bytes(&self) -> usize {
         self.weights.len() * 2 + self.bias.len() * 4
@@ -340,25 +471,44 @@ fn pack(parts: &[Part<'_>]) -> (Vec<half::f16>, Vec<f32>, usize) {
     (w, bias.iter().map(|&b| b as f32).collect(), k)
 }
 
-/// Launches one conv step over `n` images of output shape `out`, written NHWC or
-/// (`nchw`) NCHW.
+/// Launches one conv step over `n` images, written NHWC or (`nchw`) NCHW. With `scratch`
+/// (the current stream's), a conv that gives too few tiles to fill the GPU splits its K.
 pub(crate) fn launch_conv<T: GpuElem>(
     gpu: &Gpu<T>,
     c: &ConvStep,
-    out: Chw,
     n: usize,
     nchw: bool,
     addr: &dyn Fn(ValueId) -> u64,
+    scratch: Option<&SplitScratch>,
 ) -> Result<()> {
+    let out = c.output_shape;
     let m = n * out.h * out.w;
     dim_i32(n * c.input.h * c.input.w)?;
-    let tile = pick_tile(m, c.cout, gpu.info.multiprocessors);
-    let f: &CudaFunction = &gpu.tc[c.shape * TILES.len() + tile];
-    let (bm, bn) = TILES[tile];
+    let plan = c.plan(n, gpu.info.multiprocessors, scratch.is_some());
+    let f: &CudaFunction = &gpu.tc[c.shape * TILES.len() + plan.tile];
+    let (bm, bn) = TILES[plan.tile];
+    let (part, count) = match scratch {
+        Some(s) if plan.splits > 1 => {
+            if !s.room.holds(plan.need()) {
+                return Err(Error::Cuda {
+                    what: "a split-K convolution".into(),
+                    reason: format!(
+                        "its scratch holds {:?}, the launch needs {:?}",
+                        s.room,
+                        plan.need()
+                    ),
+                });
+            }
+            (gpu.addr(&s.partials), gpu.addr(&s.counters))
+        }
+        _ => (0, 0),
+    };
     let mut a = TcArgs {
         w: gpu.addr(&c.weights),
         bias: gpu.addr(&c.bias),
         y: addr(c.output),
+        part,
+        count,
         ys: if nchw {
             [(out.len()) as i64, 1, (out.h * out.w) as i64]
         } else {
@@ -373,6 +523,7 @@ pub(crate) fn launch_conv<T: GpuElem>(
         cout: dim_i32(c.cout)?,
         k: dim_i32(c.k)?,
         relu: i32::from(c.relu),
+        splits: dim_i32(plan.splits)?,
         ..TcArgs::default()
     };
     let kk = c.k / c.cin.iter().sum::<usize>();
@@ -388,7 +539,7 @@ pub(crate) fn launch_conv<T: GpuElem>(
         a.factor[i] = dim_i32(f)?;
     }
     let cfg = LaunchConfig {
-        grid_dim: grid_dim("conv_tc", m.div_ceil(bm), c.cout.div_ceil(bn), 1)?,
+        grid_dim: grid_dim("conv_tc", m.div_ceil(bm), c.cout.div_ceil(bn), plan.splits)?,
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -396,7 +547,9 @@ pub(crate) fn launch_conv<T: GpuElem>(
     b.arg(&a);
     // SAFETY: every source holds n·hi·wi·cin_s f16, the weights cout·k f16, the bias cout
     // f32, each term n·(ho/f)·(wo/f)·cout f16 and y n·ho·wo·cout f16 (the strides address
-    // inside it), all live device buffers of this context; unused pointers are null.
+    // inside it); when split, the scratch holds tiles·splits·BM·BN f32 and tiles counters
+    // (checked above), and no other stream uses it; all live device buffers of this
+    // context; unused pointers are null.
     unsafe { b.launch(cfg) }.map_err(driver_err("launching a tensor-core convolution"))?;
     Ok(())
 }
@@ -416,6 +569,40 @@ mod tests {
         assert_eq!(TILES[pick_tile(64 * 3072, 17, 132)].1, 32);
         assert_eq!(kernel_names().len(), SHAPES.len() * TILES.len());
         assert!(kernel_names().contains(&"conv_tc_k3s2_64x32_f16".to_string()));
+    }
+
+    #[test]
+    fn only_launches_that_leave_the_gpu_idle_split_k() {
+        let sms = 132;
+        // W32's four 3×3 shapes at batch 1 do the same MACs; the deep ones give few tiles
+        // and long K loops: 256ch@8×6 is 16 tiles of 72 slices, split 8 ways (9 slices).
+        let plan = |c: usize, h: usize, w: usize, n: usize| {
+            LaunchPlan::new(n * h * w, c, 9 * c, sms, true)
+        };
+        let b3 = plan(256, 8, 6, 1);
+        assert_eq!((TILES[b3.tile], b3.tiles, b3.splits), ((32, 32), 16, 8));
+        assert_eq!(
+            b3.need(),
+            SplitNeed {
+                partials: 16 * 8 * 32 * 32,
+                counters: 16
+            }
+        );
+        assert_eq!(plan(128, 16, 12, 1).splits, 5);
+        assert_eq!(plan(64, 32, 24, 1).splits, 2);
+        // Branch 0 already gives 96 tiles of 9 slices: split, each would be too short.
+        assert_eq!(plan(32, 64, 48, 1).splits, 1);
+        assert_eq!(plan(32, 64, 48, 1).need(), SplitNeed::default());
+        // At batch 64 every shape fills the GPU.
+        for (c, h, w) in [(32, 64, 48), (64, 32, 24), (128, 16, 12), (256, 8, 6)] {
+            assert_eq!(plan(c, h, w, 64).splits, 1, "{c}ch at batch 64");
+        }
+        // Off means off; a short K never splits; splits stay within MAX_SPLITS.
+        assert_eq!(LaunchPlan::new(48, 256, 9 * 256, sms, false).splits, 1);
+        assert_eq!(pick_splits(1, 7, sms), 1);
+        assert_eq!(pick_splits(1, 10_000, sms), MAX_SPLITS);
+        assert!(SplitNeed::default().holds(SplitNeed::default()));
+        assert!(!SplitNeed::default().holds(b3.need()));
     }
 
     /// The packed weights, read the way kernels/conv_tc.cu reads them (K walked source by

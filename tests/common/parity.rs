@@ -2,7 +2,7 @@
 //! random inputs, the reference computed on the values the kernel sees (rounded through
 //! its storage type), outputs checked for unwritten elements.
 
-use hrnet::cuda::{CudaOps, GpuElem};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem};
 use hrnet::decode::peaks;
 use hrnet::tensor::relative_l2;
 use hrnet::{Nchw, Tensor};
@@ -105,4 +105,23 @@ pub fn argmax<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)]) {
         let got = gpu.argmax(&hm).unwrap();
         assert_eq!(got, peaks(&hm), "argmax{} {n}x17x{h}x{w}", T::SUFFIX);
     }
+}
+
+/// The flip test on the GPU (`forward_flip_peaks` on `x` followed by its mirror) against
+/// the CPU merge and decode of the same engine's maps of the same batch of 2N. The same
+/// batch: with split K, an image's maps depend on the batch size (by f32 rounding).
+pub fn flip(gpu: &mut CudaEngine, x: &Tensor, pairs: &[(usize, usize)], what: &str) {
+    let n = x.shape().n;
+    let both = Tensor::concat(&[x, &hrnet::pose::flip_images(x)]).unwrap();
+    let (merged, gpu_peaks) = gpu.forward_flip_peaks(&both, pairs).unwrap();
+    let maps = gpu.forward(&both).unwrap();
+    let half = |range: std::ops::Range<usize>| {
+        let mut s = maps.shape();
+        s.n = n;
+        let data = range.flat_map(|i| maps.image(i).to_vec()).collect();
+        Tensor::new(s, data).unwrap()
+    };
+    let want = hrnet::pose::merge_flipped(&half(0..n), &half(n..2 * n), pairs).unwrap();
+    assert_eq!(merged, want, "{what}: merged heatmaps");
+    assert_eq!(gpu_peaks, peaks(&want), "{what}: peaks");
 }

@@ -5,7 +5,9 @@
 // strides) and its use of the ldmatrix and mma.sync fragment layouts, as the PTX ISA
 // defines them (section "Matrix Fragments for mma.m16n8k16 with floating point type" and
 // "ldmatrix"). cp.async is emulated as a synchronous copy, so the pipeline's ordering is
-// not tested here; the parity tests on the GPU do that.
+// not tested here; the parity tests on the GPU do that. Split K runs its blocks in a
+// random order, twice: the result must not depend on which block of a tile came last, and
+// the tile counters must be back at zero.
 //
 // Built and run by tests/conv_tc_emulated.rs:
 // c++ -std=c++20 -O2 -pthread -I kernels -I tests/emulate.
@@ -42,7 +44,9 @@ static const Tile TILES[] = {
     {32, 32, conv_tc_k3s1_32x32_f16, conv_tc_k3s2_32x32_f16, conv_tc_k1s1_32x32_f16},
 };
 
-static void run_grid(Kernel kernel, const TcArgs& a, int gx, int gy) {
+static std::mt19937_64 rng(std::random_device{}());
+
+static void run_grid(Kernel kernel, const TcArgs& a, int gx, int gy, int gz) {
     struct Call {
         Kernel kernel;
         const TcArgs* a;
@@ -52,15 +56,17 @@ static void run_grid(Kernel kernel, const TcArgs& a, int gx, int gy) {
         k.kernel(*k.a);
     };
     blockDim = Dim3{TC_THREADS, 1, 1};
-    gridDim = Dim3{(unsigned)gx, (unsigned)gy, 1};
-    for (int by = 0; by < gy; ++by)
-        for (int bx = 0; bx < gx; ++bx) {
-            blockIdx = Dim3{(unsigned)bx, (unsigned)by, 0};
-            run_block(blockDim, invoke, &call);
-        }
+    gridDim = Dim3{(unsigned)gx, (unsigned)gy, (unsigned)gz};
+    std::vector<Dim3> order;
+    for (int bz = 0; bz < gz; ++bz)
+        for (int by = 0; by < gy; ++by)
+            for (int bx = 0; bx < gx; ++bx) order.push_back(Dim3{(unsigned)bx, (unsigned)by, (unsigned)bz});
+    std::shuffle(order.begin(), order.end(), rng);
+    for (const Dim3& b : order) {
+        blockIdx = b;
+        run_block(blockDim, invoke, &call);
+    }
 }
-
-static std::mt19937_64 rng(std::random_device{}());
 static __half rnd() { return __float2half_rn(std::normal_distribution<float>(0.0f, 1.0f)(rng)); }
 
 struct Case {
@@ -70,8 +76,8 @@ struct Case {
     bool relu, nchw;
 };
 
-// Runs one case with one tile; returns false on a mismatch.
-static bool check(const Case& c, const Tile& tile) {
+// Runs one case with one tile, its K split `splits` ways; returns false on a mismatch.
+static bool check(const Case& c, const Tile& tile, int splits) {
     const int p = c.ks / 2, kk = c.ks * c.ks;
     const int ho = (c.h + 2 * p - c.ks) / c.stride + 1, wo = (c.w + 2 * p - c.ks) / c.stride + 1;
     const int nsrc = (int)c.cin.size();
@@ -125,7 +131,32 @@ static bool check(const Case& c, const Tile& tile) {
     a.relu = c.relu;
     Kernel kernel = c.ks == 1 ? tile.k1s1 : (c.stride == 1 ? tile.k3s1 : tile.k3s2);
     const int m = c.n * ho * wo;
-    run_grid(kernel, a, (m + tile.bm - 1) / tile.bm, (c.cout + tile.bn - 1) / tile.bn);
+    const int gx = (m + tile.bm - 1) / tile.bm, gy = (c.cout + tile.bn - 1) / tile.bn;
+    std::vector<float> part((size_t)gx * gy * splits * tile.bm * tile.bn, NAN);
+    std::vector<unsigned> count((size_t)gx * gy, 0);
+    a.splits = splits;
+    if (splits > 1) {
+        a.part = part.data();
+        a.count = count.data();
+    }
+    run_grid(kernel, a, gx, gy, splits);
+    const char* label = "";
+    if (splits > 1) {
+        for (unsigned v : count)
+            if (v != 0) {
+                std::printf("FAIL split K left a tile counter at %u\n", v);
+                return false;
+            }
+        // Again, the blocks in another order: the same bits.
+        const std::vector<__half> first = y;
+        std::fill(y.begin(), y.end(), __float2half_rn(NAN));
+        run_grid(kernel, a, gx, gy, splits);
+        if (std::memcmp(first.data(), y.data(), y.size() * sizeof(__half)) != 0) {
+            std::printf("FAIL split K: the result depends on the order of the blocks\n");
+            return false;
+        }
+        label = " (same bits in another block order)";
+    }
 
     double err2 = 0, ref2 = 0;
     for (int n = 0; n < c.n; ++n)
@@ -163,9 +194,9 @@ static bool check(const Case& c, const Tile& tile) {
                 }
     const double rel = std::sqrt(err2 / ref2);
     const bool ok = rel < 2e-3;
-    std::printf("%s k%ds%d tile %3dx%-2d n=%d %2dx%-2d sources=%d terms=%d cout=%-3d %s: rel L2 %.2e\n",
-                ok ? "ok  " : "FAIL", c.ks, c.stride, tile.bm, tile.bn, c.n, c.h, c.w, nsrc,
-                (int)c.factors.size(), c.cout, c.nchw ? "NCHW" : "NHWC", rel);
+    std::printf("%s k%ds%d tile %3dx%-2d split %d n=%d %2dx%-2d sources=%d terms=%d cout=%-3d %s: rel L2 %.2e%s\n",
+                ok ? "ok  " : "FAIL", c.ks, c.stride, tile.bm, tile.bn, splits, c.n, c.h, c.w, nsrc,
+                (int)c.factors.size(), c.cout, c.nchw ? "NCHW" : "NHWC", rel, label);
     return ok;
 }
 
@@ -185,10 +216,15 @@ int main() {
         // the head: 17 heatmaps written NCHW
         {1, 1, 2, 8, 6, 17, {32}, {}, false, true},
     };
-    int failed = 0;
+    // Unsplit; split in 2 and 5 (the stem's K has 3 slices: two of its 5 splits are empty).
+    const int splits[] = {1, 2, 5};
+    int failed = 0, run = 0;
     for (const Case& c : cases)
-        for (const Tile& t : TILES) failed += !check(c, t);
-    std::printf("%s: %d of %zu cases failed\n", failed ? "FAIL" : "PASS", failed,
-                sizeof(cases) / sizeof(cases[0]) * 4);
+        for (const Tile& t : TILES)
+            for (int s : splits) {
+                failed += !check(c, t, s);
+                ++run;
+            }
+    std::printf("%s: %d of %d cases failed\n", failed ? "FAIL" : "PASS", failed, run);
     return failed ? 1 : 0;
 }

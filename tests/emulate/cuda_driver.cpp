@@ -126,6 +126,8 @@ void check_arg(const TcArgs& a, const char* kernel) {
     check_arg(a.w, kernel);
     check_arg(a.bias, kernel);
     check_arg(a.y, kernel);
+    check_arg(a.part, kernel);
+    check_arg(a.count, kernel);
 }
 
 template <typename... A, size_t... I>
@@ -169,26 +171,33 @@ const Kernel KERNELS[] = {
     KERNEL_F32_F16(relu, UNFUSED_THREADS, false),
 };
 
-// Runs a grid, the blocks one after another: barrier-free kernels as a loop over the
-// threads, the others with each thread a fiber (device.h).
+std::mt19937_64 rng;
+
+// Runs a grid, the blocks one after another in a random order (a GPU promises none; a
+// kernel whose blocks cooperate, as split K does, must not depend on it): barrier-free
+// kernels as a loop over the threads, the others with each thread a fiber (device.h).
 void run_grid(const Kernel& k, Dim3 grid, Dim3 block, const std::function<void()>& call) {
     const unsigned threads = block.x * block.y * block.z;
     auto invoke = [](const void* f) { (*static_cast<const std::function<void()>*>(f))(); };
     blockDim = block;
     gridDim = grid;
+    std::vector<Dim3> order;
+    order.reserve((size_t)grid.x * grid.y * grid.z);
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                blockIdx = Dim3{bx, by, bz};
-                if (k.threaded) {
-                    run_block(block, invoke, &call);
-                    continue;
-                }
-                for (unsigned t = 0; t < threads; ++t) {
-                    threadIdx = Dim3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
-                    call();
-                }
-            }
+            for (unsigned bx = 0; bx < grid.x; ++bx) order.push_back(Dim3{bx, by, bz});
+    std::shuffle(order.begin(), order.end(), rng);
+    for (const Dim3& b : order) {
+        blockIdx = b;
+        if (k.threaded) {
+            run_block(block, invoke, &call);
+            continue;
+        }
+        for (unsigned t = 0; t < threads; ++t) {
+            threadIdx = Dim3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+            call();
+        }
+    }
 }
 
 // ---- the state: one device, one context, everything behind one lock ----
@@ -230,7 +239,6 @@ struct Allocation {
 };
 
 std::recursive_mutex api;
-std::mt19937_64 rng;
 bool initialised = false;
 size_t limit = size_t(1) << 30, used = 0, pooled = 0;
 std::map<std::uintptr_t, Allocation> allocations;

@@ -184,6 +184,16 @@ inline void __syncthreads() {
     barrier_wait(running_block->block, running_block->alive);
 }
 
+// Memory ordering between blocks: one block runs at a time, so every store is visible to
+// the blocks after it; the fence and the cache hint need do nothing more.
+inline void __threadfence() {}
+template <typename T> inline T __ldcg(const T* p) { return *p; }
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    const unsigned old = *p;
+    *p = old + v;
+    return old;
+}
+
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, sizeof f);
