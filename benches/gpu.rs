@@ -9,7 +9,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, gpus, time_exchange_units};
+use hrnet::cuda::{
+    CudaEngine, CudaOps, GpuElem, Kernels, Precision, TcTuning, gpus, time_exchange_units,
+};
 use hrnet::graph::{Chw, ConvLayer};
 use hrnet::weights::ConvParams;
 use hrnet::{HrnetConfig, Model, Nchw, Tensor};
@@ -81,13 +83,29 @@ fn convs(c: &mut Criterion) {
         hot_convs(c, "f32_direct", &direct::<f32>());
         hot_convs(c, "f16_direct", &direct::<half::f16>());
         let tc = CudaOps::<half::f16>::open().expect("GPU kernels load");
-        hot_convs(c, "f16_tensor_core", &|x, l, p, runs| {
-            tc.time_conv_tc(x, l, p, false, 3, runs).unwrap()
-        });
-        // K split across blocks where the shape gives too few tiles (as the engine runs it).
-        hot_convs(c, "f16_tensor_core_split_k", &|x, l, p, runs| {
-            tc.time_conv_tc(x, l, p, true, 3, runs).unwrap()
-        });
+        // As the engine runs them (K split where the shape gives too few tiles), with
+        // split K off, and with activations through L1.
+        for (name, tuning) in [
+            ("f16_tensor_core", TcTuning::default()),
+            (
+                "f16_tensor_core_unsplit",
+                TcTuning {
+                    split_k: false,
+                    ..TcTuning::default()
+                },
+            ),
+            (
+                "f16_tensor_core_l1",
+                TcTuning {
+                    l1_activations: true,
+                    ..TcTuning::default()
+                },
+            ),
+        ] {
+            hot_convs(c, name, &|x, l, p, runs| {
+                tc.time_conv_tc(x, l, p, tuning, 3, runs).unwrap()
+            });
+        }
     }
 }
 

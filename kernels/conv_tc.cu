@@ -21,7 +21,10 @@
 // (BM/2) × (BN/2) with mma.sync m16n8k16 (f16 in, f32 accumulate) fed by ldmatrix.x4.
 // K advances in slices of 32 through a 3-stage cp.async pipeline (16-byte copies, zero
 // fill for padding and out-of-range rows); shared rows are 40 halves (80 bytes) apart so
-// that the 8 rows of each ldmatrix phase fall in distinct banks.
+// that the 8 rows of each ldmatrix phase fall in distinct banks. Weights are copied
+// through L2 only; the sources through L1 too when `l1_a` is set (a 3×3 conv reads each
+// input pixel for 9 taps, mostly within one block: whether L1 serves the repeats better
+// than L2 is for the device to say, so the host chooses).
 // Split K: when a layer gives too few tiles to fill the GPU (the deep branches at small
 // batch), blockIdx.z splits its K slices into `splits` contiguous ranges. Each block stores
 // its partial sums (f32, `part`), and the last block of a tile to arrive, counted by an
@@ -52,7 +55,8 @@ struct TcArgs {
     int cin[TC_MAX_SRC];
     int kbeg[TC_MAX_SRC];
     int factor[TC_MAX_TERMS];
-    int nsrc, n, hi, wi, ho, wo, cout, k, relu, splits, unused;
+    int nsrc, n, hi, wi, ho, wo, cout, k, relu, splits;
+    int l1_a;  // copy the sources through L1: a 3×3 conv reads each input pixel for 9 taps
 };
 static_assert(sizeof(TcArgs) == 208, "TcArgs must match src/cuda/tc.rs");
 
@@ -60,9 +64,14 @@ static_assert(sizeof(TcArgs) == 208, "TcArgs must match src/cuda/tc.rs");
 // host versions of them (a 32-lane warp emulator) to check the kernel's indexing and
 // fragment layouts without a GPU; it defines HRNET_WARP_EMULATION.
 #ifndef HRNET_WARP_EMULATION
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes) {
+// Copies 16 bytes (bytes = 16) or zero-fills them (bytes = 0); through L1 (.ca) when `l1`,
+// else L2 only (.cg).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes, bool l1) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+    if (l1)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
@@ -138,14 +147,14 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
             const int iy = a_iy[i] + ky, ix = a_ix[i] + kx;
             const bool ok = kvalid && a_pix[i] >= 0 && iy >= 0 && iy < a.hi && ix >= 0 && ix < a.wi;
             const __half* g = ok ? src + (u64)(a_pix[i] + iy * a.wi + ix) * cin + ci : a.w;
-            cp_async16(&As[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0);
+            cp_async16(&As[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0, a.l1_a);
         }
 #pragma unroll
         for (int i = 0; i < BROWS; ++i) {
             const int co = n0 + row + 32 * i;
             const bool ok = kvalid && co < a.cout;
             const __half* g = ok ? a.w + (u64)co * a.k + kk : a.w;
-            cp_async16(&Bs[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0);
+            cp_async16(&Bs[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0, false);
         }
     };
 
@@ -200,8 +209,9 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
     cp_async_wait<0>();
 
     if (a.splits > 1) {
-        // Every thread stores its accumulators, coalesced across the block; a fence makes
-        // them visible device-wide before the tile's counter says they are there.
+        // Every thread stores its accumulators, coalesced across the block. The barrier
+        // orders them before thread 0's fence, which makes them visible device-wide before
+        // its atomic says they are there (the pattern of a cooperative grid sync).
         constexpr int PER = MT * NT * 4;
         const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
         float* const tile_part = a.part + (u64)tile * a.splits * PER * TC_THREADS + tid;
@@ -212,26 +222,32 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
             for (int j = 0; j < NT; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) mine[((i * NT + j) * 4 + e) * TC_THREADS] = acc[i][j][e];
-        __threadfence();
-        __syncthreads();
         __shared__ unsigned arrived;
-        if (tid == 0) arrived = atomicAdd(&a.count[tile], 1u);
+        __syncthreads();
+        if (tid == 0) {
+            __threadfence();
+            arrived = atomicAdd(&a.count[tile], 1u);
+            __threadfence();  // and, for the last block, every other block's stores before the reads
+        }
         __syncthreads();
         if (arrived != (unsigned)a.splits - 1) return;
         // The last block: every split's partial sums, read from L2 (__ldcg: not through a
         // stale L1 line), added in split order so the result is the same whoever is last.
-        __threadfence();
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float* p = tile_part + ((i * NT + j) * 4 + e) * TC_THREADS;
-                    float sum = 0.0f;
-                    for (int z = 0; z < a.splits; ++z) sum += __ldcg(p + (u64)z * PER * TC_THREADS);
-                    acc[i][j][e] = sum;
-                }
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+        for (int z = 0; z < a.splits; ++z) {
+            const float* p = tile_part + (u64)z * PER * TC_THREADS;
+#pragma unroll
+            for (int i = 0; i < MT; ++i)
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[i][j][e] += __ldcg(p + ((i * NT + j) * 4 + e) * TC_THREADS);
+        }
         if (tid == 0) a.count[tile] = 0;  // ready for the next launch on this stream
     }
 

@@ -39,8 +39,11 @@ def main():
     for r in runs:
         if r["engine"] == "hrnet":
             r["name"] = f"hrnet {r['precision']} {r.get('kernels', 'direct')}"
-            if r.get("kernels") == "tensor-core" and not r.get("split_k", True):
-                r["name"] += " (split K off)"
+            if r.get("kernels") == "tensor-core":
+                if not r.get("split_k", True):
+                    r["name"] += ", split K off"
+                if r.get("l1_activations", False):
+                    r["name"] += ", L1"
         else:
             r["name"] = f"pytorch {r['config']}"
     print(f"{'batch':>5}  {'engine':<38} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} {'vs best pytorch':>16}")

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use common::parity::{self, seed};
-use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, time_exchange_units};
+use hrnet::cuda::{
+    CudaEngine, CudaOps, GpuElem, Kernels, Precision, TcTuning, time_exchange_units,
+};
 use hrnet::decode::peaks;
 use hrnet::pose::joints::COCO;
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -317,15 +319,26 @@ fn network(model: &Model) {
 /// The tensor-core engine splits the K loop of the deep branches' convolutions at small
 /// batches (the emulated GPU has 132 SMs); unsplit, it meets the same bound, and the
 /// split result came from blocks run in a random order, so the bitwise repeats of the
-/// caller check that it does not depend on which block finished a tile.
+/// caller check that it does not depend on which block finished a tile. Activations
+/// through L1 change nothing.
 fn split_k_off(gpu: &mut CudaEngine, x: &Tensor, split: &Tensor, reference: &[f64], bound: f64) {
     let n = x.shape().n;
     let launches = gpu.split_k_launches(n);
     assert!(launches > 0, "nothing splits K at batch {n}");
-    gpu.set_split_k(false);
+    let default = gpu.tuning();
+    assert_eq!(default, TcTuning::default());
+    gpu.set_tuning(TcTuning {
+        l1_activations: true,
+        ..default
+    });
+    assert_eq!(&gpu.forward(x).unwrap(), split, "activations through L1");
+    gpu.set_tuning(TcTuning {
+        split_k: false,
+        ..default
+    });
     assert_eq!(gpu.split_k_launches(n), 0);
     let unsplit = gpu.forward(x).unwrap();
-    gpu.set_split_k(true);
+    gpu.set_tuning(default);
     let rel = relative_l2(unsplit.data(), reference).unwrap();
     let apart = relative_l2(
         split.data(),

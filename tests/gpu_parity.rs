@@ -8,7 +8,7 @@ mod common;
 use common::gpu_or_skip;
 use common::parity::{self, check, seed, stored, tolerance};
 use hrnet::cpu::ops::{conv2d, relu_in_place, upsample_add};
-use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, TcTuning};
 use hrnet::decode::peaks;
 use hrnet::graph::{Chw, ConvLayer};
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -187,7 +187,8 @@ both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
 
 /// The tensor-core kernels (kernels/conv_tc.cu, every tile) on every HRNet conv shape,
 /// the residual as an epilogue term, written NHWC and NCHW, K split as the engine splits
-/// it (the deep branches at small batches) and unsplit.
+/// it (the deep branches at small batches) and unsplit; activations copied through L1
+/// give the same bits as through L2.
 #[test]
 fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
     if !gpu_or_skip("tensor_core_conv_matches_cpu_on_every_hrnet_shape") {
@@ -210,9 +211,20 @@ fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
                     continue;
                 }
                 for nchw in [false, true] {
-                    let got = gpu
-                        .conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw, split_k)
-                        .unwrap();
+                    let tuning = TcTuning {
+                        split_k,
+                        l1_activations: false,
+                    };
+                    let run = |tuning| {
+                        gpu.conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw, tuning)
+                            .unwrap()
+                    };
+                    let got = run(tuning);
+                    let through_l1 = run(TcTuning {
+                        l1_activations: true,
+                        ..tuning
+                    });
+                    assert_eq!(got, through_l1, "{} {s} n={n}: L1 changed bits", layer.name);
                     assert_eq!(got.shape(), out_shape(&layer, &x));
                     check(
                         &format!(
@@ -299,7 +311,11 @@ fn fused_exchange_unit_matches_cpu() {
                     let terms: Vec<(&Tensor, usize)> = terms.iter().map(|(t, f)| (t, *f)).collect();
                     let want = reference_step::<half::f16>(&sources, &terms, true);
                     for split_k in [false, true] {
-                        let got = gpu.conv_tc(&sources, &terms, true, false, split_k).unwrap();
+                        let tuning = TcTuning {
+                            split_k,
+                            l1_activations: split_k,
+                        };
+                        let got = gpu.conv_tc(&sources, &terms, true, false, tuning).unwrap();
                         check(
                             &format!(
                                 "fused exchange W{w} {branches} branches -> {i} n={n} split_k={split_k}"

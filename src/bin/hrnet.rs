@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::config::parse_size;
-use hrnet::cuda::{CudaEngine, Kernels, Precision, compiled, gpus, probe};
+use hrnet::cuda::{CudaEngine, Kernels, Precision, TcTuning, compiled, gpus, probe};
 use hrnet::pose::io::{
     CocoResult, find_image, load_boxes, load_detections, load_image, load_image_list, parse_bbox,
     write_results,
@@ -164,6 +164,10 @@ enum Command {
         /// comma-separated to time both (`on,off`); no effect on the direct kernels.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
         split_k: Vec<Switch>,
+        /// Copy the tensor-core convolutions' activations through L1 (`on`), from L2 only
+        /// (`off`), or time both (`off,on`); no effect on the direct kernels.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+        l1_activations: Vec<Switch>,
         /// Time every exchange unit instead, fused (tensor-core, f16) against the unfused
         /// sequence (conv, BN, ReLU, upsample, add, ReLU as separate kernels).
         #[arg(long)]
@@ -399,6 +403,7 @@ fn run(command: Command) -> Result<ExitCode> {
             precision,
             kernels,
             split_k,
+            l1_activations,
             exchange: false,
             batch,
             runs,
@@ -407,7 +412,7 @@ fn run(command: Command) -> Result<ExitCode> {
             &bench_model(&model, weights.as_deref())?,
             &precision,
             &kernels,
-            &split_k,
+            &tunings(&split_k, &l1_activations),
             &batch,
             (runs.max(1), warmup),
         )?,
@@ -674,12 +679,25 @@ fn bench_exchange(
     Ok(())
 }
 
+/// Every combination of the tensor-core switches asked for.
+fn tunings(split_k: &[Switch], l1_activations: &[Switch]) -> Vec<TcTuning> {
+    split_k
+        .iter()
+        .flat_map(|&s| {
+            l1_activations.iter().map(move |&l| TcTuning {
+                split_k: s == Switch::On,
+                l1_activations: l == Switch::On,
+            })
+        })
+        .collect()
+}
+
 /// `hrnet bench`: one JSON line per configuration and batch. `runs` is (timed, warm-up).
 fn bench(
     model: &Model,
     precisions: &[Prec],
     kernels: &[KernelsArg],
-    split_k: &[Switch],
+    tunings: &[TcTuning],
     batches: &[usize],
     (runs, warmup): (usize, usize),
 ) -> Result<()> {
@@ -700,18 +718,23 @@ fn bench(
                 );
                 continue;
             }
-            // Split K applies to the tensor-core kernels only.
-            let splits: &[Switch] = if k == KernelsArg::TensorCore {
-                split_k
+            // The tuning applies to the tensor-core kernels only.
+            if k == KernelsArg::TensorCore {
+                configs.extend(tunings.iter().map(|&t| (p, k, Some(t))));
             } else {
-                &[Switch::On]
-            };
-            configs.extend(splits.iter().map(|&sk| (p, k, sk == Switch::On)));
+                configs.push((p, k, None));
+            }
         }
     }
-    for (p, k, sk) in configs {
+    for (p, k, tuning) in configs {
         let mut engine = CudaEngine::on_device(model, p.into(), k.into(), 0)?;
-        engine.set_split_k(sk);
+        if let Some(t) = tuning {
+            engine.set_tuning(t);
+        }
+        let t = tuning.unwrap_or(TcTuning {
+            split_k: false,
+            l1_activations: false,
+        });
         for &n in batches {
             let x = Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand_seed());
             let mut ms = engine.time(&x, warmup, runs)?;
@@ -720,11 +743,12 @@ fn bench(
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
             let (launches, path) = engine.launches();
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
-                sk && k == KernelsArg::TensorCore,
+                t.split_k,
                 engine.split_k_launches(n),
+                t.l1_activations,
                 n as f64 * 1000.0 / median,
                 engine.gpu().name
             );

@@ -753,8 +753,8 @@ struct Net<T> {
     slots: Vec<CudaSlice<T>>,
     /// Split-K scratch, one per stream (tensor-core program), sized with the arena.
     split: Vec<super::tc::SplitScratch>,
-    /// Whether the tensor-core convolutions split K when they give too few tiles.
-    split_k: bool,
+    /// How the tensor-core convolutions are launched.
+    tuning: super::tc::TcTuning,
     xy: CudaSlice<f32>,
     score: CudaSlice<f32>,
     merged: CudaSlice<f32>,
@@ -825,7 +825,7 @@ impl<T: GpuElem> Net<T> {
             slot_len,
             slots: Vec::new(),
             split: Vec::new(),
-            split_k: true,
+            tuning: super::tc::TcTuning::default(),
             xy,
             score,
             merged,
@@ -1028,8 +1028,11 @@ impl<T: GpuElem> Net<T> {
         let (weights, biases) = match &self.program {
             Program::TensorCore(tc) => {
                 let stream = self.schedule.stream[i];
-                let scratch = self.split.get(stream).filter(|_| self.split_k);
-                return tc.launch_step(&self.gpu, &self.graph, i, n, &addr, scratch);
+                let how = super::tc::How {
+                    tuning: self.tuning,
+                    scratch: self.split.get(stream),
+                };
+                return tc.launch_step(&self.gpu, &self.graph, i, n, &addr, how);
             }
             Program::Direct { weights, biases } => (weights, biases),
         };
@@ -1263,23 +1266,29 @@ impl CudaEngine {
         on_net!(&mut self.inner, n => n.graphs_on = on)
     }
 
-    /// Let the tensor-core convolutions split their K loop across blocks when they give
-    /// too few tiles to fill the GPU (on by default; the deep branches at small batches).
-    /// The result changes only by the order of f32 additions; each setting is
-    /// deterministic. No effect on the direct kernels.
-    pub fn set_split_k(&mut self, on: bool) {
+    /// How the tensor-core convolutions are launched: split K (on by default; results
+    /// change by rounding, deterministically) and activations through L1 (off by default;
+    /// bitwise the same). No effect on the direct kernels. Captured CUDA graphs are
+    /// dropped and recaptured with the new launches.
+    pub fn set_tuning(&mut self, tuning: crate::cuda::TcTuning) {
         on_net!(&mut self.inner, n => {
             n.graphs.clear();
-            n.split_k = on;
+            n.tuning = tuning;
         })
     }
 
+    /// The tensor-core tuning in use (see [`CudaEngine::set_tuning`]).
+    #[must_use]
+    pub fn tuning(&self) -> crate::cuda::TcTuning {
+        on_net!(&self.inner, n => n.tuning)
+    }
+
     /// How many launches of a forward at batch `n` split their K loop (0 for the direct
-    /// kernels or with split K off; see [`CudaEngine::set_split_k`]).
+    /// kernels or with split K off; see [`CudaEngine::set_tuning`]).
     #[must_use]
     pub fn split_k_launches(&self, n: usize) -> usize {
         on_net!(&self.inner, net => match &net.program {
-            Program::TensorCore(tc) if net.split_k => (0..net.steps_io.len())
+            Program::TensorCore(tc) if net.tuning.split_k => (0..net.steps_io.len())
                 .filter(|&i| tc.split_need(i, n, net.gpu.info.multiprocessors).counters > 0)
                 .count(),
             _ => 0,

@@ -16,7 +16,7 @@ use cudarc::driver::CudaSlice;
 
 use super::engine::{Gpu, capture, time_runs};
 use super::probe::driver_err;
-use super::tc::{ConvStep, Part, SplitNeed, SplitScratch, TcProgram, launch_conv};
+use super::tc::{ConvStep, How, Part, SplitNeed, SplitScratch, TcProgram, TcTuning, launch_conv};
 use crate::error::{Error, Result};
 use crate::graph::{ExchangeOp, Graph, Op, ValueId};
 use crate::tensor::{Nchw, Tensor, relative_l2};
@@ -148,13 +148,17 @@ fn time_unit(
         )
         .fold(SplitNeed::default(), SplitNeed::max);
     let scratch = SplitScratch::new(gpu, room)?;
-    let fused = || tc.launch_where(gpu, graph, n, &addr, &keep, Some(&scratch));
+    let how = How {
+        tuning: TcTuning::default(),
+        scratch: Some(&scratch),
+    };
+    let fused = || tc.launch_where(gpu, graph, n, &addr, &keep, how);
     let fused_launches = tc.steps_writing(&keep);
 
     let final_len = n * graph.shape(e.output).len();
     fused()?;
     let want = gpu.download(bufs.get(e.output), final_len)?;
-    unfused.launch(gpu, &addr, &scratch)?;
+    unfused.launch(gpu, &addr, how)?;
     let got = gpu.download(bufs.get(e.output), final_len)?;
     let got: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
     let want: Vec<f64> = want.iter().map(|v| f64::from(v.to_f32())).collect();
@@ -182,7 +186,7 @@ fn time_unit(
         Ok(ms[ms.len() / 2])
     };
     let fused_graph = capture(&gpu.stream, fused)?;
-    let unfused_graph = capture(&gpu.stream, || unfused.launch(gpu, &addr, &scratch))?;
+    let unfused_graph = capture(&gpu.stream, || unfused.launch(gpu, &addr, how))?;
     Ok(ExchangeTiming {
         name: e.name.clone(),
         fused_ms: median(&fused_graph)?,
@@ -275,7 +279,7 @@ impl Unfused {
         &self,
         gpu: &Gpu<half::f16>,
         addr: &dyn Fn(ValueId) -> u64,
-        scratch: &SplitScratch,
+        how: How<'_>,
     ) -> Result<()> {
         let n = self.n;
         for c in &self.convs {
@@ -283,7 +287,7 @@ impl Unfused {
             let out = addr(c.output);
             let shape = c.step.output_shape;
             let to_raw = |v| if v == c.output { raw } else { addr(v) };
-            launch_conv(gpu, &c.step, n, false, &to_raw, Some(scratch))?;
+            launch_conv(gpu, &c.step, n, false, &to_raw, how)?;
             let stats = c.stats.each_ref().map(|s| gpu.addr(s));
             let nhwc = crate::graph::Chw {
                 c: shape.c,

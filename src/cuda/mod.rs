@@ -15,3 +15,4 @@ pub use engine::{CudaEngine, GpuElem, Kernels, Precision};
 pub use exchange_bench::{ExchangeTiming, time_exchange_units};
 pub use ops::{CudaOps, TcSource};
 pub use probe::{GpuInfo, Headers, gpus, headers};
+pub use tc::TcTuning;

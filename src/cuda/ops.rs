@@ -2,6 +2,7 @@
 //! the parity tests check against the CPU reference, op by op.
 
 use super::engine::{Gpu, GpuElem};
+use super::tc::TcTuning;
 use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::graph::{Chw, ConvLayer};
@@ -215,6 +216,7 @@ struct TcLaunch {
     step: super::tc::ConvStep,
     /// Room for the step's split K (None: never split).
     scratch: Option<super::tc::SplitScratch>,
+    tuning: TcTuning,
     bufs: Vec<cudarc::driver::CudaSlice<half::f16>>,
     shape: Nchw,
     nchw_out: bool,
@@ -229,7 +231,10 @@ impl TcLaunch {
             self.shape.n,
             self.nchw_out,
             &addr,
-            self.scratch.as_ref(),
+            super::tc::How {
+                tuning: self.tuning,
+                scratch: self.scratch.as_ref(),
+            },
         )
     }
 }
@@ -243,7 +248,7 @@ impl CudaOps<half::f16> {
         terms: &[(&Tensor, usize)],
         relu: bool,
         nchw_out: bool,
-        split_k: bool,
+        tuning: TcTuning,
     ) -> Result<TcLaunch> {
         use super::tc::{ConvStep, Part};
         use crate::graph::ValueId;
@@ -308,7 +313,8 @@ impl CudaOps<half::f16> {
         let out_id = ValueId(bufs.len());
         bufs.push(self.output(shape.len())?);
         let step = ConvStep::new(g, &parts, s0.chw(), &term_ids, relu, out_id)?;
-        let scratch = split_k
+        let scratch = tuning
+            .split_k
             .then(|| {
                 let room = step.plan(s0.n, g.info.multiprocessors, true).need();
                 super::tc::SplitScratch::new(g, room)
@@ -317,6 +323,7 @@ impl CudaOps<half::f16> {
         Ok(TcLaunch {
             step,
             scratch,
+            tuning,
             bufs,
             shape,
             nchw_out,
@@ -327,17 +334,17 @@ impl CudaOps<half::f16> {
     /// `relu?(Σ_s conv(x_s) + Σ_s bias_s + Σ_t upsample(term_t))`. The sources share their
     /// batch, resolution and layer shape; their channels are padded to 8 on upload. The
     /// result comes back NCHW, written by the kernel as NHWC (or NCHW when `nchw_out`).
-    /// With `split_k`, the K loop is split across blocks as the engine splits it
-    /// ([`CudaOps::tc_splits`] ways).
+    /// Launched as `tuning` says: with split K, the K loop is split across blocks as the
+    /// engine splits it ([`CudaOps::tc_splits`] ways).
     pub fn conv_tc(
         &self,
         sources: &[TcSource<'_>],
         terms: &[(&Tensor, usize)],
         relu: bool,
         nchw_out: bool,
-        split_k: bool,
+        tuning: TcTuning,
     ) -> Result<Tensor> {
-        let l = self.prepare_tc(sources, terms, relu, nchw_out, split_k)?;
+        let l = self.prepare_tc(sources, terms, relu, nchw_out, tuning)?;
         l.run(&self.gpu)?;
         let shape = l.shape;
         let y = self
@@ -372,18 +379,18 @@ impl CudaOps<half::f16> {
     }
 
     /// Device milliseconds of one tensor-core convolution (`relu(conv(x) + bias)`,
-    /// operands uploaded once, NHWC out, K split when `split_k` and the shape calls for
-    /// it), for each of `runs` runs after `warmup`.
+    /// operands uploaded once, NHWC out, launched as `tuning` says), for each of `runs`
+    /// runs after `warmup`.
     pub fn time_conv_tc(
         &self,
         x: &Tensor,
         layer: &ConvLayer,
         p: &ConvParams,
-        split_k: bool,
+        tuning: TcTuning,
         warmup: usize,
         runs: usize,
     ) -> Result<Vec<f64>> {
-        let l = self.prepare_tc(&[(x, layer, p)], &[], true, false, split_k)?;
+        let l = self.prepare_tc(&[(x, layer, p)], &[], true, false, tuning)?;
         for _ in 0..warmup {
             l.run(&self.gpu)?;
         }

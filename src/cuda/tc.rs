@@ -39,8 +39,8 @@ struct TcArgs {
     k: i32,
     relu: i32,
     splits: i32,
-    /// Explicit, so that the struct has no padding bytes.
-    unused: i32,
+    /// Copy the sources through L1 (`cp.async.ca`) rather than L2 only (`.cg`).
+    l1_a: i32,
 }
 
 const _: () = assert!(std::mem::size_of::<TcArgs>() == 208);
@@ -48,6 +48,40 @@ const _: () = assert!(std::mem::size_of::<TcArgs>() == 208);
 // SAFETY: `TcArgs` is plain data (integers only), `#[repr(C)]` with no padding, laid out as
 // the kernel's `struct TcArgs` (both assert 208 bytes); the kernel reads it by value.
 unsafe impl DeviceRepr for TcArgs {}
+
+/// Choices for the tensor-core convolutions that change their speed, not what they compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcTuning {
+    /// Split the K loop of a convolution across blocks when its tiles leave SMs idle (the
+    /// deep branches at small batches). Changes results by rounding only: the partial sums
+    /// are added in another order (still the same order on every run). Default on.
+    pub split_k: bool,
+    /// Copy activations into shared memory through L1 (`cp.async.ca`) instead of from L2
+    /// only (`.cg`): a 3×3 convolution reads each input pixel for nine taps. Bitwise the
+    /// same results. Default off.
+    pub l1_activations: bool,
+}
+
+impl Default for TcTuning {
+    fn default() -> Self {
+        TcTuning {
+            split_k: true,
+            l1_activations: false,
+        }
+    }
+}
+
+impl std::fmt::Display for TcTuning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        write!(
+            f,
+            "split K {}, activations through L1 {}",
+            on(self.split_k),
+            on(self.l1_activations)
+        )
+    }
+}
 
 /// Threads per block of every conv_tc kernel.
 const THREADS: u32 = 128;
@@ -325,7 +359,7 @@ impl TcProgram {
     }
 
     /// Launches step `i` for a batch of `n` on the GPU's current stream; `addr` gives a
-    /// value's device address, `scratch` the stream's split-K scratch (None: no split).
+    /// value's device address, `how` the tuning and the stream's split-K scratch.
     pub(crate) fn launch_step<T: GpuElem>(
         &self,
         gpu: &Gpu<T>,
@@ -333,10 +367,10 @@ impl TcProgram {
         i: usize,
         n: usize,
         addr: &dyn Fn(ValueId) -> u64,
-        scratch: Option<&SplitScratch>,
+        how: How<'_>,
     ) -> Result<()> {
         match &self.steps[i] {
-            TcStep::Conv(c) => launch_conv(gpu, c, n, c.output == graph.output, addr, scratch),
+            TcStep::Conv(c) => launch_conv(gpu, c, n, c.output == graph.output, addr, how),
             TcStep::Exchange(e) => {
                 let terms: Vec<(u64, usize)> = e.terms.iter().map(|&(v, f)| (addr(v), f)).collect();
                 gpu.exchange(&terms, graph.shape(e.output), n, addr(e.output), true)
@@ -352,11 +386,11 @@ impl TcProgram {
         n: usize,
         addr: &dyn Fn(ValueId) -> u64,
         keep: &dyn Fn(ValueId) -> bool,
-        scratch: Option<&SplitScratch>,
+        how: How<'_>,
     ) -> Result<()> {
         for (i, step) in self.steps.iter().enumerate() {
             if keep(Self::step_output(step)) {
-                self.launch_step(gpu, graph, i, n, addr, scratch)?;
+                self.launch_step(gpu, graph, i, n, addr, how)?;
             }
         }
         Ok(())
@@ -471,37 +505,46 @@ fn pack(parts: &[Part<'_>]) -> (Vec<half::f16>, Vec<f32>, usize) {
     (w, bias.iter().map(|&b| b as f32).collect(), k)
 }
 
-/// Launches one conv step over `n` images, written NHWC or (`nchw`) NCHW. With `scratch`
-/// (the current stream's), a conv that gives too few tiles to fill the GPU splits its K.
+/// How a conv step is launched: the tuning, and the split-K scratch of the stream it
+/// goes to (launches on one stream run one after another, so they share it).
+#[derive(Clone, Copy)]
+pub(crate) struct How<'a> {
+    pub(crate) tuning: TcTuning,
+    pub(crate) scratch: Option<&'a SplitScratch>,
+}
+
+/// Launches one conv step over `n` images, written NHWC or (`nchw`) NCHW. A conv that
+/// gives too few tiles to fill the GPU splits its K when `how.tuning` says so, in
+/// `how.scratch` (an error if that is missing or too small).
 pub(crate) fn launch_conv<T: GpuElem>(
     gpu: &Gpu<T>,
     c: &ConvStep,
     n: usize,
     nchw: bool,
     addr: &dyn Fn(ValueId) -> u64,
-    scratch: Option<&SplitScratch>,
+    how: How<'_>,
 ) -> Result<()> {
     let out = c.output_shape;
     let m = n * out.h * out.w;
     dim_i32(n * c.input.h * c.input.w)?;
-    let plan = c.plan(n, gpu.info.multiprocessors, scratch.is_some());
+    let plan = c.plan(n, gpu.info.multiprocessors, how.tuning.split_k);
     let f: &CudaFunction = &gpu.tc[c.shape * TILES.len() + plan.tile];
     let (bm, bn) = TILES[plan.tile];
-    let (part, count) = match scratch {
-        Some(s) if plan.splits > 1 => {
-            if !s.room.holds(plan.need()) {
-                return Err(Error::Cuda {
-                    what: "a split-K convolution".into(),
-                    reason: format!(
-                        "its scratch holds {:?}, the launch needs {:?}",
-                        s.room,
-                        plan.need()
-                    ),
-                });
-            }
-            (gpu.addr(&s.partials), gpu.addr(&s.counters))
-        }
-        _ => (0, 0),
+    let (part, count) = if plan.splits > 1 {
+        let room = how.scratch.map(|s| s.room).unwrap_or_default();
+        let s = how
+            .scratch
+            .filter(|_| room.holds(plan.need()))
+            .ok_or_else(|| Error::Cuda {
+                what: "a split-K convolution".into(),
+                reason: format!(
+                    "its scratch holds {room:?}, the launch needs {:?}",
+                    plan.need()
+                ),
+            })?;
+        (gpu.addr(&s.partials), gpu.addr(&s.counters))
+    } else {
+        (0, 0)
     };
     let mut a = TcArgs {
         w: gpu.addr(&c.weights),
@@ -524,6 +567,7 @@ pub(crate) fn launch_conv<T: GpuElem>(
         k: dim_i32(c.k)?,
         relu: i32::from(c.relu),
         splits: dim_i32(plan.splits)?,
+        l1_a: i32::from(how.tuning.l1_activations),
         ..TcArgs::default()
     };
     let kk = c.k / c.cin.iter().sum::<usize>();

@@ -25,7 +25,7 @@ static inline void require_aligned16(const void* p, const char* what) {
     if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) emulation_abort(what);
 }
 
-static inline void cp_async16(void* smem, const void* gmem, int bytes) {
+static inline void cp_async16(void* smem, const void* gmem, int bytes, bool /* through L1 */) {
     require_aligned16(smem, "cp.async: shared address not 16-byte aligned");
     require_aligned16(gmem, "cp.async: global address not 16-byte aligned");
     if (bytes == 16)
