@@ -84,7 +84,8 @@ fn convs(c: &mut Criterion) {
         hot_convs(c, "f16_direct", &direct::<half::f16>());
         let tc = CudaOps::<half::f16>::open().expect("GPU kernels load");
         // As the engine runs them (K split where the shape gives too few tiles), with
-        // split K off, and with activations through L1.
+        // split K off, with activations through L1, and launched programmatically (each
+        // launch overlapping the end of the one before).
         for (name, tuning) in [
             ("f16_tensor_core", TcTuning::default()),
             (
@@ -98,6 +99,13 @@ fn convs(c: &mut Criterion) {
                 "f16_tensor_core_l1",
                 TcTuning {
                     l1_activations: true,
+                    ..TcTuning::default()
+                },
+            ),
+            (
+                "f16_tensor_core_programmatic",
+                TcTuning {
+                    programmatic_launch: true,
                     ..TcTuning::default()
                 },
             ),

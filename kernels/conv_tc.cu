@@ -25,6 +25,10 @@
 // through L2 only; the sources through L1 too when `l1_a` is set (a 3×3 conv reads each
 // input pixel for 9 taps, mostly within one block: whether L1 serves the repeats better
 // than L2 is for the device to say, so the host chooses).
+// Programmatic dependent launch: each block waits (griddepcontrol.wait) before its first
+// global access and lets the next kernel launch once its K loop is done, so that when the
+// host launches it with programmatic stream serialization, the next kernel's launch and
+// prologue overlap this one's end.
 // Split K: when a layer gives too few tiles to fill the GPU (the deep branches at small
 // batch), blockIdx.z splits its K slices into `splits` contiguous ranges. Each block stores
 // its partial sums (f32, `part`), and the last block of a tile to arrive, counted by an
@@ -60,10 +64,25 @@ struct TcArgs {
 };
 static_assert(sizeof(TcArgs) == 208, "TcArgs must match src/cuda/tc.rs");
 
-// The four PTX wrappers. tests/emulate/conv_tc_host.cpp compiles this file on the CPU with
-// host versions of them (a 32-lane warp emulator) to check the kernel's indexing and
-// fragment layouts without a GPU; it defines HRNET_WARP_EMULATION.
+// The PTX wrappers. tests/emulate compiles this file on the CPU with host versions of them
+// (a 32-lane warp emulator) to check the kernel's indexing and fragment layouts without a
+// GPU; it defines HRNET_WARP_EMULATION.
 #ifndef HRNET_WARP_EMULATION
+// Programmatic dependent launch (sm_90): a launch with programmatic stream serialization
+// may start before the previous kernel of its stream has finished; it must wait for it
+// before touching memory. Without that launch attribute the wait returns at once.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+// Lets the next kernel of the stream start launching once every block got here or exited.
+__device__ __forceinline__ void grid_dependents_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // Copies 16 bytes (bytes = 16) or zero-fills them (bytes = 0); through L1 (.ca) when `l1`,
 // else L2 only (.cg).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes, bool l1) {
@@ -104,6 +123,8 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
     static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0 && AROWS >= 1 && BROWS >= 1, "tile shape");
     __shared__ __align__(16) __half As[TC_STAGES][BM][TC_LDS];
     __shared__ __align__(16) __half Bs[TC_STAGES][BN][TC_LDS];
+    // Every global access below depends on the previous kernel of the stream.
+    grid_dependency_wait();
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
@@ -207,6 +228,9 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
         }
     }
     cp_async_wait<0>();
+    // What is left (the split-K reduction, the epilogue) is short: the next kernel may
+    // start launching.
+    grid_dependents_launch();
 
     if (a.splits > 1) {
         // Every thread stores its accumulators, coalesced across the block. The barrier

@@ -44,15 +44,19 @@ def main():
                     r["name"] += ", split K off"
                 if r.get("l1_activations", False):
                     r["name"] += ", L1"
+                if r.get("programmatic_launch", False):
+                    r["name"] += ", PDL"
+                if not r.get("graphs", True):
+                    r["name"] += ", no graph"
         else:
             r["name"] = f"pytorch {r['config']}"
-    print(f"{'batch':>5}  {'engine':<38} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} {'vs best pytorch':>16}")
+    print(f"{'batch':>5}  {'engine':<48} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} {'vs best pytorch':>16}")
     for batch in sorted({r["batch"] for r in runs}):
         here = [r for r in runs if r["batch"] == batch]
         torch_best = min((r["median_ms"] for r in here if r["engine"] == "pytorch"), default=None)
         for r in sorted(here, key=lambda r: r["median_ms"]):
             ratio = f"{torch_best / r['median_ms']:.2f}x" if torch_best and r["engine"] == "hrnet" else ""
-            print(f"{batch:>5}  {r['name']:<38} {r['median_ms']:>10.4f} {r['images_per_s']:>10.1f} "
+            print(f"{batch:>5}  {r['name']:<48} {r['median_ms']:>10.4f} {r['images_per_s']:>10.1f} "
                   f"{r['peak_mib']:>9.1f} {ratio:>16}")
     for t in (r for r in rows if r.get("bench") == "exchange-total"):
         print(f"exchange units, batch {t['batch']}: {t['units']} output branches, fused {t['fused_ms']:.4f} ms, "

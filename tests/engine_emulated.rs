@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use common::parity::{self, seed};
-use hrnet::cuda::{
-    CudaEngine, CudaOps, GpuElem, Kernels, Precision, TcTuning, time_exchange_units,
-};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, time_exchange_units};
 use hrnet::decode::peaks;
 use hrnet::pose::joints::COCO;
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -320,25 +318,12 @@ fn network(model: &Model) {
 /// batches (the emulated GPU has 132 SMs); unsplit, it meets the same bound, and the
 /// split result came from blocks run in a random order, so the bitwise repeats of the
 /// caller check that it does not depend on which block finished a tile. Activations
-/// through L1 change nothing.
+/// through L1 and programmatic launches (each block must wait) change no bits.
 fn split_k_off(gpu: &mut CudaEngine, x: &Tensor, split: &Tensor, reference: &[f64], bound: f64) {
     let n = x.shape().n;
     let launches = gpu.split_k_launches(n);
     assert!(launches > 0, "nothing splits K at batch {n}");
-    let default = gpu.tuning();
-    assert_eq!(default, TcTuning::default());
-    gpu.set_tuning(TcTuning {
-        l1_activations: true,
-        ..default
-    });
-    assert_eq!(&gpu.forward(x).unwrap(), split, "activations through L1");
-    gpu.set_tuning(TcTuning {
-        split_k: false,
-        ..default
-    });
-    assert_eq!(gpu.split_k_launches(n), 0);
-    let unsplit = gpu.forward(x).unwrap();
-    gpu.set_tuning(default);
+    let unsplit = parity::tunings(gpu, x, split);
     let rel = relative_l2(unsplit.data(), reference).unwrap();
     let apart = relative_l2(
         split.data(),

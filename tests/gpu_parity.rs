@@ -187,8 +187,8 @@ both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
 
 /// The tensor-core kernels (kernels/conv_tc.cu, every tile) on every HRNet conv shape,
 /// the residual as an epilogue term, written NHWC and NCHW, K split as the engine splits
-/// it (the deep branches at small batches) and unsplit; activations copied through L1
-/// give the same bits as through L2.
+/// it (the deep branches at small batches) and unsplit; activations copied through L1 and
+/// programmatic launches give the same bits.
 #[test]
 fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
     if !gpu_or_skip("tensor_core_conv_matches_cpu_on_every_hrnet_shape") {
@@ -214,17 +214,25 @@ fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
                     let tuning = TcTuning {
                         split_k,
                         l1_activations: false,
+                        programmatic_launch: false,
                     };
                     let run = |tuning| {
                         gpu.conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw, tuning)
                             .unwrap()
                     };
                     let got = run(tuning);
-                    let through_l1 = run(TcTuning {
+                    // Launched programmatically right after the poisoning kernel: a block
+                    // that did not wait for it would have its output overwritten by NaN.
+                    let other_path = run(TcTuning {
                         l1_activations: true,
+                        programmatic_launch: true,
                         ..tuning
                     });
-                    assert_eq!(got, through_l1, "{} {s} n={n}: L1 changed bits", layer.name);
+                    assert_eq!(
+                        got, other_path,
+                        "{} {s} n={n}: L1 and programmatic launch changed bits",
+                        layer.name
+                    );
                     assert_eq!(got.shape(), out_shape(&layer, &x));
                     check(
                         &format!(
@@ -314,6 +322,7 @@ fn fused_exchange_unit_matches_cpu() {
                         let tuning = TcTuning {
                             split_k,
                             l1_activations: split_k,
+                            programmatic_launch: split_k,
                         };
                         let got = gpu.conv_tc(&sources, &terms, true, false, tuning).unwrap();
                         check(
@@ -482,6 +491,33 @@ fn whole_network_matches_the_cpu_reference() {
             1,
         );
         assert!(matches!(gpu.forward(&bad), Err(Error::Input(_))));
+    }
+}
+
+/// W32 256×192 on the tensor-core engine at batch 1 and 3: activations through L1 and
+/// programmatic launches give the default's bits; K unsplit differs by rounding only (the
+/// deep branches split at batch 1 on any GPU of 32 SMs or more).
+#[test]
+fn tensor_core_tunings_change_nothing_but_rounding() {
+    if !gpu_or_skip("tensor_core_tunings_change_nothing_but_rounding") {
+        return;
+    }
+    let config = HrnetConfig::preset("w32-256x192").unwrap();
+    let model = Model::random(&config, 2019).unwrap();
+    let mut gpu = CudaEngine::on_device(&model, Precision::F16, Kernels::TensorCore, 0).unwrap();
+    gpu.set_poison(true);
+    for n in [1, 3] {
+        let x = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
+        let out = gpu.forward(&x).unwrap();
+        let splits = gpu.split_k_launches(n);
+        if n == 1 {
+            assert!(splits > 0, "nothing splits K at batch 1");
+        }
+        let unsplit = parity::tunings(&mut gpu, &x, &out);
+        let wide: Vec<f64> = unsplit.data().iter().map(|&v| f64::from(v)).collect();
+        let apart = relative_l2(out.data(), &wide).unwrap();
+        println!("W32 f16 tensor-core n={n}: {splits} launches split K, {apart:.2e} from unsplit");
+        assert!(apart <= 3e-2, "split and unsplit {apart:.3e} apart");
     }
 }
 

@@ -168,6 +168,10 @@ enum Command {
         /// (`off`), or time both (`off,on`); no effect on the direct kernels.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
         l1_activations: Vec<Switch>,
+        /// Launch the tensor-core convolutions with programmatic stream serialization
+        /// (`on`; sm_90 and newer), plainly (`off`), or time both (`off,on`).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+        programmatic_launch: Vec<Switch>,
         /// Time every exchange unit instead, fused (tensor-core, f16) against the unfused
         /// sequence (conv, BN, ReLU, upsample, add, ReLU as separate kernels).
         #[arg(long)]
@@ -404,6 +408,7 @@ fn run(command: Command) -> Result<ExitCode> {
             kernels,
             split_k,
             l1_activations,
+            programmatic_launch,
             exchange: false,
             batch,
             runs,
@@ -412,7 +417,7 @@ fn run(command: Command) -> Result<ExitCode> {
             &bench_model(&model, weights.as_deref())?,
             &precision,
             &kernels,
-            &tunings(&split_k, &l1_activations),
+            &tunings(&split_k, &l1_activations, &programmatic_launch),
             &batch,
             (runs.max(1), warmup),
         )?,
@@ -680,16 +685,20 @@ fn bench_exchange(
 }
 
 /// Every combination of the tensor-core switches asked for.
-fn tunings(split_k: &[Switch], l1_activations: &[Switch]) -> Vec<TcTuning> {
-    split_k
-        .iter()
-        .flat_map(|&s| {
-            l1_activations.iter().map(move |&l| TcTuning {
-                split_k: s == Switch::On,
-                l1_activations: l == Switch::On,
-            })
-        })
-        .collect()
+fn tunings(split_k: &[Switch], l1: &[Switch], programmatic: &[Switch]) -> Vec<TcTuning> {
+    let mut all = Vec::new();
+    for &s in split_k {
+        for &l in l1 {
+            for &p in programmatic {
+                all.push(TcTuning {
+                    split_k: s == Switch::On,
+                    l1_activations: l == Switch::On,
+                    programmatic_launch: p == Switch::On,
+                });
+            }
+        }
+    }
+    all
 }
 
 /// `hrnet bench`: one JSON line per configuration and batch. `runs` is (timed, warm-up).
@@ -734,6 +743,7 @@ fn bench(
         let t = tuning.unwrap_or(TcTuning {
             split_k: false,
             l1_activations: false,
+            programmatic_launch: false,
         });
         for &n in batches {
             let x = Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand_seed());
@@ -743,12 +753,14 @@ fn bench(
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
             let (launches, path) = engine.launches();
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"graphs\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
                 t.split_k,
                 engine.split_k_launches(n),
                 t.l1_activations,
+                t.programmatic_launch,
+                engine.graph_fallback().is_none(),
                 n as f64 * 1000.0 / median,
                 engine.gpu().name
             );

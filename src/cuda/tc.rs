@@ -60,6 +60,10 @@ pub struct TcTuning {
     /// only (`.cg`): a 3×3 convolution reads each input pixel for nine taps. Bitwise the
     /// same results. Default off.
     pub l1_activations: bool,
+    /// Launch each convolution with programmatic stream serialization (sm_90 and newer;
+    /// ignored before): its launch and prologue overlap the end of the kernel before it on
+    /// its stream. Bitwise the same results. Default off.
+    pub programmatic_launch: bool,
 }
 
 impl Default for TcTuning {
@@ -67,6 +71,7 @@ impl Default for TcTuning {
         TcTuning {
             split_k: true,
             l1_activations: false,
+            programmatic_launch: false,
         }
     }
 }
@@ -76,9 +81,10 @@ impl std::fmt::Display for TcTuning {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "split K {}, activations through L1 {}",
+            "split K {}, activations through L1 {}, programmatic launch {}",
             on(self.split_k),
-            on(self.l1_activations)
+            on(self.l1_activations),
+            on(self.programmatic_launch)
         )
     }
 }
@@ -582,20 +588,74 @@ pub(crate) fn launch_conv<T: GpuElem>(
         a.term[i] = addr(v);
         a.factor[i] = dim_i32(f)?;
     }
+    let grid = grid_dim("conv_tc", m.div_ceil(bm), c.cout.div_ceil(bn), plan.splits)?;
+    // What the kernel touches: every source holds n·hi·wi·cin_s f16, the weights cout·k
+    // f16, the bias cout f32, each term n·(ho/f)·(wo/f)·cout f16 and y n·ho·wo·cout f16
+    // (the strides address inside it); when split, the scratch holds tiles·splits·BM·BN
+    // f32 and tiles counters (checked above), and no other stream uses it. All are live
+    // device buffers of this context; unused pointers are null.
+    let what = driver_err("launching a tensor-core convolution");
+    if how.tuning.programmatic_launch && gpu.info.compute_capability.0 >= 9 {
+        return launch_programmatic(gpu, f, grid, &a).map_err(what);
+    }
     let cfg = LaunchConfig {
-        grid_dim: grid_dim("conv_tc", m.div_ceil(bm), c.cout.div_ceil(bn), plan.splits)?,
+        grid_dim: grid,
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut b = gpu.on().launch_builder(f);
     b.arg(&a);
-    // SAFETY: every source holds n·hi·wi·cin_s f16, the weights cout·k f16, the bias cout
-    // f32, each term n·(ho/f)·(wo/f)·cout f16 and y n·ho·wo·cout f16 (the strides address
-    // inside it); when split, the scratch holds tiles·splits·BM·BN f32 and tiles counters
-    // (checked above), and no other stream uses it; all live device buffers of this
-    // context; unused pointers are null.
-    unsafe { b.launch(cfg) }.map_err(driver_err("launching a tensor-core convolution"))?;
+    // SAFETY: `a` holds live device buffers of the sizes the kernel touches (see above),
+    // in the layout of the kernel's `struct TcArgs`.
+    unsafe { b.launch(cfg) }.map_err(what)?;
     Ok(())
+}
+
+/// Launches a conv_tc kernel on the current stream with programmatic stream
+/// serialization (sm_90): it may start while the stream's previous kernel finishes, and
+/// its blocks wait for that kernel (griddepcontrol.wait) before touching memory. Captured
+/// into a CUDA graph, the dependency stays programmatic.
+fn launch_programmatic<T: GpuElem>(
+    gpu: &Gpu<T>,
+    f: &CudaFunction,
+    (gx, gy, gz): (u32, u32, u32),
+    a: &TcArgs,
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    gpu.ctx.bind_to_thread()?;
+    let mut attr = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value: sys::CUlaunchAttributeValue {
+            programmaticStreamSerializationAllowed: 1,
+        },
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: gx,
+        gridDimY: gy,
+        gridDimZ: gz,
+        blockDimX: THREADS,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: gpu.on().cu_stream(),
+        attrs: &raw mut attr,
+        numAttrs: 1,
+    };
+    let mut args = *a;
+    let mut params = [(&raw mut args).cast::<std::ffi::c_void>()];
+    // SAFETY: `args` holds live device buffers of the sizes the kernel touches (see
+    // launch_conv) in the layout of `struct TcArgs`; the driver copies the parameters and
+    // the config before it returns, so the pointers to these locals do not outlive it.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &raw const config,
+            f.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
 }
 
 #[cfg(test)]

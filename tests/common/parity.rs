@@ -2,7 +2,7 @@
 //! random inputs, the reference computed on the values the kernel sees (rounded through
 //! its storage type), outputs checked for unwritten elements.
 
-use hrnet::cuda::{CudaEngine, CudaOps, GpuElem};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, TcTuning};
 use hrnet::decode::peaks;
 use hrnet::tensor::relative_l2;
 use hrnet::{Nchw, Tensor};
@@ -124,4 +124,30 @@ pub fn flip(gpu: &mut CudaEngine, x: &Tensor, pairs: &[(usize, usize)], what: &s
     let want = hrnet::pose::merge_flipped(&half(0..n), &half(n..2 * n), pairs).unwrap();
     assert_eq!(merged, want, "{what}: merged heatmaps");
     assert_eq!(gpu_peaks, peaks(&want), "{what}: peaks");
+}
+
+/// The tensor-core engine's tunings on `x`, whose result with the default tuning is `out`:
+/// activations through L1 and programmatic launches, alone and together, give the same
+/// bits; returned is the result with K unsplit, which differs by rounding only, for the
+/// caller to bound. The engine is left with the default tuning.
+pub fn tunings(gpu: &mut CudaEngine, x: &Tensor, out: &Tensor) -> Tensor {
+    let default = gpu.tuning();
+    assert_eq!(default, TcTuning::default());
+    for (l1, programmatic) in [(true, false), (false, true), (true, true)] {
+        let t = TcTuning {
+            l1_activations: l1,
+            programmatic_launch: programmatic,
+            ..default
+        };
+        gpu.set_tuning(t);
+        assert_eq!(&gpu.forward(x).unwrap(), out, "{t}: other bits");
+    }
+    gpu.set_tuning(TcTuning {
+        split_k: false,
+        ..default
+    });
+    assert_eq!(gpu.split_k_launches(x.shape().n), 0);
+    let unsplit = gpu.forward(x).unwrap();
+    gpu.set_tuning(default);
+    unsplit
 }

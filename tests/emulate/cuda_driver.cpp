@@ -176,7 +176,9 @@ std::mt19937_64 rng;
 // Runs a grid, the blocks one after another in a random order (a GPU promises none; a
 // kernel whose blocks cooperate, as split K does, must not depend on it): barrier-free
 // kernels as a loop over the threads, the others with each thread a fiber (device.h).
-void run_grid(const Kernel& k, Dim3 grid, Dim3 block, const std::function<void()>& call) {
+// A grid launched with programmatic stream serialization may start before the previous
+// kernel ends, so each of its blocks must execute griddepcontrol.wait.
+void run_grid(const Kernel& k, Dim3 grid, Dim3 block, const std::function<void()>& call, bool programmatic) {
     const unsigned threads = block.x * block.y * block.z;
     auto invoke = [](const void* f) { (*static_cast<const std::function<void()>*>(f))(); };
     blockDim = block;
@@ -189,13 +191,20 @@ void run_grid(const Kernel& k, Dim3 grid, Dim3 block, const std::function<void()
     std::shuffle(order.begin(), order.end(), rng);
     for (const Dim3& b : order) {
         blockIdx = b;
+        grid_dependency_waited = false;
         if (k.threaded) {
             run_block(block, invoke, &call);
-            continue;
+        } else {
+            for (unsigned t = 0; t < threads; ++t) {
+                threadIdx = Dim3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+                call();
+            }
         }
-        for (unsigned t = 0; t < threads; ++t) {
-            threadIdx = Dim3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
-            call();
+        if (programmatic && !grid_dependency_waited) {
+            const std::string what = std::string(k.name) +
+                                     ": launched with programmatic stream serialization, but a block never "
+                                     "executed griddepcontrol.wait";
+            emulation_abort(what.c_str());
         }
     }
 }
@@ -717,23 +726,59 @@ API cuEventElapsedTime_v2(float* ms, void* start, void* end) {
 API cuEventElapsedTime(float* ms, void* start, void* end) { return cuEventElapsedTime_v2(ms, start, end); }
 
 // ---- launches ----
-API cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                   unsigned shared, void* s, void** params, void** extra) {
+CUresult launch(void* f, Dim3 grid, Dim3 block, unsigned shared, void* s, void** params, void** extra,
+                bool programmatic) {
     LOCK;
     const Kernel* k = static_cast<const Kernel*>(f);
     if (k < std::begin(KERNELS) || k >= std::end(KERNELS)) return INVALID_HANDLE;
     if (extra || (!params)) return INVALID_VALUE;
-    if (!gx || !gy || !gz || !bx || !by || !bz || gx > 0x7fffffffu || gy > 65535 || gz > 65535 || bz > 64)
+    if (!grid.x || !grid.y || !grid.z || !block.x || !block.y || !block.z || grid.x > 0x7fffffffu ||
+        grid.y > 65535 || grid.z > 65535 || block.z > 64)
         return INVALID_VALUE;
-    if ((unsigned long long)bx * by * bz > k->max_threads) return LAUNCH_OUT_OF_RESOURCES;
+    if ((unsigned long long)block.x * block.y * block.z > k->max_threads) return LAUNCH_OUT_OF_RESOURCES;
     if (shared) return NOT_SUPPORTED;  // the kernels use static shared memory only
     auto [call, check] = k->bind(params);
-    const Dim3 grid{gx, gy, gz}, block{bx, by, bz};
-    enqueue(stream_of(s), [k, grid, block, call, check] {
+    enqueue(stream_of(s), [k, grid, block, call, check, programmatic] {
         check();
-        run_grid(*k, grid, block, call);
+        run_grid(*k, grid, block, call, programmatic);
     });
     return SUCCESS;
+}
+API cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                   unsigned shared, void* s, void** params, void** extra) {
+    return launch(f, Dim3{gx, gy, gz}, Dim3{bx, by, bz}, shared, s, params, extra, false);
+}
+
+// CUlaunchAttribute and CUlaunchConfig, as in cuda.h.
+struct LaunchAttribute {
+    int id;
+    char pad[4];
+    union {
+        char bytes[64];
+        int programmatic_stream_serialization;
+    } value;
+};
+static_assert(sizeof(LaunchAttribute) == 72, "CUlaunchAttribute");
+struct LaunchConfig {
+    unsigned gx, gy, gz, bx, by, bz, shared;
+    void* stream;
+    LaunchAttribute* attrs;
+    unsigned num_attrs;
+};
+enum : int { ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6 };
+
+// Only the attribute the engine uses. A programmatic launch runs, as every launch here,
+// after the previous one has finished: the ordering PDL relaxes is not emulated, but its
+// requirement on the kernel is checked (run_grid).
+API cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void** extra) {
+    if (!c || (c->num_attrs && !c->attrs)) return INVALID_VALUE;
+    bool programmatic = false;
+    for (unsigned i = 0; i < c->num_attrs; ++i) {
+        if (c->attrs[i].id != ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION) return NOT_SUPPORTED;
+        programmatic = c->attrs[i].value.programmatic_stream_serialization != 0;
+    }
+    return launch(f, Dim3{c->gx, c->gy, c->gz}, Dim3{c->bx, c->by, c->bz}, c->shared, c->stream, params, extra,
+                  programmatic);
 }
 
 // ---- graphs ----

@@ -35,6 +35,12 @@ static inline void cp_async16(void* smem, const void* gmem, int bytes, bool /* t
     else
         emulation_abort("cp.async: source size other than 0 or 16 bytes");
 }
+// Programmatic dependent launch: the emulated driver runs kernels one after another, so
+// the wait has nothing to wait for; it records that the kernel waited, which the driver
+// requires of a kernel launched with programmatic stream serialization.
+inline bool grid_dependency_waited = false;
+static inline void grid_dependency_wait() { grid_dependency_waited = true; }
+static inline void grid_dependents_launch() {}
 static inline void cp_async_commit() {}
 template <int N> static inline void cp_async_wait() {}
 
