@@ -25,10 +25,11 @@
 // through L2 only; the sources through L1 too when `l1_a` is set (a 3×3 conv reads each
 // input pixel for 9 taps, mostly within one block: whether L1 serves the repeats better
 // than L2 is for the device to say, so the host chooses).
-// Programmatic dependent launch: each block waits (griddepcontrol.wait) before its first
-// global access and lets the next kernel launch once its K loop is done, so that when the
-// host launches it with programmatic stream serialization, the next kernel's launch and
-// prologue overlap this one's end.
+// Programmatic dependent launch: each block starts copying its first weight slices, then
+// waits (griddepcontrol.wait) before touching anything a kernel writes, and lets the next
+// kernel launch once its K loop is done; so when the host launches it with programmatic
+// stream serialization, the next kernel's launch, prologue and weight fetch overlap this
+// one's end.
 // Split K: when a layer gives too few tiles to fill the GPU (the deep branches at small
 // batch), blockIdx.z splits its K slices into `splits` contiguous ranges. Each block stores
 // its partial sums (f32, `part`), and the last block of a tile to arrive, counted by an
@@ -123,8 +124,6 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
     static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0 && AROWS >= 1 && BROWS >= 1, "tile shape");
     __shared__ __align__(16) __half As[TC_STAGES][BM][TC_LDS];
     __shared__ __align__(16) __half Bs[TC_STAGES][BN][TC_LDS];
-    // Every global access below depends on the previous kernel of the stream.
-    grid_dependency_wait();
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
@@ -147,7 +146,7 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
         }
     }
 
-    auto load_stage = [&](int stage, int kt) {
+    auto load_a = [&](int stage, int kt) {
         const int kk = kt * TC_BK + chunk * 8;
         const bool kvalid = kk < a.k;
         // The source this K chunk belongs to (constant indices only: no local memory).
@@ -170,6 +169,10 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
             const __half* g = ok ? src + (u64)(a_pix[i] + iy * a.wi + ix) * cin + ci : a.w;
             cp_async16(&As[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0, a.l1_a);
         }
+    };
+    auto load_b = [&](int stage, int kt) {
+        const int kk = kt * TC_BK + chunk * 8;
+        const bool kvalid = kk < a.k;
 #pragma unroll
         for (int i = 0; i < BROWS; ++i) {
             const int co = n0 + row + 32 * i;
@@ -191,9 +194,17 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
     const int slices = (a.k + TC_BK - 1) / TC_BK;
     const int kt0 = (int)((long long)slices * blockIdx.z / a.splits);
     const int KT = (int)((long long)slices * (blockIdx.z + 1) / a.splits) - kt0;
+    // No kernel writes the weights: their first slices are on their way before this block
+    // waits for the previous kernel of the stream (programmatic launch), which every read
+    // of activations, every write and the split-K scratch must follow. (The weight copies
+    // join the first commit group, so slice 0 still waits for them.)
+#pragma unroll
+    for (int s = 0; s < TC_STAGES - 1; ++s)
+        if (s < KT) load_b(s, kt0 + s);
+    grid_dependency_wait();
 #pragma unroll
     for (int s = 0; s < TC_STAGES - 1; ++s) {
-        if (s < KT) load_stage(s, kt0 + s);
+        if (s < KT) load_a(s, kt0 + s);
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
@@ -202,7 +213,10 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
         __syncthreads();
         // Refill the stage every warp finished reading in the previous iteration.
         const int next = kt + TC_STAGES - 1;
-        if (next < KT) load_stage(next % TC_STAGES, kt0 + next);
+        if (next < KT) {
+            load_a(next % TC_STAGES, kt0 + next);
+            load_b(next % TC_STAGES, kt0 + next);
+        }
         cp_async_commit();
 
         const int st = kt % TC_STAGES;
