@@ -1,5 +1,6 @@
-// conv_tc.cu: tensor-core convolution (implicit GEMM) in f16 NHWC, with the exchange-unit
-// epilogue. The fast path of the f16 engine; kernels/conv.cu stays the readable baseline.
+// conv_tc.cu: tensor-core convolution (implicit GEMM) on NHWC activations, with the
+// exchange-unit epilogue: the fast path of the f16 engine (f16 operands) and of the f32
+// engine (f32 operands in the 3×TF32 split). kernels/conv.cu stays the readable baseline.
 //
 // GEMM view: M = N·Ho·Wo output pixels, N = Cout, K = Σ_s K²·Cin_s over up to 4 sources
 // that share one input resolution (several sources = several convs whose results are
@@ -13,18 +14,25 @@
 // (f = 1) and the low-resolution 1×1 results of coarser branches (f = 2^(j−i)), upsampled
 // on the fly. act = ReLU or none, applied once after the whole sum.
 //
-// Layout: sources and terms NHWC f16 with Cin_s a multiple of 8 (the input image is padded
-// to 8 channels); weights [Cout][K] f16, K ordered (source, ky, kx, ci); bias f32; y is
-// written through strides (image, pixel, channel), so the head can store NCHW heatmaps.
+// Layout: sources and terms NHWC with Cin_s a multiple of 8 (the input image is padded to
+// 8 channels); weights [Cout][K], K ordered (source, ky, kx, ci); all in the element type
+// (f16 or f32); bias f32; y is written through strides (image, pixel, channel), so the
+// head can store NCHW heatmaps.
 //
 // Tiles: a block computes BM pixels × BN channels with 4 warps (2 × 2), each warp
-// (BM/2) × (BN/2) with mma.sync m16n8k16 (f16 in, f32 accumulate) fed by ldmatrix.x4.
-// K advances in slices of 32 through a 3-stage cp.async pipeline (16-byte copies, zero
-// fill for padding and out-of-range rows); shared rows are 40 halves (80 bytes) apart so
-// that the 8 rows of each ldmatrix phase fall in distinct banks. Weights are copied
-// through L2 only; the sources through L1 too when `l1_a` is set (a 3×3 conv reads each
-// input pixel for 9 taps, mostly within one block: whether L1 serves the repeats better
-// than L2 is for the device to say, so the host chooses).
+// (BM/2) × (BN/2), fed by ldmatrix.x4. f16: mma.sync m16n8k16, f32 accumulators. f32: each
+// operand split into two TF32 parts, x = hi + lo (cvt.rna.tf32.f32), and mma.sync m16n8k8
+// TF32 run three times (lo·hi, hi·lo, hi·hi): products good to about 2⁻²¹, and each K
+// slice's f32 accumulators are added into f64 totals (as kernels/conv.cu adds each input
+// channel's partial), which keeps the f32 engine within 1e-5 of the network in f64. An
+// 8 × 4 block of f32 is an 8 × 8 block of b16, so ldmatrix serves both types with the same
+// byte addresses, and the m16n8k8 TF32 fragments are its matrices in the same order.
+// K advances in slices of 64 bytes (32 halves or 16 floats) through a 3-stage cp.async
+// pipeline (16-byte copies, zero fill for padding and out-of-range rows); shared rows are
+// 80 bytes apart so that the 8 rows of each ldmatrix phase fall in distinct banks. Weights
+// are copied through L2 only; the sources through L1 too when `l1_a` is set (a 3×3 conv
+// reads each input pixel for 9 taps, mostly within one block: whether L1 serves the
+// repeats better than L2 is for the device to say, so the host chooses).
 // Programmatic dependent launch: each block starts copying its first weight slices, then
 // waits (griddepcontrol.wait) before touching anything a kernel writes, and lets the next
 // kernel launch once its K loop is done; so when the host launches it with programmatic
@@ -34,26 +42,28 @@
 // batch), blockIdx.z splits its K slices into `splits` contiguous ranges. Each block stores
 // its partial sums (f32, `part`), and the last block of a tile to arrive, counted by an
 // atomic per tile (`count`, zero before the launch and left zero after it), adds all the
-// partial sums in split order and applies the epilogue: one launch, and a result that
-// does not depend on which block came last.
-// Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32}_f16 (K, S, BM × BN).
-// Launch: 128 threads, grid (ceil(M / BM), ceil(Cout / BN), splits); the host picks the
-// tile and the splits.
+// partial sums in split order (in f64 for f32) and applies the epilogue: one launch, and
+// a result that does not depend on which block came last.
+// Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32}_f16 and
+// conv_tc_k{3s1,3s2,1s1}_{64x32,32x32}_f32 (K, S, BM × BN; the f64 totals leave no
+// registers for the larger f32 tiles). Launch: 128 threads, grid (ceil(M / BM),
+// ceil(Cout / BN), splits); the host picks the tile and the splits.
 
 #define TC_THREADS 128
-#define TC_BK 32
-#define TC_LDS (TC_BK + 8)
+#define TC_ROW_BYTES 64   // one K slice of a row: 32 halves or 16 floats
+#define TC_PAD_BYTES 16   // shared rows 80 bytes apart
 #define TC_STAGES 3
 #define TC_MAX_SRC 4
 #define TC_MAX_TERMS 3
 
-// Field order and sizes match `TcArgs` in src/cuda/tc.rs (208 bytes, no implicit padding).
-struct TcArgs {
-    const __half* src[TC_MAX_SRC];
-    const __half* w;
+// Field order and sizes match `TcArgs` in src/cuda/tc.rs (208 bytes, no implicit padding);
+// E is the element type (__half or float): the pointers are 8 bytes either way.
+template <typename E> struct TcArgs {
+    const E* src[TC_MAX_SRC];
+    const E* w;
     const float* bias;
-    const __half* term[TC_MAX_TERMS];
-    __half* y;
+    const E* term[TC_MAX_TERMS];
+    E* y;
     float* part;      // split K: [tile][split][BM·BN / 128][128] partial sums
     unsigned* count;  // split K: arrivals per tile
     long long ys_n, ys_p, ys_c;
@@ -63,7 +73,18 @@ struct TcArgs {
     int nsrc, n, hi, wi, ho, wo, cout, k, relu, splits;
     int l1_a;  // copy the sources through L1: a 3×3 conv reads each input pixel for 9 taps
 };
-static_assert(sizeof(TcArgs) == 208, "TcArgs must match src/cuda/tc.rs");
+static_assert(sizeof(TcArgs<__half>) == 208 && sizeof(TcArgs<float>) == 208, "TcArgs must match src/cuda/tc.rs");
+
+// What differs between the element types: the f32 path keeps f64 totals (`total`).
+template <typename E> struct TcElem;
+template <> struct TcElem<__half> {
+    static constexpr bool tf32 = false;
+    typedef float total;
+};
+template <> struct TcElem<float> {
+    static constexpr bool tf32 = true;
+    typedef double total;
+};
 
 // The PTX wrappers. tests/emulate compiles this file on the CPU with host versions of them
 // (a 32-lane warp emulator) to check the kernel's indexing and fragment layouts without a
@@ -83,7 +104,6 @@ __device__ __forceinline__ void grid_dependents_launch() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-
 // Copies 16 bytes (bytes = 16) or zero-fills them (bytes = 0); through L1 (.ca) when `l1`,
 // else L2 only (.cg).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes, bool l1) {
@@ -98,14 +118,14 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const __half* smem) {
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
 }
 
-// d = a · b + d for one 16×8 tile: a 16×16 (row), b 16×8 (col), f32 accumulators.
+// d = a · b + d for one 16×8 tile: a 16×16 (row), b 16×8 (col), f16 in, f32 accumulators.
 __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -113,23 +133,51 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// d = a · b + d for one 16×8 tile: a 16×8 (row), b 8×8 (col), TF32 in, f32 accumulators.
+__device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The f32 bits of x rounded to TF32 (10 mantissa bits; nearest, ties away from zero).
+__device__ __forceinline__ unsigned tf32_bits(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
 #endif
 
-template <int KS, int S, int BM, int BN>
-__device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
+// x (f32 bits) as hi + lo, both TF32.
+__device__ __forceinline__ void tf32_split(unsigned x, unsigned& hi, unsigned& lo) {
+    hi = tf32_bits(__uint_as_float(x));
+    lo = tf32_bits(__uint_as_float(x) - __uint_as_float(hi));
+}
+
+template <typename E, int KS, int S, int BM, int BN>
+__device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
+    constexpr bool TF32 = TcElem<E>::tf32;
+    typedef typename TcElem<E>::total total_t;
+    constexpr int PER = 16 / (int)sizeof(E);             // elements per 16-byte copy
+    constexpr int BK = TC_ROW_BYTES / (int)sizeof(E);    // elements per K slice
+    constexpr int LDS = BK + TC_PAD_BYTES / (int)sizeof(E);
+    constexpr int KSTEP = 32 / (int)sizeof(E);           // one mma's K: 16 halves or 8 floats
     constexpr int P = KS / 2;
     constexpr int WTM = BM / 2, WTN = BN / 2;  // warp tile
     constexpr int MT = WTM / 16, NT = WTN / 8;
     constexpr int AROWS = BM / 32, BROWS = BN / 32;  // rows each thread copies per stage
     static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0 && AROWS >= 1 && BROWS >= 1, "tile shape");
-    __shared__ __align__(16) __half As[TC_STAGES][BM][TC_LDS];
-    __shared__ __align__(16) __half Bs[TC_STAGES][BN][TC_LDS];
+    __shared__ __align__(16) E As[TC_STAGES][BM][LDS];
+    __shared__ __align__(16) E Bs[TC_STAGES][BN][LDS];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
     const int hw = a.ho * a.wo, M = a.n * hw;
     const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
-    const int chunk = tid & 3, row = tid >> 2;  // the 8-half chunk of a 32-half row this thread copies
+    const int chunk = tid & 3, row = tid >> 2;  // the 16-byte chunk of a 64-byte row this thread copies
 
     // Each A row this thread copies: the image's first pixel and the window's top-left corner.
     int a_pix[AROWS], a_iy[AROWS], a_ix[AROWS];
@@ -147,10 +195,10 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
     }
 
     auto load_a = [&](int stage, int kt) {
-        const int kk = kt * TC_BK + chunk * 8;
+        const int kk = kt * BK + chunk * PER;
         const bool kvalid = kk < a.k;
         // The source this K chunk belongs to (constant indices only: no local memory).
-        const __half* src = a.src[0];
+        const E* src = a.src[0];
         int cin = a.cin[0], kb = 0;
 #pragma unroll
         for (int r = 1; r < TC_MAX_SRC; ++r) {
@@ -166,32 +214,37 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
         for (int i = 0; i < AROWS; ++i) {
             const int iy = a_iy[i] + ky, ix = a_ix[i] + kx;
             const bool ok = kvalid && a_pix[i] >= 0 && iy >= 0 && iy < a.hi && ix >= 0 && ix < a.wi;
-            const __half* g = ok ? src + (u64)(a_pix[i] + iy * a.wi + ix) * cin + ci : a.w;
-            cp_async16(&As[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0, a.l1_a);
+            const E* g = ok ? src + (u64)(a_pix[i] + iy * a.wi + ix) * cin + ci : a.w;
+            cp_async16(&As[stage][row + 32 * i][chunk * PER], g, ok ? 16 : 0, a.l1_a);
         }
     };
     auto load_b = [&](int stage, int kt) {
-        const int kk = kt * TC_BK + chunk * 8;
+        const int kk = kt * BK + chunk * PER;
         const bool kvalid = kk < a.k;
 #pragma unroll
         for (int i = 0; i < BROWS; ++i) {
             const int co = n0 + row + 32 * i;
             const bool ok = kvalid && co < a.cout;
-            const __half* g = ok ? a.w + (u64)co * a.k + kk : a.w;
-            cp_async16(&Bs[stage][row + 32 * i][chunk * 8], g, ok ? 16 : 0, false);
+            const E* g = ok ? a.w + (u64)co * a.k + kk : a.w;
+            cp_async16(&Bs[stage][row + 32 * i][chunk * PER], g, ok ? 16 : 0, false);
         }
     };
 
     float acc[MT][NT][4];
+    // The f32 path's running totals (one element, unused, for f16).
+    total_t tot[TF32 ? MT : 1][TF32 ? NT : 1][4];
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) {
+                acc[i][j][e] = 0.0f;
+                if constexpr (TF32) tot[i][j][e] = 0.0;
+            }
 
-    // This block's K slices: [kt0, kt1) of ceil(K / 32), the split blockIdx.z of a.splits.
-    const int slices = (a.k + TC_BK - 1) / TC_BK;
+    // This block's K slices: [kt0, kt1) of ceil(K / BK), the split blockIdx.z of a.splits.
+    const int slices = (a.k + BK - 1) / BK;
     const int kt0 = (int)((long long)slices * blockIdx.z / a.splits);
     const int KT = (int)((long long)slices * (blockIdx.z + 1) / a.splits) - kt0;
     // No kernel writes the weights: their first slices are on their way before this block
@@ -221,24 +274,57 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
 
         const int st = kt % TC_STAGES;
 #pragma unroll
-        for (int ks = 0; ks < TC_BK; ks += 16) {
+        for (int ks = 0; ks < BK; ks += KSTEP) {
             unsigned af[MT][4], bf[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i)
-                ldmatrix_x4(af[i], &As[st][wm * WTM + i * 16 + (lane & 15)][ks + (lane >> 4) * 8]);
+                ldmatrix_x4(af[i], &As[st][wm * WTM + i * 16 + (lane & 15)][ks + (lane >> 4) * PER]);
 #pragma unroll
             for (int j = 0; j < NT / 2; ++j) {
                 unsigned r[4];
-                ldmatrix_x4(r, &Bs[st][wn * WTN + j * 16 + (lane & 7) + ((lane >> 4) << 3)][ks + ((lane >> 3) & 1) * 8]);
+                ldmatrix_x4(r, &Bs[st][wn * WTN + j * 16 + (lane & 7) + ((lane >> 4) << 3)][ks + ((lane >> 3) & 1) * PER]);
                 bf[2 * j][0] = r[0];
                 bf[2 * j][1] = r[1];
                 bf[2 * j + 1][0] = r[2];
                 bf[2 * j + 1][1] = r[3];
             }
+            if constexpr (TF32) {
+                unsigned ah[MT][4], al[MT][4], bh[NT][2], bl[NT][2];
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) tf32_split(af[i][q], ah[i][q], al[i][q]);
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+#pragma unroll
+                    for (int q = 0; q < 2; ++q) tf32_split(bf[j][q], bh[j][q], bl[j][q]);
+                // The small products first, then the large one.
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) {
+                        mma_1688_tf32(acc[i][j], al[i], bh[j][0], bh[j][1]);
+                        mma_1688_tf32(acc[i][j], ah[i], bl[j][0], bl[j][1]);
+                        mma_1688_tf32(acc[i][j], ah[i], bh[j][0], bh[j][1]);
+                    }
+            } else {
+#pragma unroll
+                for (int i = 0; i < MT; ++i)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+            }
+        }
+        if constexpr (TF32) {
+            // This slice's f32 sums into the f64 totals.
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
-                for (int j = 0; j < NT; ++j) mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                for (int j = 0; j < NT; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        tot[i][j][e] += (double)acc[i][j][e];
+                        acc[i][j][e] = 0.0f;
+                    }
         }
     }
     cp_async_wait<0>();
@@ -246,20 +332,34 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
     // start launching.
     grid_dependents_launch();
 
+    // The sum so far of output element (i, j, e): the f32 accumulator, or the f64 total.
+    auto total = [&](int i, int j, int e) -> total_t {
+        if constexpr (TF32)
+            return tot[i][j][e];
+        else
+            return acc[i][j][e];
+    };
+    auto set_total = [&](int i, int j, int e, total_t v) {
+        if constexpr (TF32)
+            tot[i][j][e] = v;
+        else
+            acc[i][j][e] = v;
+    };
+
     if (a.splits > 1) {
-        // Every thread stores its accumulators, coalesced across the block. The barrier
-        // orders them before thread 0's fence, which makes them visible device-wide before
-        // its atomic says they are there (the pattern of a cooperative grid sync).
-        constexpr int PER = MT * NT * 4;
+        // Every thread stores its sums, coalesced across the block. The barrier orders them
+        // before thread 0's fence, which makes them visible device-wide before its atomic
+        // says they are there (the pattern of a cooperative grid sync).
+        constexpr int PARTS = MT * NT * 4;
         const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
-        float* const tile_part = a.part + (u64)tile * a.splits * PER * TC_THREADS + tid;
-        float* const mine = tile_part + (u64)blockIdx.z * PER * TC_THREADS;
+        float* const tile_part = a.part + (u64)tile * a.splits * PARTS * TC_THREADS + tid;
+        float* const mine = tile_part + (u64)blockIdx.z * PARTS * TC_THREADS;
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mine[((i * NT + j) * 4 + e) * TC_THREADS] = acc[i][j][e];
+                for (int e = 0; e < 4; ++e) mine[((i * NT + j) * 4 + e) * TC_THREADS] = (float)total(i, j, e);
         __shared__ unsigned arrived;
         __syncthreads();
         if (tid == 0) {
@@ -276,15 +376,16 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
 #pragma unroll
             for (int j = 0; j < NT; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+                for (int e = 0; e < 4; ++e) set_total(i, j, e, 0);
         for (int z = 0; z < a.splits; ++z) {
-            const float* p = tile_part + (u64)z * PER * TC_THREADS;
+            const float* p = tile_part + (u64)z * PARTS * TC_THREADS;
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
                 for (int j = 0; j < NT; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[i][j][e] += __ldcg(p + ((i * NT + j) * 4 + e) * TC_THREADS);
+                    for (int e = 0; e < 4; ++e)
+                        set_total(i, j, e, total(i, j, e) + (total_t)__ldcg(p + ((i * NT + j) * 4 + e) * TC_THREADS));
         }
         if (tid == 0) a.count[tile] = 0;  // ready for the next launch on this stream
     }
@@ -303,32 +404,34 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs& a) {
                 for (int e = 0; e < 2; ++e) {
                     const int co = n0 + wn * WTN + j * 8 + (lane & 3) * 2 + e;
                     if (co >= a.cout) continue;
-                    float v = acc[i][j][h * 2 + e] + a.bias[co];
+                    total_t v = total(i, j, h * 2 + e) + (total_t)a.bias[co];
 #pragma unroll
                     for (int t = 0; t < TC_MAX_TERMS; ++t) {
                         if (a.term[t]) {
                             const int f = a.factor[t], hs = a.ho / f, ws = a.wo / f;
-                            v += __half2float(a.term[t][(u64)((n * hs + oy / f) * ws + ox / f) * a.cout + co]);
+                            v += (total_t)load_f32(&a.term[t][(u64)((n * hs + oy / f) * ws + ox / f) * a.cout + co]);
                         }
                     }
-                    if (a.relu) v = relu_keep_nan(v);
-                    a.y[n * a.ys_n + (long long)r * a.ys_p + co * a.ys_c] = __float2half_rn(v);
+                    if (a.relu && v < 0) v = 0;  // keeps NaN, like relu_keep_nan
+                    a.y[n * a.ys_n + (long long)r * a.ys_p + co * a.ys_c] = store_as<E>((float)v);
                 }
             }
         }
     }
 }
 
-#define CONV_TC(KS, S, BM, BN)                                                                  \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS, 2) conv_tc_k##KS##s##S##_##BM##x##BN##_f16( \
-        const TcArgs a) {                                                                       \
-        conv_tc_body<KS, S, BM, BN>(a);                                                         \
+#define CONV_TC(E, SUFFIX, KS, S, BM, BN)                                                                 \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)                                         \
+        conv_tc_k##KS##s##S##_##BM##x##BN##_##SUFFIX(const TcArgs<E> a) {                                \
+        conv_tc_body<E, KS, S, BM, BN>(a);                                                              \
     }
-#define CONV_TC_TILES(KS, S) \
-    CONV_TC(KS, S, 128, 64)  \
-    CONV_TC(KS, S, 64, 64)   \
-    CONV_TC(KS, S, 64, 32)   \
-    CONV_TC(KS, S, 32, 32)
+#define CONV_TC_TILES(KS, S)               \
+    CONV_TC(__half, f16, KS, S, 128, 64)   \
+    CONV_TC(__half, f16, KS, S, 64, 64)    \
+    CONV_TC(__half, f16, KS, S, 64, 32)    \
+    CONV_TC(__half, f16, KS, S, 32, 32)    \
+    CONV_TC(float, f32, KS, S, 64, 32)     \
+    CONV_TC(float, f32, KS, S, 32, 32)
 
 CONV_TC_TILES(3, 1)
 CONV_TC_TILES(3, 2)

@@ -120,7 +120,7 @@ template <typename T> void check_arg(const T& v, const char* kernel) {
         if (v) check_pointer((const void*)v, kernel);
     }
 }
-void check_arg(const TcArgs& a, const char* kernel) {
+template <typename E> void check_arg(const TcArgs<E>& a, const char* kernel) {
     for (int s = 0; s < a.nsrc && s < TC_MAX_SRC; ++s) check_arg(a.src[s], kernel);
     for (auto t : a.term) check_arg(t, kernel);
     check_arg(a.w, kernel);
@@ -151,7 +151,9 @@ std::pair<std::function<void()>, std::function<void()>> bind_kernel(const char* 
     KERNEL(conv_tc_k##KS##s##S##_128x64_f16, TC_THREADS, true),       \
         KERNEL(conv_tc_k##KS##s##S##_64x64_f16, TC_THREADS, true),    \
         KERNEL(conv_tc_k##KS##s##S##_64x32_f16, TC_THREADS, true),    \
-        KERNEL(conv_tc_k##KS##s##S##_32x32_f16, TC_THREADS, true)
+        KERNEL(conv_tc_k##KS##s##S##_32x32_f16, TC_THREADS, true),    \
+        KERNEL(conv_tc_k##KS##s##S##_64x32_f32, TC_THREADS, true),    \
+        KERNEL(conv_tc_k##KS##s##S##_32x32_f32, TC_THREADS, true)
 
 const Kernel KERNELS[] = {
     KERNEL_F32_F16(argmax, ARGMAX_THREADS, true),

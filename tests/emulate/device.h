@@ -194,6 +194,11 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
     return old;
 }
 
+inline float __uint_as_float(unsigned i) {
+    float f;
+    std::memcpy(&f, &i, sizeof f);
+    return f;
+}
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, sizeof f);

@@ -58,7 +58,7 @@ static inline float half_of(unsigned reg, int hi) {
 
 // ldmatrix .x4: lanes 8q..8q+7 give the 8 row addresses of matrix q; lane l receives, of
 // each matrix, row l/4, elements 2(l%4) and 2(l%4)+1.
-static inline void ldmatrix_x4(unsigned (&r)[4], const __half* smem) {
+static inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
     require_aligned16(smem, "ldmatrix: row address not 16-byte aligned");
     Warp& w = warp();
     const int l = lane_id();
@@ -93,6 +93,42 @@ static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0,
         const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
         float s = d[e];
         for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+        d[e] = s;
+    }
+    barrier_wait(w.sync, 32);
+}
+
+// cvt.rna.tf32.f32: the f32 bits of x rounded to 10 mantissa bits, to nearest, ties away
+// from zero (adding half a unit to the magnitude bits, then truncating).
+static inline unsigned tf32_bits(float x) {
+    unsigned b;
+    std::memcpy(&b, &x, 4);
+    if ((b & 0x7f800000u) == 0x7f800000u) return b;  // Inf and NaN pass
+    return (b + 0x1000u) & ~0x1fffu;
+}
+
+// mma.m16n8k8 .row.col TF32 -> f32. A: register j of lane l holds row l/4 + 8(j%2), column
+// l%4 + 4(j/2); B: register j holds row (k) l%4 + 4j, column l/4; C/D as for m16n8k16.
+// The hardware reads 19 bits of each register (sign, exponent, 10 mantissa bits).
+static inline void mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    Warp& w = warp();
+    const int l = lane_id();
+    for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
+    w.b[l][0] = b0;
+    w.b[l][1] = b1;
+    barrier_wait(w.sync, 32);
+    auto tf32 = [](unsigned bits) {
+        bits &= ~0x1fffu;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return f;
+    };
+    auto A = [&](int row, int k) { return tf32(w.a[(row % 8) * 4 + k % 4][(row / 8) + 2 * (k / 4)]); };
+    auto B = [&](int k, int n) { return tf32(w.b[n * 4 + k % 4][k / 4]); };
+    for (int e = 0; e < 4; ++e) {
+        const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
+        float s = d[e];
+        for (int k = 0; k < 8; ++k) s += A(row, k) * B(k, col);
         d[e] = s;
     }
     barrier_wait(w.sync, 32);
