@@ -188,14 +188,11 @@ both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
 /// The tensor-core kernels (kernels/conv_tc.cu, every tile) on every HRNet conv shape,
 /// the residual as an epilogue term, written NHWC and NCHW, K split as the engine splits
 /// it (the deep branches at small batches) and unsplit; activations copied through L1 and
-/// programmatic launches give the same bits.
-#[test]
-fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
-    if !gpu_or_skip("tensor_core_conv_matches_cpu_on_every_hrnet_shape") {
-        return;
-    }
-    let gpu = ops::<half::f16>();
-    let tol = tolerance::<half::f16>();
+/// programmatic launches give the same bits. f16, and f32 (3×TF32 with f64 totals) within
+/// f32's own tolerance.
+fn tensor_core_conv_parity<T: GpuElem>() {
+    let gpu = ops::<T>();
+    let tol = tolerance::<T>();
     let (mut checked, mut split) = (0, 0);
     for (layer, s, residual, relu) in hrnet_convs() {
         // Batch 1 and 3 pick small tiles; batch 8 the large ones.
@@ -204,7 +201,7 @@ fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
             let p = random_params(&layer);
             let r = residual.then(|| Tensor::random_normal(out_shape(&layer, &x), seed()));
             let terms: Vec<(&Tensor, usize)> = r.iter().map(|r| (r, 1)).collect();
-            let want = reference_step::<half::f16>(&[(&x, &layer, &p)], &terms, relu);
+            let want = reference_step::<T>(&[(&x, &layer, &p)], &terms, relu);
             let splits = gpu.tc_splits(x.shape(), &layer);
             for split_k in [false, true] {
                 if split_k && splits == 1 {
@@ -251,20 +248,24 @@ fn tensor_core_conv_matches_cpu_on_every_hrnet_shape() {
         }
     }
     assert!(split > 0, "no HRNet shape split its K on this GPU");
-    println!("{checked} tensor-core conv cases ({split} with K split) within {tol:.0e}");
+    println!(
+        "{checked} tensor-core conv cases{} ({split} with K split) within {tol:.0e}",
+        T::SUFFIX
+    );
 }
+
+both_precisions!(
+    tensor_core_conv_matches_cpu_on_every_hrnet_shape,
+    tensor_core_conv_parity
+);
 
 /// The fused exchange unit (kernels/conv_tc.cu): for every output branch i > 0 of W32's
 /// and W48's 2-, 3- and 4-branch units, the strided last steps from the finer branches
 /// summed in one GEMM, the identity and the upsampled 1×1 results of the coarser branches
-/// in its epilogue, ReLU once.
-#[test]
-fn fused_exchange_unit_matches_cpu() {
-    if !gpu_or_skip("fused_exchange_unit_matches_cpu") {
-        return;
-    }
-    let gpu = ops::<half::f16>();
-    let tol = tolerance::<half::f16>();
+/// in its epilogue, ReLU once; in f16 and f32.
+fn fused_exchange_parity<T: GpuElem>() {
+    let gpu = ops::<T>();
+    let tol = tolerance::<T>();
     let mut checked = 0;
     for w in [32, 48] {
         for branches in 2..=4usize {
@@ -317,7 +318,7 @@ fn fused_exchange_unit_matches_cpu() {
                         })
                         .collect();
                     let terms: Vec<(&Tensor, usize)> = terms.iter().map(|(t, f)| (t, *f)).collect();
-                    let want = reference_step::<half::f16>(&sources, &terms, true);
+                    let want = reference_step::<T>(&sources, &terms, true);
                     for split_k in [false, true] {
                         let tuning = TcTuning {
                             split_k,
@@ -339,8 +340,13 @@ fn fused_exchange_unit_matches_cpu() {
             }
         }
     }
-    println!("{checked} fused exchange cases within {tol:.0e}");
+    println!(
+        "{checked} fused exchange cases{} within {tol:.0e}",
+        T::SUFFIX
+    );
 }
+
+both_precisions!(fused_exchange_unit_matches_cpu, fused_exchange_parity);
 
 fn exchange_parity<T: GpuElem>() {
     let gpu = ops::<T>();
@@ -431,6 +437,7 @@ fn whole_network_matches_the_cpu_reference() {
     let cpu = CpuEngine::new(model.clone());
     for (precision, kernels, bound, min_argmax) in [
         (Precision::F32, Kernels::Direct, 1e-5, 1.0),
+        (Precision::F32, Kernels::TensorCore, 1e-5, 1.0),
         (Precision::F16, Kernels::Direct, 3e-2, 0.99),
         (Precision::F16, Kernels::TensorCore, 3e-2, 0.99),
     ] {
@@ -494,9 +501,10 @@ fn whole_network_matches_the_cpu_reference() {
     }
 }
 
-/// W32 256×192 on the tensor-core engine at batch 1 and 3: activations through L1 and
-/// programmatic launches give the default's bits; K unsplit differs by rounding only (the
-/// deep branches split at batch 1 on any GPU of 32 SMs or more).
+/// W32 256×192 on the tensor-core engines (f16, and f32 as 3×TF32) at batch 1 and 3:
+/// activations through L1 and programmatic launches give the default's bits; K unsplit
+/// differs by rounding only (the deep branches split at batch 1 on any GPU of 32 SMs or
+/// more).
 #[test]
 fn tensor_core_tunings_change_nothing_but_rounding() {
     if !gpu_or_skip("tensor_core_tunings_change_nothing_but_rounding") {
@@ -504,20 +512,27 @@ fn tensor_core_tunings_change_nothing_but_rounding() {
     }
     let config = HrnetConfig::preset("w32-256x192").unwrap();
     let model = Model::random(&config, 2019).unwrap();
-    let mut gpu = CudaEngine::on_device(&model, Precision::F16, Kernels::TensorCore, 0).unwrap();
-    gpu.set_poison(true);
-    for n in [1, 3] {
-        let x = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
-        let out = gpu.forward(&x).unwrap();
-        let splits = gpu.split_k_launches(n);
-        if n == 1 {
-            assert!(splits > 0, "nothing splits K at batch 1");
+    for (precision, apart_bound) in [(Precision::F16, 3e-2), (Precision::F32, 1e-5)] {
+        let mut gpu = CudaEngine::on_device(&model, precision, Kernels::TensorCore, 0).unwrap();
+        gpu.set_poison(true);
+        for n in [1, 3] {
+            let x = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
+            let out = gpu.forward(&x).unwrap();
+            let splits = gpu.split_k_launches(n);
+            if n == 1 {
+                assert!(splits > 0, "nothing splits K at batch 1");
+            }
+            let unsplit = parity::tunings(&mut gpu, &x, &out);
+            let wide: Vec<f64> = unsplit.data().iter().map(|&v| f64::from(v)).collect();
+            let apart = relative_l2(out.data(), &wide).unwrap();
+            println!(
+                "W32 {precision} tensor-core n={n}: {splits} launches split K, {apart:.2e} from unsplit"
+            );
+            assert!(
+                apart <= apart_bound,
+                "{precision}: split and unsplit {apart:.3e} apart"
+            );
         }
-        let unsplit = parity::tunings(&mut gpu, &x, &out);
-        let wide: Vec<f64> = unsplit.data().iter().map(|&v| f64::from(v)).collect();
-        let apart = relative_l2(out.data(), &wide).unwrap();
-        println!("W32 f16 tensor-core n={n}: {splits} launches split K, {apart:.2e} from unsplit");
-        assert!(apart <= 3e-2, "split and unsplit {apart:.3e} apart");
     }
 }
 

@@ -53,7 +53,8 @@ impl From<Prec> for Precision {
 enum KernelsArg {
     /// kernels/conv.cu, NCHW, f32 or f16.
     Direct,
-    /// kernels/conv_tc.cu, NHWC f16 on tensor cores with fused exchange units.
+    /// kernels/conv_tc.cu, NHWC on tensor cores with fused exchange units (f16; f32 as
+    /// 3×TF32 with f64 totals).
     TensorCore,
 }
 
@@ -152,7 +153,7 @@ enum Command {
         /// Precisions, comma-separated.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,f16")]
         precision: Vec<Prec>,
-        /// Convolution kernels, comma-separated (tensor-core runs f16 only; f32 skips it).
+        /// Convolution kernels, comma-separated.
         #[arg(
             long,
             value_enum,
@@ -545,8 +546,13 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     }];
     let cpu_wide: Vec<f64> = cpu_out.data().iter().map(|&v| f64::from(v)).collect();
     let mut gpu_note = None;
+    let tensor_cores = Kernels::default_for(Precision::F16, &model.graph) == Kernels::TensorCore;
+    if !tensor_cores {
+        println!("tensor-core kernels skipped: the channel counts are not all multiples of 8");
+    }
     for (precision, kernels, bound, min_argmax) in [
         (Precision::F32, Kernels::Direct, CUDA_F32_BOUND, 1.0),
+        (Precision::F32, Kernels::TensorCore, CUDA_F32_BOUND, 1.0),
         (
             Precision::F16,
             Kernels::Direct,
@@ -560,6 +566,9 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
             CUDA_F16_ARGMAX,
         ),
     ] {
+        if kernels == Kernels::TensorCore && !tensor_cores {
+            continue;
+        }
         let mut engine = match CudaEngine::on_device(&model, precision, kernels, 0) {
             Ok(e) => e,
             Err(Error::CudaUnavailable(why)) => {
@@ -718,9 +727,6 @@ fn bench(
     let mut configs = Vec::new();
     for &p in precisions {
         for &k in kernels {
-            if (p, k) == (Prec::F32, KernelsArg::TensorCore) {
-                continue;
-            }
             if k == KernelsArg::TensorCore && !tensor_cores {
                 eprintln!(
                     "{name}: tensor-core kernels skipped (its channel counts are not all multiples of 8)"

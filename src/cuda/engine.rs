@@ -43,6 +43,9 @@ impl std::fmt::Display for Precision {
 pub trait GpuElem: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + 'static {
     /// The suffix of the kernel names (`_f32`, `_f16`).
     const SUFFIX: &'static str;
+    /// The block tiles (pixels × output channels) kernels/conv_tc.cu is compiled for in
+    /// this type, largest first.
+    const TC_TILES: &'static [(usize, usize)];
     /// Rounds from f32.
     fn from_f32(v: f32) -> Self;
     /// Widens to f32.
@@ -51,6 +54,8 @@ pub trait GpuElem: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + '
 
 impl GpuElem for f32 {
     const SUFFIX: &'static str = "_f32";
+    // The f64 totals of the 3×TF32 path leave no registers for larger tiles.
+    const TC_TILES: &'static [(usize, usize)] = &[(64, 32), (32, 32)];
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -61,6 +66,7 @@ impl GpuElem for f32 {
 
 impl GpuElem for half::f16 {
     const SUFFIX: &'static str = "_f16";
+    const TC_TILES: &'static [(usize, usize)] = &[(128, 64), (64, 64), (64, 32), (32, 32)];
     fn from_f32(v: f32) -> Self {
         half::f16::from_f32(v)
     }
@@ -166,7 +172,7 @@ pub(crate) struct Gpu<T> {
     upsample_nhwc: CudaFunction,
     add: CudaFunction,
     relu: CudaFunction,
-    /// kernels/conv_tc.cu in `tc::SHAPES` × `tc::TILES` order; loaded for f16 only.
+    /// kernels/conv_tc.cu in `tc::SHAPES` × `T::TC_TILES` order.
     pub(crate) tc: Vec<CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     _elem: std::marker::PhantomData<T>,
@@ -202,14 +208,10 @@ impl<T: GpuElem> Gpu<T> {
             .collect::<Result<_>>()?;
         let function =
             |base: &str| modules_function(&files, &modules, &format!("{base}{}", T::SUFFIX));
-        let tc = if T::SUFFIX == "_f16" {
-            super::tc::kernel_names()
-                .iter()
-                .map(|name| modules_function(&files, &modules, name))
-                .collect::<Result<_>>()?
-        } else {
-            Vec::new()
-        };
+        let tc = super::tc::kernel_names::<T>()
+            .iter()
+            .map(|name| modules_function(&files, &modules, name))
+            .collect::<Result<_>>()?;
         Ok(Gpu {
             tc,
             conv_k3s1: function("conv_k3s1")?,
@@ -700,15 +702,17 @@ pub enum Kernels {
     /// kernels/conv.cu on NCHW activations, f32 or f16: the readable baseline, one launch
     /// per conv and per exchange sum.
     Direct,
-    /// kernels/conv_tc.cu on NHWC f16 activations: tensor-core implicit GEMM, the exchange
+    /// kernels/conv_tc.cu on NHWC activations: tensor-core implicit GEMM, the exchange
     /// units' strided steps, identity and upsampled terms fused into one launch per output
-    /// branch (`graph::fused`). f16 only.
+    /// branch (`graph::fused`). f16 on `mma.sync` f16; f32 on `mma.sync` TF32 with each
+    /// operand split in two (3×TF32) and f64 totals, which keeps f32's accuracy.
     TensorCore,
 }
 
 impl Kernels {
     /// The default for a precision and network: tensor cores for f16 when every channel
-    /// count allows them (multiples of 8, as in all official presets), else direct.
+    /// count allows them (multiples of 8, as in all official presets), else direct. f32
+    /// stays on the direct kernels until its tensor-core path has been timed on a GPU.
     #[must_use]
     pub fn default_for(precision: Precision, graph: &Graph) -> Self {
         match precision {
@@ -735,7 +739,7 @@ enum Program<T> {
         biases: Vec<CudaSlice<f32>>,
     },
     /// The fused plan on NHWC f16.
-    TensorCore(super::tc::TcProgram),
+    TensorCore(super::tc::TcProgram<T>),
 }
 
 /// The network on one GPU in one element type.
@@ -790,12 +794,6 @@ impl<T: GpuElem> Net<T> {
                 )
             }
             Kernels::TensorCore => {
-                if gpu.tc.is_empty() {
-                    return Err(Error::Config(
-                        "the tensor-core kernels run f16 only; use --precision f16 or --kernels direct"
-                            .into(),
-                    ));
-                }
                 let tc = super::tc::TcProgram::new(&gpu, model)?;
                 let (io, last, len) = (tc.io.clone(), tc.last_uses.clone(), tc.value_len.clone());
                 (Program::TensorCore(tc), io, last, len)

@@ -106,7 +106,7 @@ impl Buffers {
 fn time_unit(
     gpu: &Gpu<half::f16>,
     model: &Model,
-    tc: &TcProgram,
+    tc: &TcProgram<half::f16>,
     e: &ExchangeOp,
     n: usize,
     warmup: usize,
@@ -199,7 +199,7 @@ fn time_unit(
 
 /// One conv of the cone, unfused: the raw conv into `raw`, then BN (and ReLU) apart.
 struct UnfusedConv {
-    step: ConvStep,
+    step: ConvStep<half::f16>,
     raw: CudaSlice<half::f16>,
     /// gamma = 1, beta = the folded bias, mean = 0, var = 1 − eps: BN that adds the bias.
     stats: [CudaSlice<f32>; 4],

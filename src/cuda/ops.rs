@@ -212,18 +212,18 @@ impl<T: GpuElem> CudaOps<T> {
 pub type TcSource<'a> = (&'a Tensor, &'a ConvLayer, &'a ConvParams);
 
 /// A tensor-core step with its operands on the device, ready to launch.
-struct TcLaunch {
-    step: super::tc::ConvStep,
+struct TcLaunch<T> {
+    step: super::tc::ConvStep<T>,
     /// Room for the step's split K (None: never split).
     scratch: Option<super::tc::SplitScratch>,
     tuning: TcTuning,
-    bufs: Vec<cudarc::driver::CudaSlice<half::f16>>,
+    bufs: Vec<cudarc::driver::CudaSlice<T>>,
     shape: Nchw,
     nchw_out: bool,
 }
 
-impl TcLaunch {
-    fn run(&self, g: &Gpu<half::f16>) -> Result<()> {
+impl<T: GpuElem> TcLaunch<T> {
+    fn run(&self, g: &Gpu<T>) -> Result<()> {
         let addr = |v: crate::graph::ValueId| g.addr(&self.bufs[v.0]);
         super::tc::launch_conv(
             g,
@@ -239,7 +239,7 @@ impl TcLaunch {
     }
 }
 
-impl CudaOps<half::f16> {
+impl<T: GpuElem> CudaOps<T> {
     /// Uploads the operands of a tensor-core step (see [`CudaOps::conv_tc`]); the output is
     /// the last buffer, poisoned with NaN.
     fn prepare_tc(
@@ -249,7 +249,7 @@ impl CudaOps<half::f16> {
         relu: bool,
         nchw_out: bool,
         tuning: TcTuning,
-    ) -> Result<TcLaunch> {
+    ) -> Result<TcLaunch<T>> {
         use super::tc::{ConvStep, Part};
         use crate::graph::ValueId;
         use crate::graph::fused::{MAX_SOURCES, MAX_TERMS};
@@ -294,7 +294,7 @@ impl CudaOps<half::f16> {
         let mut bufs = Vec::new();
         let mut parts = Vec::new();
         for (i, &(x, layer, params)) in sources.iter().enumerate() {
-            bufs.push(g.upload(&super::engine::nhwc_padded::<half::f16>(x, 8))?);
+            bufs.push(g.upload(&super::engine::nhwc_padded::<T>(x, 8))?);
             parts.push(Part {
                 input: ValueId(i),
                 layer,
@@ -307,7 +307,7 @@ impl CudaOps<half::f16> {
         }
         let mut term_ids = Vec::new();
         for (i, &(t, f)) in terms.iter().enumerate() {
-            bufs.push(g.upload(&super::engine::nhwc_padded::<half::f16>(t, 1))?);
+            bufs.push(g.upload(&super::engine::nhwc_padded::<T>(t, 1))?);
             term_ids.push((ValueId(MAX_SOURCES + i), f));
         }
         let out_id = ValueId(bufs.len());
@@ -350,7 +350,7 @@ impl CudaOps<half::f16> {
         let y = self
             .gpu
             .download(l.bufs.last().expect("the output"), shape.len())?;
-        let y: Vec<f32> = y.into_iter().map(half::f16::to_f32).collect();
+        let y: Vec<f32> = y.into_iter().map(T::to_f32).collect();
         let data = if nchw_out {
             y
         } else {
@@ -375,7 +375,7 @@ impl CudaOps<half::f16> {
         let (ho, wo) = layer.out_size(x.h, x.w);
         let k = layer.kernel * layer.kernel * layer.cin.next_multiple_of(8);
         let sms = self.gpu.info.multiprocessors;
-        super::tc::LaunchPlan::new(x.n * ho * wo, layer.cout, k, sms, true).splits
+        super::tc::LaunchPlan::new::<T>(x.n * ho * wo, layer.cout, k, sms, true).splits
     }
 
     /// Device milliseconds of one tensor-core convolution (`relu(conv(x) + bias)`,

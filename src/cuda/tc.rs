@@ -91,33 +91,34 @@ impl std::fmt::Display for TcTuning {
 
 /// Threads per block of every conv_tc kernel.
 const THREADS: u32 = 128;
-/// The block tiles (pixels × output channels) each shape is compiled for, largest first.
-pub(crate) const TILES: [(usize, usize); 4] = [(128, 64), (64, 64), (64, 32), (32, 32)];
+/// Bytes of a row's K slice in the kernels' pipeline: 32 halves or 16 floats.
+const SLICE_BYTES: usize = 64;
 /// The (kernel, stride) shapes compiled.
 pub(crate) const SHAPES: [(usize, usize); 3] = [(3, 1), (3, 2), (1, 1)];
 
-/// The kernel names, in `SHAPES` × `TILES` order.
-pub(crate) fn kernel_names() -> Vec<String> {
+/// The kernel names of element type `T`, in `SHAPES` × `T::TC_TILES` order.
+pub(crate) fn kernel_names<T: GpuElem>() -> Vec<String> {
     SHAPES
         .iter()
         .flat_map(|&(k, s)| {
-            TILES
+            T::TC_TILES
                 .iter()
-                .map(move |&(bm, bn)| format!("conv_tc_k{k}s{s}_{bm}x{bn}_f16"))
+                .map(move |&(bm, bn)| format!("conv_tc_k{k}s{s}_{bm}x{bn}{}", T::SUFFIX))
         })
         .collect()
 }
 
-/// The tile for an `m × cout` GEMM on `sms` multiprocessors: the largest that still gives
-/// every SM a block, among those not much wider than `cout`; else the one with most blocks.
+/// Of `tiles` (largest first), the tile for an `m × cout` GEMM on `sms` multiprocessors:
+/// the largest that still gives every SM a block, among those not much wider than
+/// `cout`; else the one with most blocks.
 #[must_use]
-pub(crate) fn pick_tile(m: usize, cout: usize, sms: usize) -> usize {
+pub(crate) fn pick_tile(tiles: &[(usize, usize)], m: usize, cout: usize, sms: usize) -> usize {
     let widest = cout.next_multiple_of(32).max(32);
     let blocks = |(bm, bn): (usize, usize)| m.div_ceil(bm) * cout.div_ceil(bn);
-    let fits: Vec<usize> = (0..TILES.len()).filter(|&i| TILES[i].1 <= widest).collect();
+    let fits: Vec<usize> = (0..tiles.len()).filter(|&i| tiles[i].1 <= widest).collect();
     fits.iter()
         .copied()
-        .find(|&i| blocks(TILES[i]) >= sms)
+        .find(|&i| blocks(tiles[i]) >= sms)
         .unwrap_or_else(|| *fits.last().expect("the 32-wide tile always fits"))
 }
 
@@ -139,8 +140,10 @@ pub(crate) fn pick_splits(tiles: usize, slices: usize, sms: usize) -> usize {
 /// How one conv step is launched at one batch size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct LaunchPlan {
-    /// Index into TILES.
+    /// Index into the element type's `TC_TILES`.
     pub(crate) tile: usize,
+    /// That tile: pixels × output channels.
+    pub(crate) shape: (usize, usize),
     /// Output tiles (blocks per split).
     pub(crate) tiles: usize,
     /// Ways the K loop is split (grid z).
@@ -148,19 +151,28 @@ pub(crate) struct LaunchPlan {
 }
 
 impl LaunchPlan {
-    /// The plan for an `m × cout` GEMM with K = `k`; split only when `split_k`.
+    /// The plan for an `m × cout` GEMM with K = `k` in element type `T`; split only when
+    /// `split_k`.
     #[must_use]
-    pub(crate) fn new(m: usize, cout: usize, k: usize, sms: usize, split_k: bool) -> Self {
-        let tile = pick_tile(m, cout, sms);
-        let (bm, bn) = TILES[tile];
+    pub(crate) fn new<T: GpuElem>(
+        m: usize,
+        cout: usize,
+        k: usize,
+        sms: usize,
+        split_k: bool,
+    ) -> Self {
+        let tile = pick_tile(T::TC_TILES, m, cout, sms);
+        let (bm, bn) = T::TC_TILES[tile];
         let tiles = m.div_ceil(bm) * cout.div_ceil(bn);
+        let slice = SLICE_BYTES / std::mem::size_of::<T>();
         let splits = if split_k {
-            pick_splits(tiles, k.div_ceil(32), sms)
+            pick_splits(tiles, k.div_ceil(slice), sms)
         } else {
             1
         };
         LaunchPlan {
             tile,
+            shape: (bm, bn),
             tiles,
             splits,
         }
@@ -172,7 +184,7 @@ impl LaunchPlan {
         if self.splits == 1 {
             return SplitNeed::default();
         }
-        let (bm, bn) = TILES[self.tile];
+        let (bm, bn) = self.shape;
         SplitNeed {
             partials: self.tiles * self.splits * bm * bn,
             counters: self.tiles,
@@ -255,8 +267,8 @@ pub(crate) fn supports(graph: &Graph) -> bool {
         .all(|v| graph.shape(v).c.is_multiple_of(8))
 }
 
-/// One fused conv step, its weights packed.
-pub(crate) struct ConvStep {
+/// One fused conv step, its weights packed in element type `T`.
+pub(crate) struct ConvStep<T> {
     sources: Vec<ValueId>,
     terms: Vec<(ValueId, usize)>,
     output: ValueId,
@@ -269,18 +281,18 @@ pub(crate) struct ConvStep {
     input: Chw,
     /// Per-image shape of the result.
     pub(crate) output_shape: Chw,
-    weights: CudaSlice<half::f16>,
+    weights: CudaSlice<T>,
     bias: CudaSlice<f32>,
 }
 
-enum TcStep {
-    Conv(Box<ConvStep>),
+enum TcStep<T> {
+    Conv(Box<ConvStep<T>>),
     Exchange(crate::graph::ExchangeOp),
 }
 
-/// The fused plan with packed weights on the GPU.
-pub(crate) struct TcProgram {
-    steps: Vec<TcStep>,
+/// The fused plan with packed weights on the GPU, in element type `T`.
+pub(crate) struct TcProgram<T> {
+    steps: Vec<TcStep<T>>,
     /// The plan's steps as (inputs, output), for the slot planner.
     pub(crate) io: Vec<(Vec<ValueId>, ValueId)>,
     pub(crate) last_uses: Vec<usize>,
@@ -289,9 +301,9 @@ pub(crate) struct TcProgram {
     pub(crate) weight_bytes: usize,
 }
 
-impl TcProgram {
+impl<T: GpuElem> TcProgram<T> {
     /// Packs `model` for the tensor-core kernels and uploads it.
-    pub(crate) fn new<T: GpuElem>(gpu: &Gpu<T>, model: &Model) -> Result<Self> {
+    pub(crate) fn new(gpu: &Gpu<T>, model: &Model) -> Result<Self> {
         let graph = &model.graph;
         let plan = FusedPlan::new(graph);
         let mut weight_bytes = 0;
@@ -341,7 +353,7 @@ impl TcProgram {
     }
 
     /// The value each step writes.
-    fn step_output(step: &TcStep) -> ValueId {
+    fn step_output(step: &TcStep<T>) -> ValueId {
         match step {
             TcStep::Conv(c) => c.output,
             TcStep::Exchange(e) => e.output,
@@ -366,7 +378,7 @@ impl TcProgram {
 
     /// Launches step `i` for a batch of `n` on the GPU's current stream; `addr` gives a
     /// value's device address, `how` the tuning and the stream's split-K scratch.
-    pub(crate) fn launch_step<T: GpuElem>(
+    pub(crate) fn launch_step(
         &self,
         gpu: &Gpu<T>,
         graph: &Graph,
@@ -385,7 +397,7 @@ impl TcProgram {
     }
 
     /// Launches, in order on the current stream, every step whose output `keep` accepts.
-    pub(crate) fn launch_where<T: GpuElem>(
+    pub(crate) fn launch_where(
         &self,
         gpu: &Gpu<T>,
         graph: &Graph,
@@ -412,11 +424,11 @@ pub(crate) struct Part<'a> {
     pub(crate) stored_cin: usize,
 }
 
-impl ConvStep {
+impl<T: GpuElem> ConvStep<T> {
     /// Packs the parts' weights side by side as `[cout][Σ K²·Cin_s]`, each part's block
     /// ordered (ky, kx, ci) with ci padded to the stored channels, sums their biases and
     /// uploads both. `input` is the parts' common input shape.
-    pub(crate) fn new<T: GpuElem>(
+    pub(crate) fn new(
         gpu: &Gpu<T>,
         parts: &[Part<'_>],
         input: Chw,
@@ -453,7 +465,7 @@ impl ConvStep {
                 )));
             }
         }
-        let (w, bias, k) = pack(parts);
+        let (w, bias, k) = pack::<T>(parts);
         Ok(ConvStep {
             sources: parts.iter().map(|p| p.input).collect(),
             terms: terms.to_vec(),
@@ -476,22 +488,22 @@ impl ConvStep {
     /// Its launch over `n` images on `sms` multiprocessors.
     pub(crate) fn plan(&self, n: usize, sms: usize, split_k: bool) -> LaunchPlan {
         let out = self.output_shape;
-        LaunchPlan::new(n * out.h * out.w, self.cout, self.k, sms, split_k)
+        LaunchPlan::new::<T>(n * out.h * out.w, self.cout, self.k, sms, split_k)
     }
 
     /// Bytes of its weights and bias on the device.
     fn bytes(&self) -> usize {
-        self.weights.len() * 2 + self.bias.len() * 4
+        self.weights.len() * std::mem::size_of::<T>() + self.bias.len() * 4
     }
 }
 
 /// The parts' weights side by side as `[cout][K]`, K = Σ K²·stored_cin, each part's block
 /// ordered (ky, kx, ci) with the padding channels zero; the summed biases; K.
-fn pack(parts: &[Part<'_>]) -> (Vec<half::f16>, Vec<f32>, usize) {
+fn pack<T: GpuElem>(parts: &[Part<'_>]) -> (Vec<T>, Vec<f32>, usize) {
     let first = parts[0].layer;
     let (cout, kk) = (first.cout, first.kernel * first.kernel);
     let k: usize = parts.iter().map(|p| kk * p.stored_cin).sum();
-    let mut w = vec![half::f16::ZERO; cout * k];
+    let mut w = vec![T::from_f32(0.0); cout * k];
     let mut bias = vec![0f64; cout];
     let mut kbeg = 0;
     for p in parts {
@@ -501,8 +513,7 @@ fn pack(parts: &[Part<'_>]) -> (Vec<half::f16>, Vec<f32>, usize) {
             for ci in 0..cin {
                 for tap in 0..kk {
                     let from = (co * cin + ci) * kk + tap;
-                    w[co * k + kbeg + tap * p.stored_cin + ci] =
-                        half::f16::from_f32(p.params.weight[from]);
+                    w[co * k + kbeg + tap * p.stored_cin + ci] = T::from_f32(p.params.weight[from]);
                 }
             }
         }
@@ -524,7 +535,7 @@ pub(crate) struct How<'a> {
 /// `how.scratch` (an error if that is missing or too small).
 pub(crate) fn launch_conv<T: GpuElem>(
     gpu: &Gpu<T>,
-    c: &ConvStep,
+    c: &ConvStep<T>,
     n: usize,
     nchw: bool,
     addr: &dyn Fn(ValueId) -> u64,
@@ -534,8 +545,8 @@ pub(crate) fn launch_conv<T: GpuElem>(
     let m = n * out.h * out.w;
     dim_i32(n * c.input.h * c.input.w)?;
     let plan = c.plan(n, gpu.info.multiprocessors, how.tuning.split_k);
-    let f: &CudaFunction = &gpu.tc[c.shape * TILES.len() + plan.tile];
-    let (bm, bn) = TILES[plan.tile];
+    let f: &CudaFunction = &gpu.tc[c.shape * T::TC_TILES.len() + plan.tile];
+    let (bm, bn) = plan.shape;
     let (part, count) = if plan.splits > 1 {
         let room = how.scratch.map(|s| s.room).unwrap_or_default();
         let s = how
@@ -664,15 +675,34 @@ mod tests {
 
     #[test]
     fn tiles_fill_the_gpu_and_fit_the_channels() {
+        let tiles = <half::f16 as GpuElem>::TC_TILES;
+        let pick = |m, cout| tiles[pick_tile(tiles, m, cout, 132)];
         // 32ch@64×48 at batch 1 on 132 SMs: 3072 pixels; 128×64 gives 24 blocks, 32×32 96.
-        assert_eq!(TILES[pick_tile(3072, 32, 132)], (32, 32));
+        assert_eq!(pick(3072, 32), (32, 32));
         // At batch 32 the largest tile already gives 768 blocks (BN capped at 32 by cout 32).
-        assert_eq!(TILES[pick_tile(32 * 3072, 32, 132)], (64, 32));
-        assert_eq!(TILES[pick_tile(32 * 3072, 64, 132)], (128, 64));
+        assert_eq!(pick(32 * 3072, 32), (64, 32));
+        assert_eq!(pick(32 * 3072, 64), (128, 64));
         // 17 heatmap channels: never a 64-wide tile.
-        assert_eq!(TILES[pick_tile(64 * 3072, 17, 132)].1, 32);
-        assert_eq!(kernel_names().len(), SHAPES.len() * TILES.len());
-        assert!(kernel_names().contains(&"conv_tc_k3s2_64x32_f16".to_string()));
+        assert_eq!(pick(64 * 3072, 17).1, 32);
+        assert_eq!(
+            kernel_names::<half::f16>().len(),
+            SHAPES.len() * tiles.len()
+        );
+        assert!(kernel_names::<half::f16>().contains(&"conv_tc_k3s2_64x32_f16".to_string()));
+        // f32 has the two smaller tiles; its K slices are 16 elements, so twice as many.
+        let f32_tiles = <f32 as GpuElem>::TC_TILES;
+        assert_eq!(
+            f32_tiles[pick_tile(f32_tiles, 32 * 3072, 64, 132)],
+            (64, 32)
+        );
+        assert!(kernel_names::<f32>().contains(&"conv_tc_k1s1_32x32_f32".to_string()));
+        let f32_plan = LaunchPlan::new::<f32>(48, 256, 9 * 256, 132, true);
+        assert_eq!((f32_plan.shape, f32_plan.splits), ((32, 32), 8));
+        assert_eq!(LaunchPlan::new::<f32>(48, 256, 9 * 16, 132, true).splits, 2);
+        assert_eq!(
+            LaunchPlan::new::<half::f16>(48, 256, 9 * 16, 132, true).splits,
+            1
+        );
     }
 
     #[test]
@@ -681,10 +711,10 @@ mod tests {
         // W32's four 3×3 shapes at batch 1 do the same MACs; the deep ones give few tiles
         // and long K loops: 256ch@8×6 is 16 tiles of 72 slices, split 8 ways (9 slices).
         let plan = |c: usize, h: usize, w: usize, n: usize| {
-            LaunchPlan::new(n * h * w, c, 9 * c, sms, true)
+            LaunchPlan::new::<half::f16>(n * h * w, c, 9 * c, sms, true)
         };
         let b3 = plan(256, 8, 6, 1);
-        assert_eq!((TILES[b3.tile], b3.tiles, b3.splits), ((32, 32), 16, 8));
+        assert_eq!((b3.shape, b3.tiles, b3.splits), ((32, 32), 16, 8));
         assert_eq!(
             b3.need(),
             SplitNeed {
@@ -702,7 +732,10 @@ mod tests {
             assert_eq!(plan(c, h, w, 64).splits, 1, "{c}ch at batch 64");
         }
         // Off means off; a short K never splits; splits stay within MAX_SPLITS.
-        assert_eq!(LaunchPlan::new(48, 256, 9 * 256, sms, false).splits, 1);
+        assert_eq!(
+            LaunchPlan::new::<half::f16>(48, 256, 9 * 256, sms, false).splits,
+            1
+        );
         assert_eq!(pick_splits(1, 7, sms), 1);
         assert_eq!(pick_splits(1, 10_000, sms), MAX_SPLITS);
         assert!(SplitNeed::default().holds(SplitNeed::default()));
@@ -779,7 +812,7 @@ mod tests {
                 stored_cin: l.cin.next_multiple_of(8),
             })
             .collect();
-        let (packed, bias, k) = pack(&parts);
+        let (packed, bias, k) = pack::<half::f16>(&parts);
         assert_eq!(k, 9 * (8 + 16));
         let (ho, wo) = layers[0].out_size(h, w);
         // The kernel's arithmetic, in f64.
