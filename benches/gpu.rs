@@ -82,6 +82,12 @@ fn convs(c: &mut Criterion) {
     if gpu_present() {
         hot_convs(c, "f32_direct", &direct::<f32>());
         hot_convs(c, "f16_direct", &direct::<half::f16>());
+        // f32 on tensor cores (3×TF32, f64 totals), as the engine would run it.
+        let tc32 = CudaOps::<f32>::open().expect("GPU kernels load");
+        hot_convs(c, "f32_tensor_core", &|x, l, p, runs| {
+            tc32.time_conv_tc(x, l, p, TcTuning::default(), 3, runs)
+                .unwrap()
+        });
         let tc = CudaOps::<half::f16>::open().expect("GPU kernels load");
         // As the engine runs them (K split where the shape gives too few tiles), with
         // split K off, with activations through L1, and launched programmatically (each
@@ -152,6 +158,7 @@ fn network(c: &mut Criterion) {
     let model = Model::random(&config, 2019).unwrap();
     for (precision, kernels) in [
         (Precision::F32, Kernels::Direct),
+        (Precision::F32, Kernels::TensorCore),
         (Precision::F16, Kernels::Direct),
         (Precision::F16, Kernels::TensorCore),
     ] {
