@@ -1,8 +1,9 @@
 //! The CUDA engine's speed, timed on the device with CUDA events (no host copies): the four
 //! 3×3 stride-1 conv shapes that carry 77% of W32's FLOPs at batch 1 and 32 (time and
-//! FLOP/s as criterion's throughput), direct f32/f16 and tensor-core f16; W32's exchange
-//! units, fused against the unfused sequence, summed over all units; and the whole W32
-//! 256×192 network at batch 1, 8, 32 and 64, f32 direct, f16 direct and f16 tensor-core.
+//! FLOP/s as criterion's throughput), direct and tensor-core in f32 and f16 (f16 also with
+//! each tuning switch); W32's exchange units, fused against the unfused sequence, summed
+//! over all units; and the whole W32 256×192 network at batch 1, 8, 32 and 64, direct and
+//! tensor-core in f32 and f16.
 //! Without a GPU it prints one skip line.
 
 use std::io::Write;
