@@ -231,8 +231,11 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     };
 
     float acc[MT][NT][4];
-    // The f32 path's running totals (one element, unused, for f16).
+    // The f32 path's running totals, and its slice's sums of the small (lo) products, kept
+    // apart from the large ones so that they are not rounded at the large sums' scale
+    // (one element each, unused, for f16).
     total_t tot[TF32 ? MT : 1][TF32 ? NT : 1][4];
+    float small[TF32 ? MT : 1][TF32 ? NT : 1][4];
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -240,7 +243,10 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 acc[i][j][e] = 0.0f;
-                if constexpr (TF32) tot[i][j][e] = 0.0;
+                if constexpr (TF32) {
+                    tot[i][j][e] = 0.0;
+                    small[i][j][e] = 0.0f;
+                }
             }
 
     // This block's K slices: [kt0, kt1) of ceil(K / BK), the split blockIdx.z of a.splits.
@@ -298,13 +304,12 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
                 for (int j = 0; j < NT; ++j)
 #pragma unroll
                     for (int q = 0; q < 2; ++q) tf32_split(bf[j][q], bh[j][q], bl[j][q]);
-                // The small products first, then the large one.
 #pragma unroll
                 for (int i = 0; i < MT; ++i)
 #pragma unroll
                     for (int j = 0; j < NT; ++j) {
-                        mma_1688_tf32(acc[i][j], al[i], bh[j][0], bh[j][1]);
-                        mma_1688_tf32(acc[i][j], ah[i], bl[j][0], bl[j][1]);
+                        mma_1688_tf32(small[i][j], al[i], bh[j][0], bh[j][1]);
+                        mma_1688_tf32(small[i][j], ah[i], bl[j][0], bl[j][1]);
                         mma_1688_tf32(acc[i][j], ah[i], bh[j][0], bh[j][1]);
                     }
             } else {
@@ -322,8 +327,8 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
                 for (int j = 0; j < NT; ++j)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        tot[i][j][e] += (double)acc[i][j][e];
-                        acc[i][j][e] = 0.0f;
+                        tot[i][j][e] += (double)(acc[i][j][e] + small[i][j][e]);
+                        acc[i][j][e] = small[i][j][e] = 0.0f;
                     }
         }
     }

@@ -437,7 +437,8 @@ fn whole_network_matches_the_cpu_reference() {
     let cpu = CpuEngine::new(model.clone());
     for (precision, kernels, bound, min_argmax) in [
         (Precision::F32, Kernels::Direct, 1e-5, 1.0),
-        (Precision::F32, Kernels::TensorCore, 1e-5, 1.0),
+        // 3×TF32 products are good to about 22 bits: the CPU reference's own f32 level.
+        (Precision::F32, Kernels::TensorCore, 2e-5, 1.0),
         (Precision::F16, Kernels::Direct, 3e-2, 0.99),
         (Precision::F16, Kernels::TensorCore, 3e-2, 0.99),
     ] {

@@ -501,8 +501,12 @@ impl Row {
 
 /// Bounds against the f64 evaluation: the CPU reference's (its bound against the official
 /// model in float64), the CUDA f32 path's and the CUDA f16 path's (with argmax agreement).
+/// The f32 tensor-core path multiplies 3×TF32 splits, good to about 22 bits rather than
+/// f32's 24: under the emulated driver W32 lands at 9.1e-6 where the direct kernels land
+/// at 4.7e-6, so its bound is the CPU reference's own f32 accuracy (1.5e-5 to 2e-5).
 const CPU_F32_BOUND: f64 = 1e-4;
 const CUDA_F32_BOUND: f64 = 1e-5;
+const CUDA_F32_TC_BOUND: f64 = 2e-5;
 const CUDA_F16_BOUND: f64 = 3e-2;
 const CUDA_F16_ARGMAX: f64 = 0.99;
 
@@ -552,7 +556,7 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
     }
     for (precision, kernels, bound, min_argmax) in [
         (Precision::F32, Kernels::Direct, CUDA_F32_BOUND, 1.0),
-        (Precision::F32, Kernels::TensorCore, CUDA_F32_BOUND, 1.0),
+        (Precision::F32, Kernels::TensorCore, CUDA_F32_TC_BOUND, 1.0),
         (
             Precision::F16,
             Kernels::Direct,
