@@ -71,31 +71,36 @@ static inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
     barrier_wait(w.sync, 32);
 }
 
-// mma.m16n8k16 .row.col f16 -> f32. A: register j of lane l holds row l/4 + 8(j%2),
-// columns 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1},
-// column l/4; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2.
-static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+// The lanes' fragments exchanged through the warp, then d += A·B for this lane's four
+// accumulators, A(w, row, k) and B(w, k, n) reading the exchanged registers as the layout
+// says; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2 (both shapes).
+template <int K, typename FA, typename FB>
+static inline void warp_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, FA A, FB B) {
     Warp& w = warp();
     const int l = lane_id();
     for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
     w.b[l][0] = b0;
     w.b[l][1] = b1;
     barrier_wait(w.sync, 32);
-    auto A = [&](int row, int k) {
-        const int lane = (row % 8) * 4 + (k % 8) / 2;
-        return half_of(w.a[lane][(row / 8) + 2 * (k / 8)], k % 2);
-    };
-    auto B = [&](int k, int n) {
-        const int lane = n * 4 + (k % 8) / 2;
-        return half_of(w.b[lane][k / 8], k % 2);
-    };
     for (int e = 0; e < 4; ++e) {
         const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
         float s = d[e];
-        for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+        for (int k = 0; k < K; ++k) s += A(w, row, k) * B(w, k, col);
         d[e] = s;
     }
     barrier_wait(w.sync, 32);
+}
+
+// mma.m16n8k16 .row.col f16 -> f32. A: register j of lane l holds row l/4 + 8(j%2),
+// columns 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1},
+// column l/4.
+static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    warp_mma<16>(
+        d, a, b0, b1,
+        [](const Warp& w, int row, int k) {
+            return half_of(w.a[(row % 8) * 4 + (k % 8) / 2][(row / 8) + 2 * (k / 8)], k % 2);
+        },
+        [](const Warp& w, int k, int n) { return half_of(w.b[n * 4 + (k % 8) / 2][k / 8], k % 2); });
 }
 
 // cvt.rna.tf32.f32: the f32 bits of x rounded to 10 mantissa bits, to nearest, ties away
@@ -108,28 +113,17 @@ static inline unsigned tf32_bits(float x) {
 }
 
 // mma.m16n8k8 .row.col TF32 -> f32. A: register j of lane l holds row l/4 + 8(j%2), column
-// l%4 + 4(j/2); B: register j holds row (k) l%4 + 4j, column l/4; C/D as for m16n8k16.
-// The hardware reads 19 bits of each register (sign, exponent, 10 mantissa bits).
+// l%4 + 4(j/2); B: register j holds row (k) l%4 + 4j, column l/4. The hardware reads 19
+// bits of each register (sign, exponent, 10 mantissa bits).
+static inline float tf32_of(unsigned bits) {
+    bits &= ~0x1fffu;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
 static inline void mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    Warp& w = warp();
-    const int l = lane_id();
-    for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
-    w.b[l][0] = b0;
-    w.b[l][1] = b1;
-    barrier_wait(w.sync, 32);
-    auto tf32 = [](unsigned bits) {
-        bits &= ~0x1fffu;
-        float f;
-        std::memcpy(&f, &bits, 4);
-        return f;
-    };
-    auto A = [&](int row, int k) { return tf32(w.a[(row % 8) * 4 + k % 4][(row / 8) + 2 * (k / 4)]); };
-    auto B = [&](int k, int n) { return tf32(w.b[n * 4 + k % 4][k / 4]); };
-    for (int e = 0; e < 4; ++e) {
-        const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
-        float s = d[e];
-        for (int k = 0; k < 8; ++k) s += A(row, k) * B(k, col);
-        d[e] = s;
-    }
-    barrier_wait(w.sync, 32);
+    warp_mma<8>(
+        d, a, b0, b1,
+        [](const Warp& w, int row, int k) { return tf32_of(w.a[(row % 8) * 4 + k % 4][(row / 8) + 2 * (k / 4)]); },
+        [](const Warp& w, int k, int n) { return tf32_of(w.b[n * 4 + k % 4][k / 4]); });
 }
