@@ -738,7 +738,7 @@ enum Program<T> {
         weights: Vec<CudaSlice<T>>,
         biases: Vec<CudaSlice<f32>>,
     },
-    /// The fused plan on NHWC f16.
+    /// The fused plan on NHWC activations of T.
     TensorCore(super::tc::TcProgram<T>),
 }
 
@@ -1265,8 +1265,8 @@ impl CudaEngine {
     }
 
     /// How the tensor-core convolutions are launched: split K (on by default; results
-    /// change by rounding, deterministically) and activations through L1 (off by default;
-    /// bitwise the same). No effect on the direct kernels. Captured CUDA graphs are
+    /// change by rounding, deterministically), activations through L1 and programmatic
+    /// launches (off by default; bitwise the same). No effect on the direct kernels. Captured CUDA graphs are
     /// dropped and recaptured with the new launches.
     pub fn set_tuning(&mut self, tuning: crate::cuda::TcTuning) {
         on_net!(&mut self.inner, n => {

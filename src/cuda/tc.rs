@@ -1,5 +1,5 @@
 //! The tensor-core program: the fused plan (`graph::fused`) run with kernels/conv_tc.cu on
-//! f16 NHWC activations. Each conv step's weights are packed once at upload as
+//! NHWC activations in f16 or f32. Each conv step's weights are packed once at upload as
 //! `[Cout][Σ_s K²·Cin_s]` (channels padded to 8, the sources side by side) with the summed
 //! bias; the tile of each launch is chosen from its GEMM shape and the GPU's SM count.
 
@@ -600,8 +600,8 @@ pub(crate) fn launch_conv<T: GpuElem>(
         a.factor[i] = dim_i32(f)?;
     }
     let grid = grid_dim("conv_tc", m.div_ceil(bm), c.cout.div_ceil(bn), plan.splits)?;
-    // What the kernel touches: every source holds n·hi·wi·cin_s f16, the weights cout·k
-    // f16, the bias cout f32, each term n·(ho/f)·(wo/f)·cout f16 and y n·ho·wo·cout f16
+    // What the kernel touches (elements of T): every source holds n·hi·wi·cin_s, the
+    // weights cout·k, the bias cout f32, each term n·(ho/f)·(wo/f)·cout and y n·ho·wo·cout
     // (the strides address inside it); when split, the scratch holds tiles·splits·BM·BN
     // f32 and tiles counters (checked above), and no other stream uses it. All are live
     // device buffers of this context; unused pointers are null.
