@@ -20,6 +20,7 @@
 //! # Ok::<(), hrnet::Error>(())
 //! ```
 
+pub mod accuracy;
 pub mod config;
 pub mod cpu;
 pub mod cuda;

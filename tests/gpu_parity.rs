@@ -7,6 +7,7 @@ mod common;
 
 use common::gpu_or_skip;
 use common::parity::{self, check, seed, stored, tolerance};
+use hrnet::accuracy::{self, F16Floor};
 use hrnet::cpu::ops::{conv2d, relu_in_place, upsample_add};
 use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, TcTuning};
 use hrnet::decode::peaks;
@@ -424,9 +425,12 @@ fn argmax_parity<T: GpuElem>() {
 
 both_precisions!(argmax_matches_the_official_decoding, argmax_parity);
 
-/// W32 256×192 end to end: f32 within 1e-5 of the CPU reference evaluated in f64
-/// (the CPU's own f32 is ~1.7e-5 from it) with identical argmax; f16 within 3e-2 with
-/// argmax agreement ≥ 0.99. Repeated runs are bitwise equal; peaks match the CPU decode.
+/// W32 256×192 end to end against the CPU reference evaluated in f64: f32 within 1e-5
+/// (the CPU's own f32 is ~1.7e-5 from it; 2e-5 for 3×TF32) with identical argmax; f16
+/// within 3e-2 and argmax agreement ≥ 0.99, or, where f16 storage alone moves this random
+/// network further, within 1.15× of what it moves it (`hrnet::accuracy`, measured on each
+/// input by the CPU f16-storage engine). Repeated runs are bitwise equal; peaks match the
+/// CPU decode.
 #[test]
 fn whole_network_matches_the_cpu_reference() {
     if !gpu_or_skip("whole_network_matches_the_cpu_reference") {
@@ -435,16 +439,15 @@ fn whole_network_matches_the_cpu_reference() {
     let config = HrnetConfig::preset("w32-256x192").unwrap();
     let model = Model::random(&config, 2019).unwrap();
     let cpu = CpuEngine::new(model.clone());
-    for (precision, kernels, bound, min_argmax) in [
-        (Precision::F32, Kernels::Direct, 1e-5, 1.0),
-        // 3×TF32 products are good to about 22 bits: the CPU reference's own f32 level.
-        (Precision::F32, Kernels::TensorCore, 2e-5, 1.0),
-        (Precision::F16, Kernels::Direct, 3e-2, 0.99),
-        (Precision::F16, Kernels::TensorCore, 3e-2, 0.99),
+    for (precision, kernels) in [
+        (Precision::F32, Kernels::Direct),
+        (Precision::F32, Kernels::TensorCore),
+        (Precision::F16, Kernels::Direct),
+        (Precision::F16, Kernels::TensorCore),
     ] {
         let mut gpu =
             CudaEngine::on_device(&model, precision, kernels, 0).unwrap_or_else(|e| panic!("{e}"));
-        let precision = format!("{precision} {kernels}");
+        let name = format!("{precision} {kernels}");
         gpu.set_poison(true);
         for n in [1, 3] {
             let x = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
@@ -456,6 +459,18 @@ fn whole_network_matches_the_cpu_reference() {
                 .iter()
                 .map(|&v| f64::from(v))
                 .collect();
+            let (bound, min_argmax) = match (precision, kernels) {
+                (Precision::F32, Kernels::Direct) => (accuracy::CUDA_F32, 1.0),
+                (Precision::F32, Kernels::TensorCore) => (accuracy::CUDA_F32_TENSOR_CORE, 1.0),
+                (Precision::F16, _) => {
+                    let floor = F16Floor::measure(&cpu, &x, &reference).unwrap();
+                    println!(
+                        "f16 storage n={n}: rel L2 {:.3e} vs f64, argmax {:.4}",
+                        floor.rel_l2, floor.argmax
+                    );
+                    (floor.bound(), floor.min_argmax())
+                }
+            };
             let (out, gpu_peaks) = gpu.forward_peaks(&x).unwrap();
             assert!(
                 out.data().iter().all(|v| v.is_finite()),
@@ -465,12 +480,12 @@ fn whole_network_matches_the_cpu_reference() {
             let rel_cpu32 = relative_l2(out.data(), &cpu32).unwrap();
             let agree = argmax_agreement(out.data(), &reference, 64 * 48);
             println!(
-                "{precision} n={n}: rel L2 {rel:.3e} vs f64, {rel_cpu32:.3e} vs cpu f32, argmax {agree:.4}"
+                "{name} n={n}: rel L2 {rel:.3e} vs f64, {rel_cpu32:.3e} vs cpu f32, argmax {agree:.4}"
             );
-            assert!(rel <= bound, "{precision} n={n}: {rel:.3e} > {bound:.0e}");
+            assert!(rel <= bound, "{name} n={n}: {rel:.3e} > {bound:.2e}");
             assert!(
                 agree >= min_argmax,
-                "{precision} n={n}: argmax agreement {agree}"
+                "{name} n={n}: argmax agreement {agree} < {min_argmax:.4}"
             );
             assert_eq!(
                 gpu_peaks,
@@ -481,7 +496,7 @@ fn whole_network_matches_the_cpu_reference() {
             assert_eq!(
                 gpu.forward(&x).unwrap(),
                 out,
-                "{precision}: repeated runs differ"
+                "{name}: repeated runs differ"
             );
             assert_eq!(
                 gpu.arena_bytes(),

@@ -8,7 +8,7 @@ use hrnet::{CpuEngine, HrnetConfig, Model, Nchw, Tensor};
 struct Rms(Vec<f64>);
 
 impl Hook<f32> for Rms {
-    fn after_op(&mut self, _: ValueId, out: &[f32], _: usize, _: Chw) {
+    fn after_op(&mut self, _: ValueId, out: &mut [f32], _: usize, _: Chw) {
         let ss: f64 = out.iter().map(|&v| f64::from(v).powi(2)).sum();
         self.0.push((ss / out.len() as f64).sqrt());
     }

@@ -3,6 +3,8 @@
 
 pub mod ops;
 
+use half::f16;
+
 use crate::error::Result;
 use crate::graph::{Chw, Graph, Op, ValueId};
 use crate::tensor::{Nchw, Tensor};
@@ -14,8 +16,8 @@ use ops::Element;
 pub trait Hook<T> {
     /// Called on a conv's output after its bias and before its residual and ReLU.
     fn after_conv(&mut self, _layer: usize, _out: &mut [T], _batch: usize, _shape: Chw) {}
-    /// Called on every op's final output.
-    fn after_op(&mut self, _value: ValueId, _out: &[T], _batch: usize, _shape: Chw) {}
+    /// Called on every op's final output, which it may rewrite before any reader sees it.
+    fn after_op(&mut self, _value: ValueId, _out: &mut [T], _batch: usize, _shape: Chw) {}
 }
 
 /// A hook that observes nothing.
@@ -63,7 +65,7 @@ pub fn execute<T: Element>(
                 ops::relu_in_place(&mut out);
             }
         }
-        hook.after_op(output, &out, batch, s);
+        hook.after_op(output, &mut out, batch, s);
         values[output.0] = Some(out);
         for v in op.inputs() {
             if last_use[v.0] == i {
@@ -124,6 +126,36 @@ impl CpuEngine {
         Tensor::new(Nchw::batch(n, g.output_shape()), out)
     }
 
+    /// The network as an engine that stores f16 computes it: the folded weights, the input
+    /// and every op's output rounded to f16, arithmetic and biases in f32 (the CUDA f16
+    /// engines' storage, op for op). Its distance from [`CpuEngine::forward_f64`] is the
+    /// error that f16 storage alone causes on this network and input: the floor that the
+    /// f16 engines are judged against ([`crate::accuracy::F16Floor`]).
+    pub fn forward_f16_storage(&self, input: &Tensor) -> Result<Tensor> {
+        let g = &self.model.graph;
+        g.check_input(input)?;
+        let weights: Vec<Vec<f32>> = self
+            .model
+            .params
+            .iter()
+            .map(|p| {
+                let mut w = p.weight.clone();
+                round_f16(&mut w);
+                w
+            })
+            .collect();
+        let params: Vec<(&[f32], &[f32])> = weights
+            .iter()
+            .zip(&self.model.params)
+            .map(|(w, p)| (w.as_slice(), p.bias.as_slice()))
+            .collect();
+        let mut x = input.data().to_vec();
+        round_f16(&mut x);
+        let n = input.shape().n;
+        let out = execute(g, &params, x, n, &mut StoreF16);
+        Tensor::new(Nchw::batch(n, g.output_shape()), out)
+    }
+
     /// The same network evaluated in f64 (weights and input widened from f32): the
     /// reference that f32 results are measured against.
     pub fn forward_f64(&self, input: &Tensor) -> Result<Vec<f64>> {
@@ -146,6 +178,21 @@ impl CpuEngine {
             input.shape().n,
             &mut NoHook,
         ))
+    }
+}
+
+/// Rounds every op's output to f16 and back, as an engine that stores f16 does.
+struct StoreF16;
+
+impl Hook<f32> for StoreF16 {
+    fn after_op(&mut self, _: ValueId, out: &mut [f32], _: usize, _: Chw) {
+        round_f16(out);
+    }
+}
+
+fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = f16::from_f32(*v).to_f32();
     }
 }
 
