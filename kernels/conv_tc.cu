@@ -21,10 +21,12 @@
 //
 // Tiles: a block computes BM pixels × BN channels with 4 warps (2 × 2), each warp
 // (BM/2) × (BN/2), fed by ldmatrix.x4. f16: mma.sync m16n8k16, f32 accumulators. f32: each
-// operand split into two TF32 parts, x = hi + lo (cvt.rna.tf32.f32), and mma.sync m16n8k8
-// TF32 run three times (lo·hi, hi·lo, hi·hi): products good to about 2⁻²¹, and each K
-// slice's f32 accumulators are added into f64 totals (as kernels/conv.cu adds each input
-// channel's partial), which keeps the f32 engine within 1e-5 of the network in f64. An
+// operand split exactly into three TF32 parts, x = p0 + p1 + p2 (cvt.rna.tf32.f32), and
+// mma.sync m16n8k8 TF32 run six times, for every product of order 2⁻²² and above: the
+// products are then exact to about 2⁻³³, where two parts (3×TF32) leave errors of 2⁻²²
+// that act like a perturbation of the weights and double the engine's distance from f64.
+// Each K slice's f32 accumulators are added into f64 totals (as kernels/conv.cu adds each
+// input channel's partial), which keeps the f32 engine within 1e-5 of the network in f64. An
 // 8 × 4 block of f32 is an 8 × 8 block of b16, so ldmatrix serves both types with the same
 // byte addresses, and the m16n8k8 TF32 fragments are its matrices in the same order.
 // K advances in slices of 64 bytes (32 halves or 16 floats) through a 3-stage cp.async
@@ -151,10 +153,14 @@ __device__ __forceinline__ unsigned tf32_bits(float x) {
 }
 #endif
 
-// x (f32 bits) as hi + lo, both TF32.
-__device__ __forceinline__ void tf32_split(unsigned x, unsigned& hi, unsigned& lo) {
-    hi = tf32_bits(__uint_as_float(x));
-    lo = tf32_bits(__uint_as_float(x) - __uint_as_float(hi));
+// x (f32 bits) exactly as p0 + p1 + p2, each TF32: p0 takes the top 11 significant bits
+// (rounded), the remainder x − p0 has at most 13, p1 takes 11 of them and p2 the last 2.
+__device__ __forceinline__ void tf32_split(unsigned x, unsigned& p0, unsigned& p1, unsigned& p2) {
+    const float v = __uint_as_float(x);
+    p0 = tf32_bits(v);
+    const float r = v - __uint_as_float(p0);
+    p1 = tf32_bits(r);
+    p2 = tf32_bits(r - __uint_as_float(p1));
 }
 
 template <typename E, int KS, int S, int BM, int BN>
@@ -231,7 +237,7 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     };
 
     float acc[MT][NT][4];
-    // The f32 path's running totals, and its slice's sums of the small (lo) products, kept
+    // The f32 path's running totals, and its slice's sums of the small products, kept
     // apart from the large ones so that they are not rounded at the large sums' scale
     // (one element each, unused, for f16).
     total_t tot[TF32 ? MT : 1][TF32 ? NT : 1][4];
@@ -295,22 +301,27 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
                 bf[2 * j + 1][1] = r[3];
             }
             if constexpr (TF32) {
-                unsigned ah[MT][4], al[MT][4], bh[NT][2], bl[NT][2];
+                unsigned a0[MT][4], a1[MT][4], a2[MT][4], b0[NT][2], b1[NT][2], b2[NT][2];
 #pragma unroll
                 for (int i = 0; i < MT; ++i)
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) tf32_split(af[i][q], ah[i][q], al[i][q]);
+                    for (int q = 0; q < 4; ++q) tf32_split(af[i][q], a0[i][q], a1[i][q], a2[i][q]);
 #pragma unroll
                 for (int j = 0; j < NT; ++j)
 #pragma unroll
-                    for (int q = 0; q < 2; ++q) tf32_split(bf[j][q], bh[j][q], bl[j][q]);
+                    for (int q = 0; q < 2; ++q) tf32_split(bf[j][q], b0[j][q], b1[j][q], b2[j][q]);
+                // Smallest first: the products of order 2⁻²² (p1·q1, p0·q2, p2·q0), those of
+                // order 2⁻¹¹, then p0·q0. p1·q2, p2·q1 and p2·q2 (2⁻³³ and below) are left out.
 #pragma unroll
                 for (int i = 0; i < MT; ++i)
 #pragma unroll
                     for (int j = 0; j < NT; ++j) {
-                        mma_1688_tf32(small[i][j], al[i], bh[j][0], bh[j][1]);
-                        mma_1688_tf32(small[i][j], ah[i], bl[j][0], bl[j][1]);
-                        mma_1688_tf32(acc[i][j], ah[i], bh[j][0], bh[j][1]);
+                        mma_1688_tf32(small[i][j], a1[i], b1[j][0], b1[j][1]);
+                        mma_1688_tf32(small[i][j], a0[i], b2[j][0], b2[j][1]);
+                        mma_1688_tf32(small[i][j], a2[i], b0[j][0], b0[j][1]);
+                        mma_1688_tf32(small[i][j], a1[i], b0[j][0], b0[j][1]);
+                        mma_1688_tf32(small[i][j], a0[i], b1[j][0], b1[j][1]);
+                        mma_1688_tf32(acc[i][j], a0[i], b0[j][0], b0[j][1]);
                     }
             } else {
 #pragma unroll

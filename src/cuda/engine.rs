@@ -54,7 +54,8 @@ pub trait GpuElem: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + '
 
 impl GpuElem for f32 {
     const SUFFIX: &'static str = "_f32";
-    // The f64 totals of the 3×TF32 path leave no registers for larger tiles.
+    // The f64 totals and three-part operands of the f32 path leave no registers for larger
+    // tiles.
     const TC_TILES: &'static [(usize, usize)] = &[(64, 32), (32, 32)];
     fn from_f32(v: f32) -> Self {
         v
@@ -705,7 +706,8 @@ pub enum Kernels {
     /// kernels/conv_tc.cu on NHWC activations: tensor-core implicit GEMM, the exchange
     /// units' strided steps, identity and upsampled terms fused into one launch per output
     /// branch (`graph::fused`). f16 on `mma.sync` f16; f32 on `mma.sync` TF32 with each
-    /// operand split in two (3×TF32) and f64 totals, which keeps f32's accuracy.
+    /// operand split exactly into three TF32 parts (six products) and f64 totals, which keeps
+    /// f32's accuracy.
     TensorCore,
 }
 

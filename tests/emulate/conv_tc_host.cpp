@@ -224,7 +224,7 @@ int main() {
         {1, 1, 2, 8, 6, 17, {32}, {}, false, true},
     };
     // Unsplit; split in 2 and 5 (the stem's K has 3 f16 slices: two of its 5 splits are
-    // empty). f16 output rounds at 2⁻¹¹; the f32 path (3×TF32, f64 totals) must stay near
+    // empty). f16 output rounds at 2⁻¹¹; the f32 path (three-part TF32, f64 totals) must stay near
     // f32 rounding: 1×TF32 alone lands near 5e-4.
     const int splits[] = {1, 2, 5};
     int failed = 0, run = 0;
