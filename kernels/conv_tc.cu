@@ -1,6 +1,7 @@
 // conv_tc.cu: tensor-core convolution (implicit GEMM) on NHWC activations, with the
 // exchange-unit epilogue: the fast path of the f16 engine (f16 operands) and of the f32
-// engine (f32 operands in the 3×TF32 split). kernels/conv.cu stays the readable baseline.
+// engine (f32 operands split exactly into three TF32 parts). kernels/conv.cu stays the
+// readable baseline.
 //
 // GEMM view: M = N·Ho·Wo output pixels, N = Cout, K = Σ_s K²·Cin_s over up to 4 sources
 // that share one input resolution (several sources = several convs whose results are
