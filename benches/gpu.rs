@@ -17,12 +17,17 @@ use hrnet::graph::{Chw, ConvLayer};
 use hrnet::weights::ConvParams;
 use hrnet::{HrnetConfig, Model, Nchw, Tensor};
 
-/// Whether there is a GPU; the skip line is printed once.
+/// Whether there is a GPU; the skip line is printed once (a failure instead under
+/// `HRNET_REQUIRE_GPU`, as on the device).
 fn gpu_present() -> bool {
     static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PRESENT.get_or_init(|| match gpus() {
         Ok(_) => true,
         Err(e) => {
+            assert!(
+                std::env::var_os("HRNET_REQUIRE_GPU").is_none(),
+                "HRNET_REQUIRE_GPU is set but: {e}"
+            );
             let _ = writeln!(std::io::stderr(), "SKIPPED gpu benches: {e}");
             false
         }

@@ -12,7 +12,8 @@ heatmaps, then timed in PyTorch's usual configurations.
           (the network in float64 as the reference; PyTorch fp32 without TF32 and fp16
           channels_last, and each hrnet heatmaps file, against it: relative L2 error and
           argmax agreement, JSON lines)
-  time:   python3 scripts/peer_pytorch.py --weights W.safetensors --time --batches 1,8,32,64
+  time:   python3 scripts/peer_pytorch.py --weights W.safetensors --time --batches 1,8,32,64 \
+              [--configs eager_fp32,...]
           (CUDA only: eager fp32 with PyTorch's defaults (TF32 convolutions), eager fp16
           channels_last, fp16 under CUDA graphs, torch.compile(mode="max-autotune") fp16;
           CUDA-event medians after warm-up, torch.cuda.max_memory_allocated; JSON lines)
@@ -21,6 +22,7 @@ Needs torch, numpy, safetensors.
 """
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -146,7 +148,9 @@ def check(a):
     device = torch.device(a.device)
     model = load(a.weights).to(device)
     x = torch.from_numpy(np.load(a.input).astype(np.float32)).to(device)
-    with torch.no_grad():
+    # The check asks whether the two networks are the same, so both run in full f32:
+    # PyTorch's default TF32 convolutions alone land about 1e-3 away.
+    with torch.no_grad(), full_f32():
         out = model(x).double().cpu().numpy()
     ref = np.load(a.reference).astype(np.float64)
     rel, agree = scores(out, ref)
@@ -162,17 +166,25 @@ def scores(out, ref):
     return rel, agree
 
 
+@contextlib.contextmanager
+def full_f32():
+    """PyTorch's f32 convolutions and matrix products without TF32, restored afterwards."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def accuracy(a):
     device = torch.device(a.device)
     x = torch.from_numpy(np.load(a.input).astype(np.float32)).to(device)
-    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    with torch.no_grad():
+    with torch.no_grad(), full_f32():
         ref = load(a.weights).double().to(device)(x.double()).cpu().numpy()
         runs = [("pytorch", "fp32 (no TF32)", load(a.weights).to(device)(x))]
         half = load(a.weights).half().to(device).to(memory_format=torch.channels_last)
         runs.append(("pytorch", "fp16 channels_last", half(x.half().contiguous(memory_format=torch.channels_last))))
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     rows = [(engine, what, out.double().contiguous().cpu().numpy()) for engine, what, out in runs]
     rows += [("hrnet", path, np.load(path).astype(np.float64)) for path in a.accuracy]
     for engine, what, out in rows:
@@ -199,18 +211,25 @@ def time_one(fn, x, runs, warmup):
     return statistics.median(times)
 
 
+CONFIGS = ("eager_fp32", "eager_fp16_channels_last", "cuda_graph_fp16", "compile_max_autotune_fp16")
+
+
 def timings(a):
+    """Each configuration in turn, over every batch: one model per configuration, freed
+    before the next, so that each peak holds only its own weights and activations."""
     if not torch.cuda.is_available():
         print("timing needs CUDA", file=sys.stderr)
         return 1
-    base = load(a.weights).cuda()
     h, w = (int(v) for v in a.input_size.split("x"))
-    for batch in (int(b) for b in a.batches.split(",")):
-        for name in ("eager_fp32", "eager_fp16_channels_last", "cuda_graph_fp16", "compile_max_autotune_fp16"):
+    for name in a.configs.split(","):
+        if name not in CONFIGS:
+            print(f"unknown configuration {name!r} (one of {', '.join(CONFIGS)})", file=sys.stderr)
+            return 1
+        fp16 = "fp16" in name
+        for batch in (int(b) for b in a.batches.split(",")):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            fp16 = "fp16" in name
-            model = load(a.weights).cuda() if fp16 else base
+            model = load(a.weights).cuda()
             x = torch.randn(batch, 3, h, w, device="cuda")
             if fp16:
                 model = model.half().to(memory_format=torch.channels_last)
@@ -237,6 +256,9 @@ def timings(a):
                               "batch": batch, "median_ms": ms, "images_per_s": batch * 1000.0 / ms,
                               "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
                               "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
+            del model, x, fn
+            if name == "cuda_graph_fp16":
+                del graph, static_x, static_y
     return 0
 
 
@@ -270,6 +292,9 @@ def main():
     ap.add_argument("--time", action="store_true")
     ap.add_argument("--peaks", action="store_true", help="measure the fp16 matmul rate and copy bandwidth")
     ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help="the timed configurations, in order (torch.compile's autotuning takes minutes: "
+                         "the device script runs it as a step of its own)")
     ap.add_argument("--input-size", default="256x192")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)

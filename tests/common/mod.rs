@@ -53,11 +53,17 @@ pub fn skip(test: &str, why: &dyn std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
-/// Whether a GPU can be used; prints the skip line for `test` when not.
+/// Whether a GPU can be used; prints the skip line for `test` when not, and fails instead
+/// under `HRNET_REQUIRE_GPU` (set by scripts/device-validate, where a skip would hide a
+/// broken driver setup behind a pass).
 pub fn gpu_or_skip(test: &str) -> bool {
     match hrnet::cuda::gpus() {
         Ok(_) => true,
         Err(e) => {
+            assert!(
+                std::env::var_os("HRNET_REQUIRE_GPU").is_none(),
+                "HRNET_REQUIRE_GPU is set but: {e}"
+            );
             skip(test, &e);
             false
         }
