@@ -88,7 +88,7 @@ fn convs(c: &mut Criterion) {
     if gpu_present() {
         hot_convs(c, "f32_direct", &direct::<f32>());
         hot_convs(c, "f16_direct", &direct::<half::f16>());
-        // f32 on tensor cores (three-part TF32, f64 totals), as the engine would run it.
+        // f32 on tensor cores (three bf16 parts, f64 totals), as the engine would run it.
         let tc32 = CudaOps::<f32>::open().expect("GPU kernels load");
         hot_convs(c, "f32_tensor_core", &|x, l, p, runs| {
             tc32.time_conv_tc(x, l, p, TcTuning::default(), 3, runs)

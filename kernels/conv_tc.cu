@@ -1,6 +1,6 @@
 // conv_tc.cu: tensor-core convolution (implicit GEMM) on NHWC activations, with the
 // exchange-unit epilogue: the fast path of the f16 engine (f16 operands) and of the f32
-// engine (f32 operands split exactly into three TF32 parts). kernels/conv.cu stays the
+// engine (f32 operands split exactly into three bf16 parts). kernels/conv.cu stays the
 // readable baseline.
 //
 // GEMM view: M = N·Ho·Wo output pixels, N = Cout, K = Σ_s K²·Cin_s over up to 4 sources
@@ -22,14 +22,19 @@
 //
 // Tiles: a block computes BM pixels × BN channels with 4 warps (2 × 2), each warp
 // (BM/2) × (BN/2), fed by ldmatrix.x4. f16: mma.sync m16n8k16, f32 accumulators. f32: each
-// operand split exactly into three TF32 parts, x = p0 + p1 + p2 (cvt.rna.tf32.f32), and
-// mma.sync m16n8k8 TF32 run six times, for every product of order 2⁻²² and above: the
-// products are then exact to about 2⁻³³, where two parts (3×TF32) leave errors of 2⁻²²
-// that act like a perturbation of the weights and double the engine's distance from f64.
+// operand split exactly into three bf16 parts, x = p0 + p1 + p2 (cvt.rn.bf16x2.f32: 8
+// significant bits each, and a 24-bit f32 leaves nothing over), and mma.sync m16n8k16
+// bf16 run six times, for every product of order 2⁻¹⁶ and above; what is left out (p1·q2,
+// p2·q1, p2·q2) is below 2⁻²⁴ of the product, the f32 rounding of the operands themselves.
+// Two parts would leave 2⁻¹⁶, and three TF32 parts (m16n8k8, half the K per instruction
+// at the same issue cost) would take twice the tensor-core time for the same six products.
 // Each K slice's f32 accumulators are added into f64 totals (as kernels/conv.cu adds each
-// input channel's partial), which keeps the f32 engine within 1e-5 of the network in f64. An
-// 8 × 4 block of f32 is an 8 × 8 block of b16, so ldmatrix serves both types with the same
-// byte addresses, and the m16n8k8 TF32 fragments are its matrices in the same order.
+// input channel's partial), which keeps the f32 engine within 1e-5 of the network in f64.
+// An 8 × 4 block of f32 is an 8 × 8 block of b16, so ldmatrix serves both types with the
+// same byte addresses: for f32 it gives each thread one float per matrix, column (lane % 4)
+// of each 4-float block, and the bf16 fragment's pairs are formed from two such matrices,
+// columns c and c + 4. The 16 floats of a slice thus enter the mma in another order than
+// they lie in memory, the same order for both operands, which leaves the sum unchanged.
 // K advances in slices of 64 bytes (32 halves or 16 floats) through a 3-stage cp.async
 // pipeline (16-byte copies, zero fill for padding and out-of-range rows); shared rows are
 // 80 bytes apart so that the 8 rows of each ldmatrix phase fall in distinct banks. Weights
@@ -81,11 +86,11 @@ static_assert(sizeof(TcArgs<__half>) == 208 && sizeof(TcArgs<float>) == 208, "Tc
 // What differs between the element types: the f32 path keeps f64 totals (`total`).
 template <typename E> struct TcElem;
 template <> struct TcElem<__half> {
-    static constexpr bool tf32 = false;
+    static constexpr bool split = false;
     typedef float total;
 };
 template <> struct TcElem<float> {
-    static constexpr bool tf32 = true;
+    static constexpr bool split = true;
     typedef double total;
 };
 
@@ -137,41 +142,49 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// d = a · b + d for one 16×8 tile: a 16×8 (row), b 8×8 (col), TF32 in, f32 accumulators.
-__device__ __forceinline__ void mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+// The same with bf16 operands.
+__device__ __forceinline__ void mma_16816_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     asm volatile(
-        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// The f32 bits of x rounded to TF32 (10 mantissa bits; nearest, ties away from zero).
-__device__ __forceinline__ unsigned tf32_bits(float x) {
+// lo and hi rounded to bf16 (nearest, ties to even), packed as the low and high halves.
+__device__ __forceinline__ unsigned bf16x2_bits(float lo, float hi) {
     unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
 #endif
 
-// x (f32 bits) exactly as p0 + p1 + p2, each TF32: p0 takes the top 11 significant bits
-// (rounded), the remainder x − p0 has at most 13, p1 takes 11 of them and p2 the last 2.
-__device__ __forceinline__ void tf32_split(unsigned x, unsigned& p0, unsigned& p1, unsigned& p2) {
-    const float v = __uint_as_float(x);
-    p0 = tf32_bits(v);
-    const float r = v - __uint_as_float(p0);
-    p1 = tf32_bits(r);
-    p2 = tf32_bits(r - __uint_as_float(p1));
+// The two f32 values of a packed bf16 pair: a bf16 is the top half of an f32.
+__device__ __forceinline__ float bf16_low(unsigned p) { return __uint_as_float(p << 16); }
+__device__ __forceinline__ float bf16_high(unsigned p) { return __uint_as_float(p & 0xffff0000u); }
+
+// Two f32 values (their bits lo, hi) each exactly as p0 + p1 + p2, three packed bf16
+// pairs: p0 takes the top 8 significant bits (rounded), the remainder has at most 16, p1
+// takes 8 of them and p2 the rest. Each subtraction is exact.
+__device__ __forceinline__ void bf16_split(unsigned lo, unsigned hi, unsigned& p0, unsigned& p1, unsigned& p2) {
+    float l = __uint_as_float(lo), h = __uint_as_float(hi);
+    p0 = bf16x2_bits(l, h);
+    l -= bf16_low(p0);
+    h -= bf16_high(p0);
+    p1 = bf16x2_bits(l, h);
+    l -= bf16_low(p1);
+    h -= bf16_high(p1);
+    p2 = bf16x2_bits(l, h);
 }
 
 template <typename E, int KS, int S, int BM, int BN>
 __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
-    constexpr bool TF32 = TcElem<E>::tf32;
+    constexpr bool SPLIT = TcElem<E>::split;
     typedef typename TcElem<E>::total total_t;
     constexpr int PER = 16 / (int)sizeof(E);             // elements per 16-byte copy
     constexpr int BK = TC_ROW_BYTES / (int)sizeof(E);    // elements per K slice
     constexpr int LDS = BK + TC_PAD_BYTES / (int)sizeof(E);
-    constexpr int KSTEP = 32 / (int)sizeof(E);           // one mma's K: 16 halves or 8 floats
+    constexpr int KSTEP = 16;                            // one f16 mma's K (f32: the slice is one bf16 step)
     constexpr int P = KS / 2;
     constexpr int WTM = BM / 2, WTN = BN / 2;  // warp tile
     constexpr int MT = WTM / 16, NT = WTN / 8;
@@ -241,8 +254,8 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     // The f32 path's running totals, and its slice's sums of the small products, kept
     // apart from the large ones so that they are not rounded at the large sums' scale
     // (one element each, unused, for f16).
-    total_t tot[TF32 ? MT : 1][TF32 ? NT : 1][4];
-    float small[TF32 ? MT : 1][TF32 ? NT : 1][4];
+    total_t tot[SPLIT ? MT : 1][SPLIT ? NT : 1][4];
+    float small[SPLIT ? MT : 1][SPLIT ? NT : 1][4];
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -250,7 +263,7 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 acc[i][j][e] = 0.0f;
-                if constexpr (TF32) {
+                if constexpr (SPLIT) {
                     tot[i][j][e] = 0.0;
                     small[i][j][e] = 0.0f;
                 }
@@ -286,9 +299,9 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
         cp_async_commit();
 
         const int st = kt % TC_STAGES;
-#pragma unroll
-        for (int ks = 0; ks < BK; ks += KSTEP) {
-            unsigned af[MT][4], bf[NT][2];
+        // The A and B fragments at K offset ks of stage st: for f16 one m16n8k16 step's, for
+        // f32 (ldmatrix reading 8 × 4 floats as 8 × 8 b16) one float per register.
+        auto fragments = [&](int ks, unsigned (&af)[MT][4], unsigned (&bf)[NT][2]) {
 #pragma unroll
             for (int i = 0; i < MT; ++i)
                 ldmatrix_x4(af[i], &As[st][wm * WTM + i * 16 + (lane & 15)][ks + (lane >> 4) * PER]);
@@ -301,37 +314,54 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
                 bf[2 * j + 1][0] = r[2];
                 bf[2 * j + 1][1] = r[3];
             }
-            if constexpr (TF32) {
-                unsigned a0[MT][4], a1[MT][4], a2[MT][4], b0[NT][2], b1[NT][2], b2[NT][2];
+        };
+        if constexpr (SPLIT) {
+            // The slice's 16 floats are one bf16 m16n8k16 step. With g = lane / 4 and
+            // t = lane % 4, ldmatrix gave A row g (af[.][.][0], [2]) and row g + 8 ([1], [3])
+            // at columns t and t + 4 of floats 0–7 (h = 0) and 8–15 (h = 1), and B column g at
+            // the same columns ([.][0], [.][1]). Pairing columns t and t + 4 as the fragment's
+            // K pair (2t, 2t + 1), and 8 + t, 12 + t as (2t + 8, 2t + 9), orders K the same
+            // way for both operands.
+            unsigned af[2][MT][4], bf[2][NT][2];
+            fragments(0, af[0], bf[0]);
+            fragments(8, af[1], bf[1]);
+            unsigned a0[MT][4], a1[MT][4], a2[MT][4], b0[NT][2], b1[NT][2], b2[NT][2];
 #pragma unroll
-                for (int i = 0; i < MT; ++i)
+            for (int i = 0; i < MT; ++i)
 #pragma unroll
-                    for (int q = 0; q < 4; ++q) tf32_split(af[i][q], a0[i][q], a1[i][q], a2[i][q]);
+                for (int q = 0; q < 4; ++q) {
+                    const int h = q >> 1, r = q & 1;  // fragment register q: K half h, row g + 8r
+                    bf16_split(af[h][i][r], af[h][i][r + 2], a0[i][q], a1[i][q], a2[i][q]);
+                }
 #pragma unroll
-                for (int j = 0; j < NT; ++j)
+            for (int j = 0; j < NT; ++j)
 #pragma unroll
-                    for (int q = 0; q < 2; ++q) tf32_split(bf[j][q], b0[j][q], b1[j][q], b2[j][q]);
-                // Smallest first: the products of order 2⁻²² (p1·q1, p0·q2, p2·q0), those of
-                // order 2⁻¹¹, then p0·q0. p1·q2, p2·q1 and p2·q2 (2⁻³³ and below) are left out.
+                for (int h = 0; h < 2; ++h) bf16_split(bf[h][j][0], bf[h][j][1], b0[j][h], b1[j][h], b2[j][h]);
+            // Smallest first: the products of order 2⁻¹⁶ (p1·q1, p0·q2, p2·q0), those of order
+            // 2⁻⁸, then p0·q0. p1·q2, p2·q1 and p2·q2 (2⁻²⁴ and below) are left out.
 #pragma unroll
-                for (int i = 0; i < MT; ++i)
+            for (int i = 0; i < MT; ++i)
 #pragma unroll
-                    for (int j = 0; j < NT; ++j) {
-                        mma_1688_tf32(small[i][j], a1[i], b1[j][0], b1[j][1]);
-                        mma_1688_tf32(small[i][j], a0[i], b2[j][0], b2[j][1]);
-                        mma_1688_tf32(small[i][j], a2[i], b0[j][0], b0[j][1]);
-                        mma_1688_tf32(small[i][j], a1[i], b0[j][0], b0[j][1]);
-                        mma_1688_tf32(small[i][j], a0[i], b1[j][0], b1[j][1]);
-                        mma_1688_tf32(acc[i][j], a0[i], b0[j][0], b0[j][1]);
-                    }
-            } else {
+                for (int j = 0; j < NT; ++j) {
+                    mma_16816_bf16(small[i][j], a1[i], b1[j][0], b1[j][1]);
+                    mma_16816_bf16(small[i][j], a0[i], b2[j][0], b2[j][1]);
+                    mma_16816_bf16(small[i][j], a2[i], b0[j][0], b0[j][1]);
+                    mma_16816_bf16(small[i][j], a1[i], b0[j][0], b0[j][1]);
+                    mma_16816_bf16(small[i][j], a0[i], b1[j][0], b1[j][1]);
+                    mma_16816_bf16(acc[i][j], a0[i], b0[j][0], b0[j][1]);
+                }
+        } else {
+#pragma unroll
+            for (int ks = 0; ks < BK; ks += KSTEP) {
+                unsigned af[MT][4], bf[NT][2];
+                fragments(ks, af, bf);
 #pragma unroll
                 for (int i = 0; i < MT; ++i)
 #pragma unroll
                     for (int j = 0; j < NT; ++j) mma_16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
             }
         }
-        if constexpr (TF32) {
+        if constexpr (SPLIT) {
             // This slice's f32 sums into the f64 totals.
 #pragma unroll
             for (int i = 0; i < MT; ++i)
@@ -351,13 +381,13 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
 
     // The sum so far of output element (i, j, e): the f32 accumulator, or the f64 total.
     auto total = [&](int i, int j, int e) -> total_t {
-        if constexpr (TF32)
+        if constexpr (SPLIT)
             return tot[i][j][e];
         else
             return acc[i][j][e];
     };
     auto set_total = [&](int i, int j, int e, total_t v) {
-        if constexpr (TF32)
+        if constexpr (SPLIT)
             tot[i][j][e] = v;
         else
             acc[i][j][e] = v;

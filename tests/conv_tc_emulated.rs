@@ -1,9 +1,9 @@
 //! kernels/conv_tc.cu run on the CPU: tests/emulate/conv_tc_host.cpp compiles the kernel
 //! source with host stand-ins for its PTX instructions (a 32-lane warp emulator following
-//! the PTX ISA's ldmatrix, mma.m16n8k16 f16 and mma.m16n8k8 TF32 fragment layouts, and
-//! cvt.rna.tf32's rounding) and checks every tile and kernel shape of both element types,
+//! the PTX ISA's ldmatrix and mma.m16n8k16 f16 and bf16 fragment layouts, and
+//! cvt.rn.bf16x2's rounding) and checks every tile and kernel shape of both element types,
 //! several summed sources, upsampled terms, split K and NCHW output against a direct
-//! convolution in double (f16 within 2e-3, f32 within 1e-5). It catches indexing and fragment-layout mistakes without a
+//! convolution in double (f16 within 2e-3, f32 within 2e-7). It catches indexing and fragment-layout mistakes without a
 //! GPU; the pipeline's timing and the real instructions are the GPU parity tests' job.
 //! Needs a C++20 compiler (`CXX`, else `c++`); scripts/test makes it mandatory
 //! (HRNET_REQUIRE_CXX=1).

@@ -189,7 +189,7 @@ both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
 /// The tensor-core kernels (kernels/conv_tc.cu, every tile) on every HRNet conv shape,
 /// the residual as an epilogue term, written NHWC and NCHW, K split as the engine splits
 /// it (the deep branches at small batches) and unsplit; activations copied through L1 and
-/// programmatic launches give the same bits. f16, and f32 (three-part TF32, f64 totals) within
+/// programmatic launches give the same bits. f16, and f32 (three bf16 parts, f64 totals) within
 /// f32's own tolerance.
 fn tensor_core_conv_parity<T: GpuElem>() {
     let gpu = ops::<T>();
@@ -516,7 +516,7 @@ fn whole_network_matches_the_cpu_reference() {
     }
 }
 
-/// W32 256×192 on the tensor-core engines (f16, and f32 on TF32) at batch 1 and 3:
+/// W32 256×192 on the tensor-core engines (f16, and f32 as three bf16 parts) at batch 1 and 3:
 /// activations through L1 and programmatic launches give the default's bits; K unsplit
 /// differs by rounding only (the deep branches split at batch 1 on any GPU of 32 SMs or
 /// more).

@@ -54,8 +54,8 @@ impl From<Prec> for Precision {
 enum KernelsArg {
     /// kernels/conv.cu, NCHW, f32 or f16.
     Direct,
-    /// kernels/conv_tc.cu, NHWC on tensor cores with fused exchange units (f16; f32 as
-    /// exact three-part TF32 products with f64 totals).
+    /// kernels/conv_tc.cu, NHWC on tensor cores with fused exchange units (f16; f32 split
+    /// exactly into three bf16 parts, six products, f64 totals).
     TensorCore,
 }
 

@@ -705,8 +705,8 @@ pub enum Kernels {
     Direct,
     /// kernels/conv_tc.cu on NHWC activations: tensor-core implicit GEMM, the exchange
     /// units' strided steps, identity and upsampled terms fused into one launch per output
-    /// branch (`graph::fused`). f16 on `mma.sync` f16; f32 on `mma.sync` TF32 with each
-    /// operand split exactly into three TF32 parts (six products) and f64 totals, which keeps
+    /// branch (`graph::fused`). f16 on `mma.sync` f16; f32 on `mma.sync` bf16 with each
+    /// operand split exactly into three bf16 parts (six products) and f64 totals, which keeps
     /// f32's accuracy.
     TensorCore,
 }

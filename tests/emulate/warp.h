@@ -1,4 +1,4 @@
-// warp.h: host versions of the four PTX wrappers of kernels/conv_tc.cu: a 32-lane warp
+// warp.h: host versions of the PTX wrappers of kernels/conv_tc.cu: a 32-lane warp
 // emulator for ldmatrix and mma.sync following the PTX ISA's fragment layouts (sections
 // "Matrix Fragments for mma.m16n8k16 with floating point type" and "ldmatrix"), and
 // cp.async as a synchronous copy (so the pipeline's ordering is not tested; the GPU parity
@@ -71,11 +71,29 @@ static inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
     barrier_wait(w.sync, 32);
 }
 
-// The lanes' fragments exchanged through the warp, then d += A·B for this lane's four
-// accumulators, A(w, row, k) and B(w, k, n) reading the exchanged registers as the layout
-// says; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2 (both shapes).
-template <int K, typename FA, typename FB>
-static inline void warp_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, FA A, FB B) {
+// cvt.rn.bf16x2.f32: lo and hi rounded to bf16 (the top 16 bits of an f32; to nearest,
+// ties to even) and packed as the low and high halves.
+static inline unsigned bf16_bits(float x) {
+    unsigned b;
+    std::memcpy(&b, &x, 4);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (b >> 16) | 0x40u;  // NaN stays NaN (quiet)
+    return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+}
+static inline unsigned bf16x2_bits(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+static inline float bf16_of(unsigned reg, int hi) {
+    const unsigned b = hi ? (reg & 0xffff0000u) : (reg << 16);
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+}
+
+// mma.m16n8k16 .row.col with 16-bit inputs (Of reads the low or high one of a register)
+// and f32 accumulators: the lanes' fragments exchanged through the warp, then d += A·B for
+// this lane's four accumulators. A: register j of lane l holds row l/4 + 8(j%2), columns
+// 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1}, column l/4;
+// C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2.
+template <float (*Of)(unsigned, int)>
+static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     Warp& w = warp();
     const int l = lane_id();
     for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
@@ -85,45 +103,16 @@ static inline void warp_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, 
     for (int e = 0; e < 4; ++e) {
         const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
         float s = d[e];
-        for (int k = 0; k < K; ++k) s += A(w, row, k) * B(w, k, col);
+        for (int k = 0; k < 16; ++k)
+            s += Of(w.a[(row % 8) * 4 + (k % 8) / 2][(row / 8) + 2 * (k / 8)], k % 2) *
+                 Of(w.b[col * 4 + (k % 8) / 2][k / 8], k % 2);
         d[e] = s;
     }
     barrier_wait(w.sync, 32);
 }
-
-// mma.m16n8k16 .row.col f16 -> f32. A: register j of lane l holds row l/4 + 8(j%2),
-// columns 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1},
-// column l/4.
 static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    warp_mma<16>(
-        d, a, b0, b1,
-        [](const Warp& w, int row, int k) {
-            return half_of(w.a[(row % 8) * 4 + (k % 8) / 2][(row / 8) + 2 * (k / 8)], k % 2);
-        },
-        [](const Warp& w, int k, int n) { return half_of(w.b[n * 4 + (k % 8) / 2][k / 8], k % 2); });
+    mma_m16n8k16<half_of>(d, a, b0, b1);
 }
-
-// cvt.rna.tf32.f32: the f32 bits of x rounded to 10 mantissa bits, to nearest, ties away
-// from zero (adding half a unit to the magnitude bits, then truncating).
-static inline unsigned tf32_bits(float x) {
-    unsigned b;
-    std::memcpy(&b, &x, 4);
-    if ((b & 0x7f800000u) == 0x7f800000u) return b;  // Inf and NaN pass
-    return (b + 0x1000u) & ~0x1fffu;
-}
-
-// mma.m16n8k8 .row.col TF32 -> f32. A: register j of lane l holds row l/4 + 8(j%2), column
-// l%4 + 4(j/2); B: register j holds row (k) l%4 + 4j, column l/4. The hardware reads 19
-// bits of each register (sign, exponent, 10 mantissa bits).
-static inline float tf32_of(unsigned bits) {
-    bits &= ~0x1fffu;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-static inline void mma_1688_tf32(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    warp_mma<8>(
-        d, a, b0, b1,
-        [](const Warp& w, int row, int k) { return tf32_of(w.a[(row % 8) * 4 + k % 4][(row / 8) + 2 * (k / 4)]); },
-        [](const Warp& w, int k, int n) { return tf32_of(w.b[n * 4 + k % 4][k / 4]); });
+static inline void mma_16816_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    mma_m16n8k16<bf16_of>(d, a, b0, b1);
 }
