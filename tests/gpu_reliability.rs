@@ -1,6 +1,8 @@
 //! The CUDA engine under pressure: a batch too large for the GPU is a clear error, the
 //! engine stays usable at a smaller batch and leaks nothing; threads sharing an engine
 //! (behind a lock) or owning one get bitwise the single-threaded results.
+//! `HRNET_STRESS_ROUNDS` (default 250) sets each thread's rounds: scripts/device-validate
+//! lowers it under compute-sanitizer, which runs every kernel many times slower.
 
 mod common;
 
@@ -85,13 +87,18 @@ fn threads_sharing_or_owning_gpu_engines_agree_bitwise() {
     let expected: Arc<Vec<Tensor>> =
         Arc::new(xs.iter().map(|x| alone.forward(x).unwrap()).collect());
     let shared = Arc::new(Mutex::new(CudaEngine::new(&model, Precision::F16).unwrap()));
+    let rounds: usize = std::env::var("HRNET_STRESS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    println!("4 threads x {rounds} rounds x 2 forwards (a shared engine and an own one)");
     let mut handles = Vec::new();
     for t in 0..4 {
         let (xs, expected, shared, model) =
             (xs.clone(), expected.clone(), shared.clone(), model.clone());
         handles.push(std::thread::spawn(move || {
             let mut own = CudaEngine::new(&model, Precision::F16).unwrap();
-            for i in 0..250 {
+            for i in 0..rounds {
                 let k = (t + i) % xs.len();
                 assert_eq!(
                     shared.lock().unwrap().forward(&xs[k]).unwrap(),
