@@ -1,13 +1,14 @@
 //! hrnet: an inference engine for HRNet pose estimation (Sun et al., CVPR 2019).
 //!
 //! The network is built once from an [`HrnetConfig`] into an explicit [`Graph`], loaded
-//! from an official checkpoint (safetensors, official key names) into a [`Model`] with
-//! every BN folded, and executed by a backend: [`cpu::CpuEngine`] is the reference.
+//! from an official checkpoint (safetensors or PyTorch `.pth`, official key names) into a
+//! [`Model`] with every BN folded, and executed by a backend: [`cpu::CpuEngine`] is the
+//! reference.
 //!
 //! ```
 //! use hrnet::{CpuEngine, HrnetConfig, Model, Nchw, Tensor};
 //!
-//! // A reduced-width network with seeded random weights; `Model::load("w.safetensors", None)`
+//! // A reduced-width network with seeded random weights; `Model::load("w.pth", None)`
 //! // reads an official checkpoint instead.
 //! let mut config = HrnetConfig::official("tiny", 8, 17, 64, 64);
 //! config.stages[1].modules = 1;

@@ -157,6 +157,64 @@ fn truncated_corrupt_and_lying_checkpoints() {
     }
 }
 
+/// The legacy `.pth` container (see src/weights/pth.rs) around one pickled object and no
+/// storages.
+fn legacy_pth(object: &[u8]) -> Vec<u8> {
+    let mut b = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+    b.extend_from_slice(b"\x80\x02M\xe9\x03."); // format version 1001
+    b.extend_from_slice(b"\x80\x02}X\x0d\x00\x00\x00little_endian\x88s.");
+    b.extend_from_slice(object);
+    b.extend_from_slice(b"\x80\x02]."); // no storage keys
+    b
+}
+
+#[test]
+fn truncated_corrupt_lying_and_malicious_pytorch_checkpoints() {
+    let c = case("hostile-pth");
+    let good = std::fs::read(common::test_data().join("pth/final_state_legacy.pth")).unwrap();
+    let zip = std::fs::read(common::test_data().join("pth/checkpoint_f16.pth")).unwrap();
+    let p = c.dir.join("bad.pth");
+    let marker = c.dir.join("ran");
+    let call = format!("touch {}", marker.display());
+    let mut malicious = b"\x80\x02cos\nsystem\nX".to_vec();
+    malicious.extend_from_slice(&(call.len() as u32).to_le_bytes());
+    malicious.extend_from_slice(call.as_bytes());
+    malicious.extend_from_slice(b"\x85R.");
+    let rows: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated legacy", good[..good.len() / 2].to_vec(), "ends"),
+        ("truncated zip", zip[..zip.len() / 2].to_vec(), "zip"),
+        (
+            "a storage record that lies about its size",
+            {
+                let mut b = good.clone();
+                // The head's storage record: its int64 element count (17 joints × 4
+                // channels, 68), made 2^40.
+                let at = b
+                    .windows(8)
+                    .position(|w| w == 68i64.to_le_bytes())
+                    .expect("the head's storage record");
+                b[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+                b
+            },
+            "elements",
+        ),
+        (
+            "code in the pickle",
+            legacy_pth(&malicious),
+            "os.system(...), not a state_dict",
+        ),
+    ];
+    for (what, bytes, says) in rows {
+        let e = load_err(&bytes, &p);
+        assert!(
+            matches!(e, Error::Checkpoint { .. }) && e.to_string().contains(says),
+            "{what}: {e}"
+        );
+        cli_fails(&p, &c.input, says);
+    }
+    assert!(!marker.exists(), "the pickle's call ran");
+}
+
 #[test]
 fn wrong_dtype() {
     let c = case("hostile-dtype");

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{compare, load_for, official_tiny};
-use hrnet::{CpuEngine, npy};
+use common::{compare, load_for, official_tiny, test_data};
+use hrnet::{Checkpoint, CpuEngine, npy};
 
 /// The CPU reference's bound against the official model in float64.
 const TOLERANCE: f64 = 1e-4;
@@ -24,6 +24,41 @@ fn committed_case_matches_the_official_model_in_float64() {
         println!("{weights}: relative L2 {rel:.3e}, argmax agreement {agree}");
         assert!(rel < TOLERANCE, "{weights}: relative L2 {rel:e}");
         assert_eq!(agree, 1.0, "{weights}: argmax differs");
+    }
+}
+
+/// The official releases are `.pth` files: `torch.save` of the state_dict in PyTorch 1.0's
+/// legacy format. Training checkpoints (`tools/train.py`) hold it under `state_dict` with
+/// DataParallel's `module.` prefix, beside the optimizer's state, in today's zip format.
+/// Both, written by torch itself (tests/data/pth, scripts/pth_case.py), hold exactly the
+/// tensors of the safetensors they were made from and give the official heatmaps.
+#[test]
+fn pytorch_checkpoints_match_the_official_model_in_float64() {
+    let dir = official_tiny();
+    let x = npy::read_tensor(dir.join("input.npy")).unwrap();
+    for (pth, same_as, reference) in [
+        (
+            "final_state_legacy.pth",
+            "weights.safetensors",
+            "heatmaps_f64.npy",
+        ),
+        (
+            "checkpoint_f16.pth",
+            "weights_f16.safetensors",
+            "heatmaps_f64_f16.npy",
+        ),
+    ] {
+        let path = test_data().join("pth").join(pth);
+        assert_eq!(
+            Checkpoint::load(&path).unwrap(),
+            Checkpoint::load(dir.join(same_as)).unwrap(),
+            "{pth} and {same_as}"
+        );
+        let out = CpuEngine::new(load_for(&path, &x)).forward(&x).unwrap();
+        let (rel, agree) = compare(&out, &dir.join(reference));
+        println!("{pth}: relative L2 {rel:.3e}, argmax agreement {agree}");
+        assert!(rel < TOLERANCE, "{pth}: relative L2 {rel:e}");
+        assert_eq!(agree, 1.0, "{pth}: argmax differs");
     }
 }
 

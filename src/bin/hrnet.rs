@@ -78,7 +78,7 @@ enum Switch {
 enum Command {
     /// Run the network on a normalised float32 NCHW batch and write the heatmaps.
     Forward {
-        /// Checkpoint (safetensors with the official key names).
+        /// Checkpoint with the official key names: safetensors, or PyTorch .pth (read without running its code).
         #[arg(long)]
         weights: PathBuf,
         /// Input batch, float32 (or float64) N×3×H×W, already normalised.
@@ -100,7 +100,7 @@ enum Command {
     /// Keypoints for the people in an image (boxes given, or the whole image), or in a
     /// folder of images with a COCO detections file; COCO keypoint results as JSON.
     Pose {
-        /// Checkpoint (safetensors with the official key names).
+        /// Checkpoint with the official key names: safetensors, or PyTorch .pth (read without running its code).
         #[arg(long)]
         weights: PathBuf,
         /// An image file, or a folder of images (with --detections).

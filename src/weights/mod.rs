@@ -1,7 +1,10 @@
-//! Checkpoints: reading and writing safetensors with the official state_dict key names,
-//! deriving the configuration from tensor shapes, and folding every BN into its conv.
+//! Checkpoints: reading safetensors and PyTorch `.pth` files and writing safetensors, with
+//! the official state_dict key names; deriving the configuration from tensor shapes, and
+//! folding every BN into its conv.
 //! This is the one place that knows the key suffixes (`.weight`, `.running_var` ...).
 
+mod pickle;
+mod pth;
 mod random;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,8 +60,12 @@ pub struct Model {
 }
 
 impl Checkpoint {
-    /// Reads a safetensors file. Float tensors may be F32, F16, BF16 or F64; a uniform
-    /// `module.` prefix (from `nn.DataParallel`) is removed.
+    /// Reads a checkpoint: safetensors, or a PyTorch `.pth` (`torch.save` of a state_dict,
+    /// or of a training checkpoint holding one under `state_dict`, in the zip format of
+    /// PyTorch ≥ 1.6 or the legacy format of the official HRNet releases), told apart by
+    /// their contents. A `.pth` is read without running any of its code. Float tensors may
+    /// be F32, F16, BF16 or F64; a uniform `module.` prefix (from `nn.DataParallel`) is
+    /// removed.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -71,30 +78,57 @@ impl Checkpoint {
         })
     }
 
-    /// Parses safetensors bytes (see [`Checkpoint::load`]).
+    /// Parses a checkpoint's bytes (see [`Checkpoint::load`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Checkpoint {
+        let unreadable = |reason: String| Error::Checkpoint {
             path: "<memory>".into(),
-            reason: format!("not a readable safetensors file ({e})"),
+            reason,
+        };
+        if pth::is_pth(bytes) {
+            let tensors = pth::read(bytes)
+                .map_err(|e| unreadable(format!("not a readable PyTorch checkpoint ({e})")))?;
+            return Self::from_tensors(
+                tensors
+                    .iter()
+                    .map(|(k, t)| (k.as_str(), t.dtype, t.shape.as_slice(), t.data.as_slice())),
+            );
+        }
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            unreadable(format!(
+                "not a readable safetensors file ({e}), nor a PyTorch checkpoint"
+            ))
         })?;
-        let names = st.names();
-        let strip = !names.is_empty() && names.iter().all(|n| n.starts_with(DATA_PARALLEL_PREFIX));
+        let tensors = st.tensors();
+        Self::from_tensors(
+            tensors
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.dtype(), v.shape(), v.data())),
+        )
+    }
+
+    /// Collects `(key, dtype, shape, little-endian bytes)` tensors, whatever file they
+    /// came from: floats to f32, BN counters noted, a uniform `module.` prefix removed.
+    fn from_tensors<'a>(
+        tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])> + Clone,
+    ) -> Result<Self> {
+        let mut names = tensors.clone().map(|t| t.0).peekable();
+        let strip = names.peek().is_some() && names.all(|n| n.starts_with(DATA_PARALLEL_PREFIX));
         let mut ck = Checkpoint::default();
-        for (name, view) in st.tensors() {
+        for (name, dtype, shape, data) in tensors {
             let key = if strip {
-                name[DATA_PARALLEL_PREFIX.len()..].to_string()
+                &name[DATA_PARALLEL_PREFIX.len()..]
             } else {
                 name
             };
-            if key.ends_with(BN_COUNTER) && matches!(view.dtype(), Dtype::I64 | Dtype::I32) {
-                ck.counters.insert(key);
+            if key.ends_with(BN_COUNTER) && matches!(dtype, Dtype::I64 | Dtype::I32) {
+                ck.counters.insert(key.to_string());
                 continue;
             }
-            let data = to_f32(&key, &view)?;
+            let data = to_f32(key, dtype, data)?;
             ck.tensors.insert(
-                key,
+                key.to_string(),
                 CheckpointTensor {
-                    shape: view.shape().to_vec(),
+                    shape: shape.to_vec(),
                     data,
                 },
             );
@@ -312,10 +346,10 @@ impl Checkpoint {
     }
 }
 
-/// Converts a float tensor to f32; any other dtype is an error naming the key.
-fn to_f32(key: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
-    let b = view.data();
-    let out = match view.dtype() {
+/// Converts a float tensor's little-endian bytes to f32; any other dtype is an error
+/// naming the key.
+fn to_f32(key: &str, dtype: Dtype, b: &[u8]) -> Result<Vec<f32>> {
+    let out = match dtype {
         Dtype::F32 => b
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
