@@ -90,7 +90,7 @@ impl Checkpoint {
             return Self::from_tensors(
                 tensors
                     .iter()
-                    .map(|(k, t)| (k.as_str(), t.dtype, t.shape.as_slice(), t.data.as_slice())),
+                    .map(|(k, t)| (k.as_str(), t.dtype, t.shape.as_slice(), t.data.as_ref())),
             );
         }
         let st = SafeTensors::deserialize(bytes).map_err(|e| {

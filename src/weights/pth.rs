@@ -20,12 +20,13 @@ use safetensors::Dtype;
 
 use super::pickle::{self, Id, Pickle, TensorView, Value};
 
-/// A tensor read from a checkpoint: contiguous, row-major, little-endian bytes.
+/// A tensor read from a checkpoint: contiguous, row-major, little-endian bytes, borrowed
+/// from the file where it holds them so.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct RawTensor {
+pub(crate) struct RawTensor<'a> {
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    pub data: Vec<u8>,
+    pub data: Cow<'a, [u8]>,
 }
 
 /// The legacy format's first pickle: LONG1 of 0x1950a86a20f9469cfc6c at protocol 2.
@@ -39,7 +40,7 @@ pub(crate) fn is_pth(bytes: &[u8]) -> bool {
 }
 
 /// The tensors of a checkpoint's state_dict, in file order.
-pub(crate) fn read(bytes: &[u8]) -> Result<Vec<(String, RawTensor)>, String> {
+pub(crate) fn read(bytes: &[u8]) -> Result<Vec<(String, RawTensor<'_>)>, String> {
     let (pickle, storages) = if bytes.starts_with(ZIP_MAGIC) {
         read_zip(bytes)?
     } else if bytes.starts_with(LEGACY_MAGIC) {
@@ -278,11 +279,11 @@ fn storage_sizes(p: &Pickle) -> Result<HashMap<String, (usize, usize)>, String> 
 }
 
 /// The state_dict's tensors. `file_len` bounds what views of shared storages may copy.
-fn state_dict(
+fn state_dict<'a>(
     p: &Pickle,
-    storages: &Storages<'_>,
+    storages: &Storages<'a>,
     file_len: usize,
-) -> Result<Vec<(String, RawTensor)>, String> {
+) -> Result<Vec<(String, RawTensor<'a>)>, String> {
     let dict = p
         .dict_get(p.root, "state_dict")
         .filter(|&d| matches!(p.get(d), Value::Dict(_)))
@@ -293,7 +294,8 @@ fn state_dict(
             describe(p.get(p.root))
         ));
     };
-    // Views may share a storage; real state_dicts copy each byte about once.
+    // Views may share a storage; real state_dicts use each byte about once. This also
+    // bounds the f32 copies made of them.
     let mut budget = file_len.saturating_mul(2).saturating_add(1 << 20);
     let mut out = Vec::new();
     for &(k, v) in items {
@@ -330,12 +332,12 @@ fn describe(v: &Value) -> String {
 }
 
 /// Copies a view out of its storage into contiguous little-endian bytes.
-fn materialise(
+fn materialise<'a>(
     p: &Pickle,
     t: &TensorView,
-    storages: &Storages<'_>,
+    storages: &Storages<'a>,
     budget: &mut usize,
-) -> Result<RawTensor, String> {
+) -> Result<RawTensor<'a>, String> {
     let s = storage_id(p, t.storage)?;
     let data = storages
         .by_key
@@ -359,7 +361,7 @@ fn materialise(
         return Ok(RawTensor {
             dtype: s.dtype,
             shape: t.shape.clone(),
-            data: Vec::new(),
+            data: Cow::Borrowed(&[]),
         });
     }
     {
@@ -404,10 +406,14 @@ fn materialise(
         .is_some();
     if row_major && !storages.big_endian {
         let start = t.offset * s.elem;
+        let data = match data {
+            Cow::Borrowed(d) => Cow::Borrowed(&d[start..start + bytes]),
+            Cow::Owned(d) => Cow::Owned(d[start..start + bytes].to_vec()),
+        };
         return Ok(RawTensor {
             dtype: s.dtype,
             shape: t.shape.clone(),
-            data: data[start..start + bytes].to_vec(),
+            data,
         });
     }
     let mut out = Vec::with_capacity(bytes);
@@ -436,7 +442,7 @@ fn materialise(
     Ok(RawTensor {
         dtype: s.dtype,
         shape: t.shape.clone(),
-        data: out,
+        data: Cow::Owned(out),
     })
 }
 

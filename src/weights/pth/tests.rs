@@ -60,7 +60,8 @@ fn odd_layouts_read_as_torch_reads_them() {
         serde_json::from_slice(&data("edge.json")).expect("edge.json");
     let expected = expected["tensors"].as_object().expect("tensors");
     for file in ["edge.pth", "edge_legacy.pth"] {
-        let got = read(&data(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let bytes = data(file);
+        let got = read(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys[0], "transposed", "{file}: the state_dict's order");
         keys.sort_unstable();
