@@ -8,10 +8,13 @@ use safetensors::Dtype;
 
 use super::{RawTensor, read};
 
+/// A file of tests/data/pth (or of `HRNET_TEST_DATA`, for test binaries carried to
+/// another machine, as the integration tests read it).
 fn data(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/pth")
-        .join(name);
+    let root = std::env::var_os("HRNET_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
+    let path = root.join("pth").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
