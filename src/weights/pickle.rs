@@ -334,35 +334,17 @@ impl Machine<'_> {
                 self.pop()?;
                 self.top()?;
             }
-            b'p' => {
-                let line = self.line()?;
-                let key = line.parse().map_err(|_| format!("bad memo key '{line}'"))?;
+            b'p' | b'q' | b'r' => {
+                let key = self.memo_key(op)?;
                 self.put(key)?;
-            }
-            b'q' => {
-                let key = self.bytes(1)?[0];
-                self.put(key.into())?;
-            }
-            b'r' => {
-                let key = u32::from_le_bytes(self.array()?);
-                self.put(key.into())?;
             }
             0x94 => {
                 let key = self.memo.len() as u64;
                 self.put(key)?;
             }
-            b'g' => {
-                let line = self.line()?;
-                let key = line.parse().map_err(|_| format!("bad memo key '{line}'"))?;
+            b'g' | b'h' | b'j' => {
+                let key = self.memo_key(op)?;
                 self.fetch(key)?;
-            }
-            b'h' => {
-                let key = self.bytes(1)?[0];
-                self.fetch(key.into())?;
-            }
-            b'j' => {
-                let key = u32::from_le_bytes(self.array()?);
-                self.fetch(key.into())?;
             }
             b'Q' => {
                 let pid = self.pop()?;
@@ -540,6 +522,18 @@ impl Machine<'_> {
             _ => return Err("SETITEM on something that is not a dict".into()),
         }
         Ok(())
+    }
+
+    /// A PUT's or GET's memo key: a text line, one byte or four, by opcode.
+    fn memo_key(&mut self, op: u8) -> Result<u64, String> {
+        match op {
+            b'p' | b'g' => {
+                let line = self.line()?;
+                line.parse().map_err(|_| format!("bad memo key '{line}'"))
+            }
+            b'q' | b'h' => Ok(self.bytes(1)?[0].into()),
+            _ => Ok(u32::from_le_bytes(self.array()?).into()),
+        }
     }
 
     fn put(&mut self, key: u64) -> Result<(), String> {
