@@ -11,11 +11,14 @@ files are read at HEAD); none of it lives in this project:
   flip test             input.flip(3), flip_back, SHIFT_HEATMAP, average (lib/core/function.py)
   decode                get_final_preds with POST_PROCESS (lib/core/inference.py)
 The person score is the official rescoring of coco.py's evaluate: box score times the mean
-of the keypoint scores above IN_VIS_THRE = 0.2. (OKS NMS, which evaluate applies after, is
-not part of the per-box result.)
+of the keypoint scores above IN_VIS_THRE = 0.2, summed and divided in float32 as evaluate
+does.
 
-Writes --out (COCO keypoint results, one per detection, images by id, detections in file
-order), with and without the flip test. Needs torch, torchvision, numpy, opencv-python,
+Writes --out: expected_flip.json and expected_noflip.json (COCO keypoint results, one per
+detection, with and without the flip test; images in the order they first appear in the
+detections file, each image's detections in file order), and expected_flip_oks_nms.json,
+the results file of the official COCODataset.evaluate itself (rescoring, then oks_nms of
+lib/nms/nms.py at TEST.OKS_THRE = 0.9, each image's people best first). Needs torch, torchvision, numpy, opencv-python,
 safetensors. Example (the committed tests/data/official-pose):
   python3 scripts/official_pose_case.py --official PATH \
       --weights tests/data/official-tiny/weights.safetensors --width 4 \
@@ -40,14 +43,14 @@ import torchvision.transforms as transforms
 from safetensors.torch import load_file
 
 FILES = ["lib/utils/transforms.py", "lib/core/inference.py", "lib/dataset/coco.py",
-         "lib/dataset/JointsDataset.py", "lib/models/pose_hrnet.py"]
+         "lib/dataset/JointsDataset.py", "lib/models/pose_hrnet.py", "lib/nms/nms.py"]
 FLIP_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
 
 
 def official_modules(path):
     """Lays the official files out as packages in a temp dir and imports them. Modules
-    they import that inference does not use (pycocotools, json_tricks, the NMS extension)
-    are stubbed."""
+    they import that inference does not use (pycocotools, the compiled box-NMS extensions)
+    are stubbed; json_tricks, which only writes the results file, is the standard json."""
     root = tempfile.mkdtemp()
     for rel in FILES:
         if os.path.isfile(os.path.join(path, rel)):
@@ -61,12 +64,15 @@ def official_modules(path):
         with open(dest, "w") as f:
             f.write(text)
     for name, attrs in {"pycocotools": [], "pycocotools.coco": ["COCO"],
-                        "pycocotools.cocoeval": ["COCOeval"], "json_tricks": [],
-                        "nms": [], "nms.nms": ["oks_nms", "soft_oks_nms"]}.items():
+                        "pycocotools.cocoeval": ["COCOeval"],
+                        "nms.cpu_nms": ["cpu_nms"], "nms.gpu_nms": ["gpu_nms"]}.items():
         m = types.ModuleType(name)
         for a in attrs:
             setattr(m, a, None)
         sys.modules[name] = m
+    sys.modules["json_tricks"] = json
+    if not hasattr(np, "float"):
+        np.float = float  # the alias the official results writer uses, gone from NumPy
     sys.path.insert(0, root)
     return (importlib.import_module("utils.transforms"), importlib.import_module("core.inference"),
             importlib.import_module("dataset.coco"), importlib.import_module("models.pose_hrnet"))
@@ -104,7 +110,7 @@ def main():
 
     dets = [d for d in json.load(open(a.detections)) if d["category_id"] == 1 and d["score"] >= 0.0]
     crops, centers, scales, meta = [], [], [], []
-    for image_id in sorted({d["image_id"] for d in dets}):
+    for image_id in dict.fromkeys(d["image_id"] for d in dets):
         path = os.path.join(a.images, "%012d.jpg" % image_id)
         img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -132,17 +138,48 @@ def main():
         preds, maxvals = inference.get_final_preds(test_cfg, heatmaps, np.array(centers), np.array(scales))
         out = []
         for d, p, m in zip(meta, preds, maxvals):
-            visible = [float(v) for v in m[:, 0] if v > 0.2]
-            kpt_score = sum(visible) / len(visible) if visible else 0.0
+            kpt_score, valid = np.float32(0), 0
+            for v in m[:, 0].astype(np.float32):
+                if v > 0.2:
+                    kpt_score, valid = kpt_score + v, valid + 1
+            if valid:
+                kpt_score = kpt_score / np.float32(valid)
             out.append({"image_id": d["image_id"], "category_id": 1,
-                        "keypoints": [float(v) for k in range(17) for v in (p[k, 0], p[k, 1], m[k, 0])],
-                        "score": kpt_score * d["score"]})
+                        "keypoints": [float(np.float32(v)) for k in range(17)
+                                      for v in (p[k, 0], p[k, 1], m[k, 0])],
+                        "score": float(kpt_score) * d["score"]})
         with open(os.path.join(a.out, f"expected_{name}.json"), "w") as f:
             json.dump(out, f)
         print(f"{name}: {len(out)} people", file=sys.stderr)
+
+    # The official results file: COCODataset.evaluate on the flip-test predictions, laid
+    # out as lib/core/function.py's validate lays them out.
+    preds, maxvals = inference.get_final_preds(test_cfg, results["flip"], np.array(centers), np.array(scales))
+    n = len(meta)
+    all_preds = np.zeros((n, 17, 3), dtype=np.float32)
+    all_preds[:, :, 0:2] = preds[:, :, 0:2]
+    all_preds[:, :, 2:3] = maxvals
+    s = np.array(scales, dtype=np.float32)
+    all_boxes = np.zeros((n, 6))
+    all_boxes[:, 0:2] = np.array(centers, dtype=np.float32)
+    all_boxes[:, 2:4] = s
+    all_boxes[:, 4] = np.prod(s * 200, 1)
+    all_boxes[:, 5] = [d["score"] for d in meta]
+    dataset = object.__new__(coco.COCODataset)
+    dataset.image_set = "test2017"  # 'test': evaluate writes the results and skips COCOeval
+    dataset.num_joints, dataset.in_vis_thre, dataset.oks_thre, dataset.soft_nms = 17, 0.2, 0.9, False
+    dataset.classes, dataset._class_to_coco_ind = ["__background__", "person"], {"person": 1}
+    work = tempfile.mkdtemp()
+    dataset.evaluate(types.SimpleNamespace(RANK=0), all_preds, work, all_boxes,
+                     ["%012d.jpg" % d["image_id"] for d in meta])
+    with open(os.path.join(work, "results", "keypoints_test2017_results_0.json")) as f:
+        kept = json.load(f)
+    with open(os.path.join(a.out, "expected_flip_oks_nms.json"), "w") as f:
+        json.dump(kept, f)
+    print(f"flip, OKS NMS: {len(kept)} of {n} people kept", file=sys.stderr)
     with open(os.path.join(a.out, "case.json"), "w") as f:
         json.dump({"made_by": "scripts/official_pose_case.py", "weights": a.weights, "width": a.width,
-                   "images": sorted({d["image_id"] for d in dets}), "detections": len(meta),
+                   "images": list(dict.fromkeys(d["image_id"] for d in dets)), "detections": len(meta),
                    "torch": torch.__version__, "opencv": cv2.__version__, "precision": "float64"}, f, indent=1)
 
 

@@ -10,7 +10,8 @@ use std::process::Command;
 use common::{official_tiny, scratch, skip};
 use hrnet::Model;
 use hrnet::pose::io::{CocoResult, load_detections, load_image, load_results};
-use hrnet::pose::{Device, PoseEstimator};
+use hrnet::pose::nms::{OFFICIAL_OKS_THRESHOLD, oks_nms};
+use hrnet::pose::{Device, Keypoint, PersonBox, Pose, PoseEstimator};
 
 /// The official pipeline's keypoints must be reproduced within half a pixel.
 const PIXELS: f32 = 0.5;
@@ -55,6 +56,39 @@ fn worst(ours: &[CocoResult], official: &[CocoResult]) -> f32 {
     worst
 }
 
+/// Results as poses (what OKS suppression reads: keypoints, crop, score).
+fn to_poses(results: &[CocoResult]) -> Vec<Pose> {
+    results
+        .iter()
+        .map(|r| Pose {
+            keypoints: r
+                .keypoints
+                .chunks(3)
+                .map(|k| Keypoint {
+                    x: k[0],
+                    y: k[1],
+                    score: k[2],
+                })
+                .collect(),
+            bbox: PersonBox::new(0.0, 0.0, 1.0, 1.0, 1.0),
+            center: r.center.expect("center"),
+            scale: r.scale.expect("scale"),
+            score: r.score,
+        })
+        .collect()
+}
+
+/// Per-box results through OKS suppression, image by image in their order, each image's
+/// kept people best first: what the official evaluate writes.
+fn suppressed(results: &[CocoResult]) -> Vec<CocoResult> {
+    let mut out = Vec::new();
+    for image in results.chunk_by(|a, b| a.image_id == b.image_id) {
+        let keep = oks_nms(&to_poses(image), OFFICIAL_OKS_THRESHOLD).unwrap();
+        out.extend(keep.into_iter().map(|i| image[i].clone()));
+    }
+    out
+}
+
 #[test]
 fn cli_reproduces_the_official_pipeline_on_coco_photographs() {
     let Some(sample) = coco_sample() else {
@@ -86,6 +120,20 @@ fn cli_reproduces_the_official_pipeline_on_coco_photographs() {
     );
     println!("flip test on: largest keypoint difference {w:.4} px");
     assert!(w <= PIXELS, "{w} px");
+    let ours = load_results(&results).unwrap();
+    let kept = suppressed(&ours);
+    let official = expected("expected_flip_oks_nms.json");
+    let w = worst(&kept, &official);
+    println!(
+        "OKS NMS: {} of {} people kept, as the official evaluate keeps them; largest keypoint \
+         difference {w:.4} px",
+        kept.len(),
+        ours.len()
+    );
+    assert!(kept.len() < ours.len(), "the case suppresses someone");
+    for (o, r) in kept.iter().zip(&official) {
+        assert_eq!((o.center, o.scale), (r.center, r.scale), "the same person");
+    }
     let drawn = load_image(out.join("drawn/000000000785.png")).unwrap();
     assert_eq!(
         drawn.dimensions(),
@@ -114,7 +162,8 @@ fn library_without_flip_matches_the_official_pipeline() {
     // One photograph is enough here; the CLI test covers all four with the flip test.
     let id = 40083;
     let image = load_image(sample.join(format!("{id:012}.jpg"))).unwrap();
-    let poses = estimator.estimate(&image, &dets[&id]).unwrap();
+    let boxes = &dets.iter().find(|(i, _)| *i == id).expect("image 40083").1;
+    let poses = estimator.estimate(&image, boxes).unwrap();
     let ours: Vec<CocoResult> = poses.iter().map(|p| CocoResult::new(id, p)).collect();
     let theirs: Vec<CocoResult> = official.into_iter().filter(|r| r.image_id == id).collect();
     let w = worst(&ours, &theirs);
@@ -142,7 +191,8 @@ fn gpu_pipeline_matches_the_official_pipeline() {
         let model = Model::load(official_tiny().join("weights.safetensors"), None).unwrap();
         let estimator = PoseEstimator::new(model, Device::Cuda(precision)).unwrap();
         let mut ours = Vec::new();
-        for (&id, boxes) in &dets {
+        for (id, boxes) in &dets {
+            let id = *id;
             let image = load_image(sample.join(format!("{id:012}.jpg"))).unwrap();
             let poses = estimator.estimate(&image, boxes).unwrap();
             ours.extend(poses.iter().map(|p| CocoResult::new(id, p)));
@@ -244,4 +294,21 @@ fn bad_images_boxes_and_files_are_reported_and_the_rest_processed() {
     assert!(ok, "{err}");
     let r = load_results(dir.join("out.json")).unwrap();
     assert_eq!((r.len(), r[0].image_id, r[0].keypoints.len()), (1, 1, 51));
+
+    // OKS suppression: the same box twice is one person; a threshold outside [0, 1] is an
+    // error.
+    let (ok, err) = run(&[
+        "--image",
+        one.to_str().unwrap(),
+        "--bbox",
+        "100,50,120,200",
+        "--bbox",
+        "100,50,120,200",
+        "--oks-nms",
+        "0.9",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(load_results(dir.join("out.json")).unwrap().len(), 1);
+    let (ok, err) = run(&["--image", one.to_str().unwrap(), "--oks-nms", "2"]);
+    assert!(!ok && err.contains("between 0 and 1"), "{err}");
 }

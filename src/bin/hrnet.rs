@@ -128,6 +128,11 @@ enum Command {
         /// Turn the flip test off.
         #[arg(long)]
         no_flip: bool,
+        /// OKS non-maximum suppression per image, as the official evaluation applies it
+        /// before writing its results (0.9 there): of people whose keypoints overlap more
+        /// than this, only the best-scored is kept, and each image's people come best first.
+        #[arg(long, value_name = "THRESHOLD")]
+        oks_nms: Option<f64>,
         /// Crops per network call.
         #[arg(long, default_value_t = 32)]
         batch: usize,
@@ -433,6 +438,7 @@ fn run(command: Command) -> Result<ExitCode> {
             device,
             precision,
             no_flip,
+            oks_nms,
             batch,
             input_size,
             output,
@@ -452,10 +458,18 @@ fn run(command: Command) -> Result<ExitCode> {
             let estimator = PoseEstimator::new(model, device)?
                 .with_flip(!no_flip)?
                 .with_batch(batch);
+            if let Some(t) = oks_nms
+                && !(0.0..=1.0).contains(&t)
+            {
+                return Err(Error::Input(format!(
+                    "--oks-nms takes an OKS between 0 and 1, not {t}"
+                )));
+            }
             let job = PoseJob {
                 estimator: &estimator,
                 output: &output,
                 draw: draw.as_deref(),
+                oks_nms,
             };
             return match detections {
                 Some(det) => job.folder(&image, &det, image_list.as_deref()),
@@ -893,6 +907,7 @@ struct PoseJob<'a> {
     estimator: &'a PoseEstimator,
     output: &'a std::path::Path,
     draw: Option<&'a std::path::Path>,
+    oks_nms: Option<f64>,
 }
 
 /// Images handed to the network together (their boxes share batches).
@@ -934,6 +949,17 @@ impl PoseJob<'_> {
             })
     }
 
+    /// One image's poses after `--oks-nms`, best first; all of them, in box order, without.
+    fn suppress(&self, poses: Vec<pose::Pose>) -> Result<Vec<pose::Pose>> {
+        let Some(t) = self.oks_nms else {
+            return Ok(poses);
+        };
+        Ok(pose::nms::oks_nms(&poses, t)?
+            .into_iter()
+            .map(|i| poses[i].clone())
+            .collect())
+    }
+
     fn finish(&self, results: &[CocoResult], failures: usize) -> Result<ExitCode> {
         write_results(self.output, results)?;
         eprintln!(
@@ -963,7 +989,7 @@ impl PoseJob<'_> {
         let mut failures = 0;
         let name = path.display().to_string();
         let usable = Self::usable(&image, &given, &name, &mut failures);
-        let poses = self.estimator.estimate(&image, &usable)?;
+        let poses = self.suppress(self.estimator.estimate(&image, &usable)?)?;
         let id = image_id(path);
         let results: Vec<CocoResult> = poses.iter().map(|p| CocoResult::new(id, p)).collect();
         if let Some(d) = self.draw {
@@ -994,20 +1020,16 @@ impl PoseJob<'_> {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         let (mut results, mut failures) = (Vec::new(), 0usize);
-        let ids: Vec<&u64> = dets.keys().collect();
-        for step in ids.chunks(IMAGES_PER_STEP) {
+        for step in dets.chunks(IMAGES_PER_STEP) {
             let mut loaded = Vec::with_capacity(step.len());
-            for &&id in step {
+            for (id, boxes) in step {
+                let id = *id;
                 let found = find_image(dir, id, list.as_ref())
                     .and_then(|p| load_image(&p).map(|img| (p, img)));
                 match found {
                     Ok((path, img)) => {
-                        let boxes = Self::usable(
-                            &img,
-                            &dets[&id],
-                            &path.display().to_string(),
-                            &mut failures,
-                        );
+                        let boxes =
+                            Self::usable(&img, boxes, &path.display().to_string(), &mut failures);
                         loaded.push((id, path, img, boxes));
                     }
                     Err(e) => {
@@ -1021,6 +1043,10 @@ impl PoseJob<'_> {
                 .map(|(_, _, img, b)| (img, b.as_slice()))
                 .collect();
             let poses = self.estimator.estimate_many(&items)?;
+            let poses = poses
+                .into_iter()
+                .map(|p| self.suppress(p))
+                .collect::<Result<Vec<_>>>()?;
             for ((id, path, img, _), poses) in loaded.iter().zip(&poses) {
                 results.extend(poses.iter().map(|p| CocoResult::new(*id, p)));
                 if let Some(d) = self.draw {

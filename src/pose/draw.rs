@@ -119,6 +119,8 @@ mod tests {
         let pose = Pose {
             keypoints: kp,
             bbox: PersonBox::new(10.0, 10.0, 80.0, 80.0, 1.0),
+            center: [50.0, 50.0],
+            scale: [0.5, 0.5],
             score: 1.0,
         };
         let out = draw_poses(&img, &[pose], &COCO);

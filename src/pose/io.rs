@@ -1,7 +1,7 @@
 //! Files around the pipeline: images, person boxes, COCO detections and image lists, and
 //! results in the COCO keypoint results format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -87,24 +87,28 @@ pub struct Detection {
 /// The COCO category id of a person.
 pub const PERSON: u64 = 1;
 
-/// Person boxes by image id from a COCO detections file
-/// (`[{"image_id", "category_id", "bbox", "score"}]`), other categories left out.
-pub fn load_detections(path: impl AsRef<Path>) -> Result<BTreeMap<u64, Vec<PersonBox>>> {
+/// Person boxes of each image from a COCO detections file
+/// (`[{"image_id", "category_id", "bbox", "score"}]`), other categories left out. Images
+/// come in the order they first appear in the file and each image's boxes in file order,
+/// as the official evaluation orders its results.
+pub fn load_detections(path: impl AsRef<Path>) -> Result<Vec<(u64, Vec<PersonBox>)>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse_detections(&text, path)
 }
 
 /// [`load_detections`] on the file's text (`path` only names it in errors).
-pub fn parse_detections(text: &str, path: &Path) -> Result<BTreeMap<u64, Vec<PersonBox>>> {
+pub fn parse_detections(text: &str, path: &Path) -> Result<Vec<(u64, Vec<PersonBox>)>> {
     let dets: Vec<Detection> = parse_json(text, path, "COCO detections file")?;
-    let mut by_image: BTreeMap<u64, Vec<PersonBox>> = BTreeMap::new();
+    let mut by_image: Vec<(u64, Vec<PersonBox>)> = Vec::new();
+    let mut slot: HashMap<u64, usize> = HashMap::new();
     for d in dets.into_iter().filter(|d| d.category_id == PERSON) {
         let [x, y, w, h] = d.bbox;
-        by_image
-            .entry(d.image_id)
-            .or_default()
-            .push(PersonBox::new(x, y, w, h, d.score));
+        let i = *slot.entry(d.image_id).or_insert_with(|| {
+            by_image.push((d.image_id, Vec::new()));
+            by_image.len() - 1
+        });
+        by_image[i].1.push(PersonBox::new(x, y, w, h, d.score));
     }
     Ok(by_image)
 }
@@ -214,6 +218,12 @@ pub struct CocoResult {
     pub keypoints: Vec<f32>,
     /// The person's score.
     pub score: f64,
+    /// The crop's center, as the official results file gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub center: Option<[f32; 2]>,
+    /// The crop's scale, as the official results file gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<[f32; 2]>,
 }
 
 impl CocoResult {
@@ -229,6 +239,8 @@ impl CocoResult {
                 .flat_map(|k| [k.x, k.y, k.score])
                 .collect(),
             score: pose.score,
+            center: Some(pose.center),
+            scale: Some(pose.scale),
         }
     }
 }
@@ -289,11 +301,18 @@ mod tests {
             "det.json",
             r#"[{"image_id": 7, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.9},
                 {"image_id": 7, "category_id": 2, "bbox": [1, 2, 3, 4], "score": 0.9},
-                {"image_id": 8, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.1}]"#,
+                {"image_id": 8, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.1},
+                {"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.3},
+                {"image_id": 7, "category_id": 1, "bbox": [2, 2, 3, 4], "score": 0.8}]"#,
         );
         let d = load_detections(&p).unwrap();
-        assert_eq!(d[&7].len(), 1);
-        assert_eq!(d[&8][0].score, 0.1);
+        let order: Vec<(u64, usize)> = d.iter().map(|(id, b)| (*id, b.len())).collect();
+        assert_eq!(
+            order,
+            [(7, 2), (8, 1), (3, 1)],
+            "first appearance, people only"
+        );
+        assert_eq!((d[1].1[0].score, d[0].1[1].score), (0.1, 0.8));
         assert!(load_detections(temp("junk.json", "{")).is_err());
     }
 

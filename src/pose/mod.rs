@@ -21,6 +21,7 @@ pub mod crop;
 pub mod draw;
 pub mod io;
 pub mod joints;
+pub mod nms;
 
 use std::sync::Mutex;
 
@@ -112,14 +113,20 @@ pub struct Keypoint {
     pub score: f32,
 }
 
-/// A person's keypoints, the box they were found in, and the person's score: the box
-/// score times the mean of the keypoint scores above [`VISIBLE`] (0 when none is).
+/// A person's keypoints, the box they were found in, the crop taken from it, and the
+/// person's score: the box score times the mean of the keypoint scores above [`VISIBLE`]
+/// (0 when none is), computed as the official evaluation does (the mean in float32).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pose {
     /// One per joint, in the model's joint order.
     pub keypoints: Vec<Keypoint>,
     /// The box.
     pub bbox: PersonBox,
+    /// The crop's center in image pixels (the official `center`).
+    pub center: [f32; 2],
+    /// The crop's size in units of 200 pixels, box padded to the model's aspect ratio and
+    /// enlarged 1.25× (the official `scale`).
+    pub scale: [f32; 2],
     /// The person's score.
     pub score: f64,
 }
@@ -305,20 +312,24 @@ fn to_pose(
             }
         })
         .collect();
-    let visible: Vec<f64> = peaks
+    // coco.py's evaluate: a float32 sum of the visible scores, divided in float32, times
+    // the box score in float64.
+    let visible: Vec<f32> = peaks
         .iter()
-        .filter(|p| p.score > VISIBLE)
-        .map(|p| f64::from(p.score))
+        .map(|p| p.score)
+        .filter(|&s| s > VISIBLE)
         .collect();
     let mean = if visible.is_empty() {
         0.0
     } else {
-        visible.iter().sum::<f64>() / visible.len() as f64
+        visible.iter().fold(0.0f32, |a, &s| a + s) / visible.len() as f32
     };
     Ok(Pose {
         keypoints,
         bbox,
-        score: mean * bbox.score,
+        center,
+        scale,
+        score: f64::from(mean) * bbox.score,
     })
 }
 
