@@ -24,7 +24,8 @@ pub enum Error {
         /// The preset names.
         known: String,
     },
-    /// The checkpoint file is not a readable safetensors file.
+    /// The checkpoint file is neither a readable safetensors file nor a readable PyTorch
+    /// checkpoint.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint {
         /// The file.

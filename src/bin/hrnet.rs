@@ -78,7 +78,8 @@ enum Switch {
 enum Command {
     /// Run the network on a normalised float32 NCHW batch and write the heatmaps.
     Forward {
-        /// Checkpoint with the official key names: safetensors, or PyTorch .pth (read without running its code).
+        /// Checkpoint with the official key names: safetensors, or PyTorch .pth (read
+        /// without running its code).
         #[arg(long)]
         weights: PathBuf,
         /// Input batch, float32 (or float64) N×3×H×W, already normalised.
@@ -100,7 +101,8 @@ enum Command {
     /// Keypoints for the people in an image (boxes given, or the whole image), or in a
     /// folder of images with a COCO detections file; COCO keypoint results as JSON.
     Pose {
-        /// Checkpoint with the official key names: safetensors, or PyTorch .pth (read without running its code).
+        /// Checkpoint with the official key names: safetensors, or PyTorch .pth (read
+        /// without running its code).
         #[arg(long)]
         weights: PathBuf,
         /// An image file, or a folder of images (with --detections).
@@ -444,8 +446,21 @@ fn run(command: Command) -> Result<ExitCode> {
             output,
             draw,
         } => {
+            if let Some(t) = oks_nms
+                && !(0.0..=1.0).contains(&t)
+            {
+                return Err(Error::Input(format!(
+                    "--oks-nms takes an OKS between 0 and 1, not {t}"
+                )));
+            }
             let size = input_size.as_deref().map(parse_size).transpose()?;
             let model = Model::load(&weights, size)?;
+            let joints = model.graph.config.num_joints;
+            if oks_nms.is_some() && joints != pose::nms::COCO_SIGMAS_X10.len() {
+                return Err(Error::Input(format!(
+                    "--oks-nms needs COCO's 17 joints (their OKS sigmas); this model has {joints}"
+                )));
+            }
             let device = match device {
                 Device::Cpu if precision != Prec::F32 => {
                     return Err(Error::Input(
@@ -458,13 +473,6 @@ fn run(command: Command) -> Result<ExitCode> {
             let estimator = PoseEstimator::new(model, device)?
                 .with_flip(!no_flip)?
                 .with_batch(batch);
-            if let Some(t) = oks_nms
-                && !(0.0..=1.0).contains(&t)
-            {
-                return Err(Error::Input(format!(
-                    "--oks-nms takes an OKS between 0 and 1, not {t}"
-                )));
-            }
             let job = PoseJob {
                 estimator: &estimator,
                 output: &output,
