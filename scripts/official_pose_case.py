@@ -18,17 +18,22 @@ Writes --out: expected_flip.json and expected_noflip.json (COCO keypoint results
 detection, with and without the flip test; images in the order they first appear in the
 detections file, each image's detections in file order), and expected_flip_oks_nms.json,
 the results file of the official COCODataset.evaluate itself (rescoring, then oks_nms of
-lib/nms/nms.py at TEST.OKS_THRE = 0.9, each image's people best first). Needs torch, torchvision, numpy, opencv-python,
-safetensors. Example (the committed tests/data/official-pose):
+lib/nms/nms.py at TEST.OKS_THRE = 0.9, each image's people best first); with
+--annotations, expected_gt_flip_oks_nms.json, the same for the people the official
+COCODataset takes from a keypoint annotation file with TEST.USE_GT_BBOX
+(_load_coco_keypoint_annotation_kernal: cleaned boxes, score 1). Needs torch,
+torchvision, numpy, opencv-python, safetensors, and pycocotools for --annotations.
+Example (the committed tests/data/official-pose):
   python3 scripts/official_pose_case.py --official PATH \
       --weights tests/data/official-tiny/weights.safetensors --width 4 \
       --images ../shared/data/coco-sample \
       --detections ../shared/data/coco-sample/test_coco_det_AP_H_56.json \
-      --out tests/data/official-pose
+      --annotations ../shared/data/coco-sample/test_coco.json --out tests/data/official-pose
 """
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -63,9 +68,10 @@ def official_modules(path):
         open(os.path.join(os.path.dirname(dest), "__init__.py"), "a").close()
         with open(dest, "w") as f:
             f.write(text)
-    for name, attrs in {"pycocotools": [], "pycocotools.coco": ["COCO"],
-                        "pycocotools.cocoeval": ["COCOeval"],
-                        "nms.cpu_nms": ["cpu_nms"], "nms.gpu_nms": ["gpu_nms"]}.items():
+    stubs = {"nms.cpu_nms": ["cpu_nms"], "nms.gpu_nms": ["gpu_nms"]}
+    if importlib.util.find_spec("pycocotools") is None:
+        stubs.update({"pycocotools": [], "pycocotools.coco": ["COCO"], "pycocotools.cocoeval": ["COCOeval"]})
+    for name, attrs in stubs.items():
         m = types.ModuleType(name)
         for a in attrs:
             setattr(m, a, None)
@@ -87,6 +93,111 @@ def model_cfg(width, joints):
     return {"MODEL": {"EXTRA": extra, "NUM_JOINTS": joints}}
 
 
+def official_ground_truth(coco, annotations, aspect_ratio):
+    """The people of an annotation file as the official COCODataset takes them with
+    TEST.USE_GT_BBOX: _load_coco_keypoint_annotation_kernal over coco.getImgIds(), on an
+    object given the attributes COCODataset.__init__ gives it. (image_id, center, scale,
+    score 1) each."""
+    from pycocotools.coco import COCO
+    ds = object.__new__(coco.COCODataset)
+    ds.coco = COCO(annotations)
+    ds.num_joints, ds.aspect_ratio, ds.pixel_std = 17, aspect_ratio, 200
+    ds.root, ds.image_set, ds.data_format = "", "val2017", "jpg"
+    cats = [c["name"] for c in ds.coco.loadCats(ds.coco.getCatIds())]
+    ds.classes = ["__background__"] + cats
+    to_ind = dict(zip(ds.classes, range(len(ds.classes))))
+    to_coco = dict(zip(cats, ds.coco.getCatIds()))
+    ds._coco_ind_to_class_ind = {to_coco[c]: to_ind[c] for c in ds.classes[1:]}
+    return [(index, rec["center"], rec["scale"], 1.0)
+            for index in ds.coco.getImgIds()
+            for rec in ds._load_coco_keypoint_annotation_kernal(index)]
+
+
+class Pipeline:
+    """The official crop, network (float64), flip test and decoding for a list of people
+    (image_id, center, scale, box score)."""
+
+    def __init__(self, a, tr, inference, pose_hrnet):
+        self.tr, self.inference, self.images = tr, inference, a.images
+        self.image_size = np.array([192, 256])  # MODEL.IMAGE_SIZE (width, height)
+        self.cfg = types.SimpleNamespace(TEST=types.SimpleNamespace(POST_PROCESS=True))
+        model = pose_hrnet.PoseHighResolutionNet(model_cfg(a.width, 17))
+        model.load_state_dict(load_file(a.weights))
+        self.model = model.double().eval()
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(
+            mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+
+    def heatmaps(self, people):
+        loaded, crops = {}, []
+        for image_id, c, s, _ in people:
+            if image_id not in loaded:
+                path = os.path.join(self.images, "%012d.jpg" % image_id)
+                img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+                loaded[image_id] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            trans = self.tr.get_affine_transform(c, s, 0, self.image_size)
+            crop = cv2.warpAffine(loaded[image_id], trans, (int(self.image_size[0]), int(self.image_size[1])),
+                                  flags=cv2.INTER_LINEAR)
+            crops.append(self.transform(crop))
+        x = torch.stack(crops).double()
+        with torch.no_grad():
+            output = self.model(x)
+            flipped = self.model(x.flip(3))
+            flipped = torch.from_numpy(self.tr.flip_back(flipped.numpy(), FLIP_PAIRS).copy())
+            flipped[:, :, :, 1:] = flipped.clone()[:, :, :, 0:-1]
+            return {"flip": ((output + flipped) * 0.5).numpy(), "noflip": output.numpy()}
+
+    def decode(self, people, heatmaps):
+        centers = np.array([p[1] for p in people])
+        scales = np.array([p[2] for p in people])
+        return self.inference.get_final_preds(self.cfg, heatmaps, centers, scales)
+
+
+def per_box(people, preds, maxvals):
+    """One result per person, rescored as coco.py's evaluate rescores (float32)."""
+    out = []
+    for (image_id, _, _, score), p, m in zip(people, preds, maxvals):
+        kpt_score, valid = np.float32(0), 0
+        for v in m[:, 0].astype(np.float32):
+            if v > 0.2:
+                kpt_score, valid = kpt_score + v, valid + 1
+        if valid:
+            kpt_score = kpt_score / np.float32(valid)
+        out.append({"image_id": image_id, "category_id": 1,
+                    "keypoints": [float(np.float32(v)) for k in range(17)
+                                  for v in (p[k, 0], p[k, 1], m[k, 0])],
+                    "score": float(kpt_score) * score})
+    return out
+
+
+def official_results(coco, people, preds, maxvals):
+    """The official results file: COCODataset.evaluate (rescoring, oks_nms at 0.9) on the
+    predictions laid out as lib/core/function.py's validate lays them out."""
+    n = len(people)
+    all_preds = np.zeros((n, 17, 3), dtype=np.float32)
+    all_preds[:, :, 0:2] = preds[:, :, 0:2]
+    all_preds[:, :, 2:3] = maxvals
+    s = np.array([p[2] for p in people], dtype=np.float32)
+    all_boxes = np.zeros((n, 6))
+    all_boxes[:, 0:2] = np.array([p[1] for p in people], dtype=np.float32)
+    all_boxes[:, 2:4] = s
+    all_boxes[:, 4] = np.prod(s * 200, 1)
+    all_boxes[:, 5] = [p[3] for p in people]
+    dataset = object.__new__(coco.COCODataset)
+    dataset.image_set = "test2017"  # 'test': evaluate writes the results and skips COCOeval
+    dataset.num_joints, dataset.in_vis_thre, dataset.oks_thre, dataset.soft_nms = 17, 0.2, 0.9, False
+    dataset.classes, dataset._class_to_coco_ind = ["__background__", "person"], {"person": 1}
+    work = tempfile.mkdtemp()
+    dataset.evaluate(types.SimpleNamespace(RANK=0), all_preds, work, all_boxes,
+                     ["%012d.jpg" % p[0] for p in people])
+    with open(os.path.join(work, "results", "keypoints_test2017_results_0.json")) as f:
+        return json.load(f)
+
+
+def write(out, name, results):
+    with open(os.path.join(out, name), "w") as f:
+        json.dump(results, f)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official", required=True)
@@ -94,93 +205,39 @@ def main():
     ap.add_argument("--width", type=int, required=True, help="branch-0 width of the checkpoint")
     ap.add_argument("--images", required=True)
     ap.add_argument("--detections", required=True)
+    ap.add_argument("--annotations", help="a COCO keypoint annotation file: also the GT-box case")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
     tr, inference, coco, pose_hrnet = official_modules(a.official)
-    image_size = np.array([192, 256])  # MODEL.IMAGE_SIZE (width, height)
-    geometry = types.SimpleNamespace(aspect_ratio=image_size[0] * 1.0 / image_size[1], pixel_std=200)
-    test_cfg = types.SimpleNamespace(TEST=types.SimpleNamespace(POST_PROCESS=True))
-
-    model = pose_hrnet.PoseHighResolutionNet(model_cfg(a.width, 17))
-    model.load_state_dict(load_file(a.weights))
-    model = model.double().eval()
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(
-        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    pipeline = Pipeline(a, tr, inference, pose_hrnet)
+    geometry = types.SimpleNamespace(aspect_ratio=192 / 256, pixel_std=200)
+    os.makedirs(a.out, exist_ok=True)
 
     dets = [d for d in json.load(open(a.detections)) if d["category_id"] == 1 and d["score"] >= 0.0]
-    crops, centers, scales, meta = [], [], [], []
-    for image_id in dict.fromkeys(d["image_id"] for d in dets):
-        path = os.path.join(a.images, "%012d.jpg" % image_id)
-        img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        for d in (d for d in dets if d["image_id"] == image_id):
-            c, s = coco.COCODataset._xywh2cs(geometry, *d["bbox"][:4])
-            trans = tr.get_affine_transform(c, s, 0, image_size)
-            crop = cv2.warpAffine(img, trans, (int(image_size[0]), int(image_size[1])), flags=cv2.INTER_LINEAR)
-            crops.append(transform(crop))
-            centers.append(c)
-            scales.append(s)
-            meta.append(d)
-    x = torch.stack(crops).double()
-
-    results = {}
-    with torch.no_grad():
-        output = model(x)
-        flipped = model(x.flip(3))
-        flipped = torch.from_numpy(tr.flip_back(flipped.numpy(), FLIP_PAIRS).copy())
-        flipped[:, :, :, 1:] = flipped.clone()[:, :, :, 0:-1]
-        results["flip"] = ((output + flipped) * 0.5).numpy()
-        results["noflip"] = output.numpy()
-
-    os.makedirs(a.out, exist_ok=True)
-    for name, heatmaps in results.items():
-        preds, maxvals = inference.get_final_preds(test_cfg, heatmaps, np.array(centers), np.array(scales))
-        out = []
-        for d, p, m in zip(meta, preds, maxvals):
-            kpt_score, valid = np.float32(0), 0
-            for v in m[:, 0].astype(np.float32):
-                if v > 0.2:
-                    kpt_score, valid = kpt_score + v, valid + 1
-            if valid:
-                kpt_score = kpt_score / np.float32(valid)
-            out.append({"image_id": d["image_id"], "category_id": 1,
-                        "keypoints": [float(np.float32(v)) for k in range(17)
-                                      for v in (p[k, 0], p[k, 1], m[k, 0])],
-                        "score": float(kpt_score) * d["score"]})
-        with open(os.path.join(a.out, f"expected_{name}.json"), "w") as f:
-            json.dump(out, f)
+    people = [(image_id, *coco.COCODataset._xywh2cs(geometry, *d["bbox"][:4]), d["score"])
+              for image_id in dict.fromkeys(d["image_id"] for d in dets)
+              for d in dets if d["image_id"] == image_id]
+    heatmaps = pipeline.heatmaps(people)
+    for name, h in heatmaps.items():
+        out = per_box(people, *pipeline.decode(people, h))
+        write(a.out, f"expected_{name}.json", out)
         print(f"{name}: {len(out)} people", file=sys.stderr)
+    kept = official_results(coco, people, *pipeline.decode(people, heatmaps["flip"]))
+    write(a.out, "expected_flip_oks_nms.json", kept)
+    print(f"flip, OKS NMS: {len(kept)} of {len(people)} people kept", file=sys.stderr)
 
-    # The official results file: COCODataset.evaluate on the flip-test predictions, laid
-    # out as lib/core/function.py's validate lays them out.
-    preds, maxvals = inference.get_final_preds(test_cfg, results["flip"], np.array(centers), np.array(scales))
-    n = len(meta)
-    all_preds = np.zeros((n, 17, 3), dtype=np.float32)
-    all_preds[:, :, 0:2] = preds[:, :, 0:2]
-    all_preds[:, :, 2:3] = maxvals
-    s = np.array(scales, dtype=np.float32)
-    all_boxes = np.zeros((n, 6))
-    all_boxes[:, 0:2] = np.array(centers, dtype=np.float32)
-    all_boxes[:, 2:4] = s
-    all_boxes[:, 4] = np.prod(s * 200, 1)
-    all_boxes[:, 5] = [d["score"] for d in meta]
-    dataset = object.__new__(coco.COCODataset)
-    dataset.image_set = "test2017"  # 'test': evaluate writes the results and skips COCOeval
-    dataset.num_joints, dataset.in_vis_thre, dataset.oks_thre, dataset.soft_nms = 17, 0.2, 0.9, False
-    dataset.classes, dataset._class_to_coco_ind = ["__background__", "person"], {"person": 1}
-    work = tempfile.mkdtemp()
-    dataset.evaluate(types.SimpleNamespace(RANK=0), all_preds, work, all_boxes,
-                     ["%012d.jpg" % d["image_id"] for d in meta])
-    with open(os.path.join(work, "results", "keypoints_test2017_results_0.json")) as f:
-        kept = json.load(f)
-    with open(os.path.join(a.out, "expected_flip_oks_nms.json"), "w") as f:
-        json.dump(kept, f)
-    print(f"flip, OKS NMS: {len(kept)} of {n} people kept", file=sys.stderr)
+    info = {"made_by": "scripts/official_pose_case.py", "weights": a.weights, "width": a.width,
+            "images": list(dict.fromkeys(p[0] for p in people)), "detections": len(people),
+            "torch": torch.__version__, "opencv": cv2.__version__, "precision": "float64"}
+    if a.annotations:
+        gt = official_ground_truth(coco, a.annotations, geometry.aspect_ratio)
+        kept = official_results(coco, gt, *pipeline.decode(gt, pipeline.heatmaps(gt)["flip"]))
+        write(a.out, "expected_gt_flip_oks_nms.json", kept)
+        print(f"ground truth, flip, OKS NMS: {len(kept)} of {len(gt)} people kept", file=sys.stderr)
+        info["ground_truth_people"] = len(gt)
     with open(os.path.join(a.out, "case.json"), "w") as f:
-        json.dump({"made_by": "scripts/official_pose_case.py", "weights": a.weights, "width": a.width,
-                   "images": list(dict.fromkeys(d["image_id"] for d in dets)), "detections": len(meta),
-                   "torch": torch.__version__, "opencv": cv2.__version__, "precision": "float64"}, f, indent=1)
+        json.dump(info, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,48 @@ fn cli_reproduces_the_official_pipeline_on_coco_photographs() {
     );
 }
 
+/// Ground-truth boxes (the official `TEST.USE_GT_BBOX`): the annotation file's people,
+/// boxes cleaned as the official loader cleans them, through to the official results file.
+#[test]
+fn cli_with_ground_truth_boxes_reproduces_the_official_results_file() {
+    let Some(sample) = coco_sample() else {
+        skip(
+            "cli_with_ground_truth_boxes_reproduces_the_official_results_file",
+            &"../shared/data/coco-sample not found",
+        );
+        return;
+    };
+    let results = scratch("pose-gt").join("poses.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
+        .args(["pose", "--oks-nms", "0.9", "--weights"])
+        .arg(official_tiny().join("weights.safetensors"))
+        .arg("--image")
+        .arg(&sample)
+        .arg("--annotations")
+        .arg(sample.join("test_coco.json"))
+        .arg("--output")
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = load_results(&results).unwrap();
+    let official = expected("expected_gt_flip_oks_nms.json");
+    let w = worst(&ours, &official);
+    for (o, r) in ours.iter().zip(&official) {
+        assert_eq!(
+            (o.center, o.scale),
+            (r.center, r.scale),
+            "the same cleaned box"
+        );
+    }
+    println!(
+        "ground-truth boxes: {} people as the official evaluate writes them; largest \
+         keypoint difference {w:.4} px",
+        ours.len()
+    );
+    assert!(w <= PIXELS, "{w} px");
+}
+
 #[test]
 fn library_without_flip_matches_the_official_pipeline() {
     let Some(sample) = coco_sample() else {

@@ -1,7 +1,7 @@
-//! The boxes, detections and `--bbox` parsers on arbitrary text.
+//! The boxes, detections, ground-truth annotation and `--bbox` parsers on arbitrary text.
 #![no_main]
 
-use hrnet::pose::io::{parse_bbox, parse_boxes, parse_detections};
+use hrnet::pose::io::{parse_bbox, parse_boxes, parse_detections, parse_ground_truth};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,5 +13,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let _ = parse_detections(text, path);
+    let _ = parse_ground_truth(text, path);
     let _ = parse_bbox(text);
 });

@@ -9,8 +9,8 @@ use hrnet::accuracy::{self, F16Floor};
 use hrnet::config::parse_size;
 use hrnet::cuda::{CudaEngine, Kernels, Precision, TcTuning, compiled, gpus, probe};
 use hrnet::pose::io::{
-    CocoResult, find_image, load_boxes, load_detections, load_image, load_image_list, parse_bbox,
-    write_results,
+    CocoResult, find_image, load_boxes, load_detections, load_ground_truth, load_image,
+    load_image_list, parse_bbox, write_results,
 };
 use hrnet::pose::{self, PersonBox, PoseEstimator, draw::draw_poses};
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -121,6 +121,11 @@ enum Command {
         /// file); default: COCO naming, the id zero-padded to 12 digits.
         #[arg(long, requires = "detections")]
         image_list: Option<PathBuf>,
+        /// Ground-truth boxes for a folder of images from a COCO keypoint annotation file,
+        /// taken as the official evaluation takes them with TEST.USE_GT_BBOX (cleaned,
+        /// score 1); its "images" list names the files.
+        #[arg(long, conflicts_with_all = ["detections", "boxes", "bbox", "image_list"])]
+        annotations: Option<PathBuf>,
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
@@ -437,6 +442,7 @@ fn run(command: Command) -> Result<ExitCode> {
             bbox,
             detections,
             image_list,
+            annotations,
             device,
             precision,
             no_flip,
@@ -479,9 +485,18 @@ fn run(command: Command) -> Result<ExitCode> {
                 draw: draw.as_deref(),
                 oks_nms,
             };
-            return match detections {
-                Some(det) => job.folder(&image, &det, image_list.as_deref()),
-                None => job.single(&image, boxes.as_deref(), &bbox),
+            return match (detections, annotations) {
+                (Some(det), _) => job.folder(
+                    &image,
+                    &load_detections(det)?,
+                    image_list.map(load_image_list).transpose()?.as_ref(),
+                ),
+                (None, Some(ann)) => job.folder(
+                    &image,
+                    &load_ground_truth(&ann)?,
+                    Some(&load_image_list(&ann)?),
+                ),
+                (None, None) => job.single(&image, boxes.as_deref(), &bbox),
             };
         }
         Command::InitWeights {
@@ -1006,20 +1021,20 @@ impl PoseJob<'_> {
         self.finish(&results, failures)
     }
 
+    /// A folder of images with boxes per image (detections or ground truth), images in the
+    /// given order; `list` names their files, else COCO's naming.
     fn folder(
         &self,
         dir: &std::path::Path,
-        detections: &std::path::Path,
-        list: Option<&std::path::Path>,
+        dets: &[(u64, Vec<PersonBox>)],
+        list: Option<&std::collections::BTreeMap<u64, String>>,
     ) -> Result<ExitCode> {
         if !dir.is_dir() {
             return Err(Error::Input(format!(
-                "{} is not a folder; --detections needs a folder of images",
+                "{} is not a folder; --detections and --annotations need a folder of images",
                 dir.display()
             )));
         }
-        let dets = load_detections(detections)?;
-        let list = list.map(load_image_list).transpose()?;
         if let Some(d) = self.draw {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
@@ -1032,8 +1047,8 @@ impl PoseJob<'_> {
             let mut loaded = Vec::with_capacity(step.len());
             for (id, boxes) in step {
                 let id = *id;
-                let found = find_image(dir, id, list.as_ref())
-                    .and_then(|p| load_image(&p).map(|img| (p, img)));
+                let found =
+                    find_image(dir, id, list).and_then(|p| load_image(&p).map(|img| (p, img)));
                 match found {
                     Ok((path, img)) => {
                         let boxes =

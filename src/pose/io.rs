@@ -114,6 +114,90 @@ pub fn parse_detections(text: &str, path: &Path) -> Result<Vec<(u64, Vec<PersonB
 }
 
 #[derive(Deserialize)]
+struct Annotations {
+    images: Vec<AnnotatedImage>,
+    annotations: Vec<Annotation>,
+}
+
+#[derive(Deserialize)]
+struct AnnotatedImage {
+    id: u64,
+    width: f64,
+    height: f64,
+}
+
+#[derive(Deserialize)]
+struct Annotation {
+    image_id: u64,
+    category_id: u64,
+    bbox: [f64; 4],
+    area: f64,
+    #[serde(default)]
+    iscrowd: u64,
+    #[serde(default)]
+    keypoints: Vec<f64>,
+}
+
+/// Ground-truth person boxes from a COCO keypoint annotation file, as the official
+/// evaluation takes them with `TEST.USE_GT_BBOX` (`_load_coco_keypoint_annotation_kernal`
+/// of `lib/dataset/coco.py`): images in the file's order; each image's non-crowd person
+/// annotations with a positive area and at least one labelled keypoint, in file order;
+/// each box cleaned as there (`clean_bbox`: clipped to the image, width and height one
+/// pixel less) and scored 1.
+pub fn load_ground_truth(path: impl AsRef<Path>) -> Result<Vec<(u64, Vec<PersonBox>)>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_ground_truth(&text, path)
+}
+
+/// [`load_ground_truth`] on the file's text (`path` only names it in errors).
+pub fn parse_ground_truth(text: &str, path: &Path) -> Result<Vec<(u64, Vec<PersonBox>)>> {
+    let file: Annotations = parse_json(
+        text,
+        path,
+        "COCO annotation file ({\"images\": [{\"id\", \"width\", \"height\"}], \"annotations\": [...]})",
+    )?;
+    let mut by_image: Vec<(u64, Vec<PersonBox>)> =
+        file.images.iter().map(|i| (i.id, Vec::new())).collect();
+    let slot: HashMap<u64, usize> = file
+        .images
+        .iter()
+        .enumerate()
+        .map(|(n, i)| (i.id, n))
+        .collect();
+    for a in &file.annotations {
+        let Some(&n) = slot.get(&a.image_id) else {
+            continue; // pycocotools lists no annotation of an image the file lacks
+        };
+        let image = &file.images[n];
+        let [x, y, w, h] = a.bbox;
+        let x1 = x.max(0.0);
+        let y1 = y.max(0.0);
+        let x2 = (image.width - 1.0).min(x1 + (w - 1.0).max(0.0));
+        let y2 = (image.height - 1.0).min(y1 + (h - 1.0).max(0.0));
+        // `max(obj['keypoints']) == 0` drops it there (an empty list would raise).
+        let labelled = a
+            .keypoints
+            .iter()
+            .copied()
+            .reduce(f64::max)
+            .is_some_and(|m| m != 0.0);
+        if a.iscrowd == 0
+            && a.area > 0.0
+            && x2 >= x1
+            && y2 >= y1
+            && a.category_id == PERSON
+            && labelled
+        {
+            by_image[n]
+                .1
+                .push(PersonBox::new(x1, y1, x2 - x1, y2 - y1, 1.0));
+        }
+    }
+    Ok(by_image)
+}
+
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum BoxEntry {
     Plain([f64; 4]),
@@ -293,6 +377,33 @@ mod tests {
             PersonBox::new(1.0, 2.0, 3.0, 4.5, 1.0)
         );
         assert!(parse_bbox("1,2,3").is_err() && parse_bbox("a,b,c,d").is_err());
+    }
+
+    #[test]
+    fn ground_truth_boxes_are_cleaned_as_the_official_loader_cleans_them() {
+        let p = temp(
+            "ann.json",
+            r#"{"images": [{"id": 9, "width": 100, "height": 80, "file_name": "a.jpg"},
+                           {"id": 4, "width": 50, "height": 50, "file_name": "b.jpg"}],
+                "annotations": [
+                {"image_id": 4, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0, "keypoints": [1, 1, 2]},
+                {"image_id": 9, "category_id": 1, "bbox": [-5, 60, 200.5, 30], "area": 10, "iscrowd": 0, "keypoints": [0, 0, 0, 5, 5, 1]},
+                {"image_id": 9, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 10, "iscrowd": 1, "keypoints": [1, 1, 2]},
+                {"image_id": 9, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 10, "iscrowd": 0, "keypoints": [0, 0, 0]},
+                {"image_id": 9, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 0, "iscrowd": 0, "keypoints": [1, 1, 2]},
+                {"image_id": 9, "category_id": 2, "bbox": [1, 1, 5, 5], "area": 10, "iscrowd": 0, "keypoints": [1, 1, 2]},
+                {"image_id": 9, "category_id": 1, "bbox": [120, 1, 5, 5], "area": 10, "iscrowd": 0, "keypoints": [1, 1, 2]},
+                {"image_id": 7, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 10, "iscrowd": 0, "keypoints": [1, 1, 2]}]}"#,
+        );
+        let gt = load_ground_truth(&p).unwrap();
+        let ids: Vec<u64> = gt.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [9, 4], "the file's image order");
+        // Image 9 keeps only the box clipped to x 0..99, y 60..79; crowds, people without
+        // keypoints or area, other categories and boxes outside the image are dropped.
+        assert_eq!(gt[0].1, [PersonBox::new(0.0, 60.0, 99.0, 19.0, 1.0)]);
+        // Width and height one pixel less, as `clean_bbox`.
+        assert_eq!(gt[1].1, [PersonBox::new(10.0, 10.0, 19.0, 19.0, 1.0)]);
+        assert!(load_ground_truth(temp("bad.json", r#"{"images": []}"#)).is_err());
     }
 
     #[test]
