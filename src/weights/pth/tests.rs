@@ -121,6 +121,25 @@ fn lying_sizes_are_refused_before_allocating() {
     assert!(err.contains("record holds 1099511627776 elements"), "{err}");
 }
 
+/// The official releases were saved from models on the GPU: their storages say
+/// `'cuda:0'`, which changes nothing here (the bytes are the same).
+#[test]
+fn storages_saved_on_the_gpu_read_the_same() {
+    let b = data("edge_legacy.pth");
+    let cpu = b"X\x03\x00\x00\x00cpu";
+    let cuda = b"X\x06\x00\x00\x00cuda:0";
+    let mut moved = Vec::with_capacity(b.len() + 64);
+    let mut rest = &b[..];
+    while let Some(at) = rest.windows(cpu.len()).position(|w| w == cpu) {
+        moved.extend_from_slice(&rest[..at]);
+        moved.extend_from_slice(cuda);
+        rest = &rest[at + cpu.len()..];
+    }
+    moved.extend_from_slice(rest);
+    assert!(moved.len() > b.len(), "the location was replaced");
+    assert_eq!(read(&moved).unwrap(), read(&b).unwrap());
+}
+
 #[test]
 fn what_is_not_a_state_dict_is_named() {
     for (bytes, want) in [
