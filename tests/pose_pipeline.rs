@@ -27,6 +27,32 @@ fn coco_sample() -> Option<PathBuf> {
         .then_some(dir)
 }
 
+/// The COCO sample folder, or one skip line for `test` and None.
+fn sample_or_skip(test: &str) -> Option<PathBuf> {
+    let sample = coco_sample();
+    if sample.is_none() {
+        skip(test, &"../shared/data/coco-sample not found");
+    }
+    sample
+}
+
+/// `hrnet pose` with the official tiny checkpoint on the sample folder, `args` choosing
+/// the boxes; the results it wrote to `results`.
+fn pose_cli(sample: &Path, args: &[&std::ffi::OsStr], results: &Path) -> Vec<CocoResult> {
+    let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
+        .args(["pose", "--weights"])
+        .arg(official_tiny().join("weights.safetensors"))
+        .arg("--image")
+        .arg(sample)
+        .args(args)
+        .arg("--output")
+        .arg(results)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    load_results(results).unwrap()
+}
+
 fn expected(name: &str) -> Vec<CocoResult> {
     load_results(common::test_data().join("official-pose").join(name)).unwrap()
 }
@@ -91,36 +117,26 @@ fn suppressed(results: &[CocoResult]) -> Vec<CocoResult> {
 
 #[test]
 fn cli_reproduces_the_official_pipeline_on_coco_photographs() {
-    let Some(sample) = coco_sample() else {
-        skip(
-            "cli_reproduces_the_official_pipeline_on_coco_photographs",
-            &"../shared/data/coco-sample not found",
-        );
+    let Some(sample) = sample_or_skip("cli_reproduces_the_official_pipeline_on_coco_photographs")
+    else {
         return;
     };
     let out = scratch("pose-cli");
-    let results = out.join("poses.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
-        .args(["pose", "--weights"])
-        .arg(official_tiny().join("weights.safetensors"))
-        .arg("--image")
-        .arg(&sample)
-        .arg("--detections")
-        .arg(sample.join("test_coco_det_AP_H_56.json"))
-        .arg("--output")
-        .arg(&results)
-        .arg("--draw")
-        .arg(out.join("drawn"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let w = worst(
-        &load_results(&results).unwrap(),
-        &expected("expected_flip.json"),
+    let det = sample.join("test_coco_det_AP_H_56.json");
+    let drawn = out.join("drawn");
+    let ours = pose_cli(
+        &sample,
+        &[
+            "--detections".as_ref(),
+            det.as_ref(),
+            "--draw".as_ref(),
+            drawn.as_ref(),
+        ],
+        &out.join("poses.json"),
     );
+    let w = worst(&ours, &expected("expected_flip.json"));
     println!("flip test on: largest keypoint difference {w:.4} px");
     assert!(w <= PIXELS, "{w} px");
-    let ours = load_results(&results).unwrap();
     let kept = suppressed(&ours);
     let official = expected("expected_flip_oks_nms.json");
     let w = worst(&kept, &official);
@@ -134,9 +150,9 @@ fn cli_reproduces_the_official_pipeline_on_coco_photographs() {
     for (o, r) in kept.iter().zip(&official) {
         assert_eq!((o.center, o.scale), (r.center, r.scale), "the same person");
     }
-    let drawn = load_image(out.join("drawn/000000000785.png")).unwrap();
+    let picture = load_image(drawn.join("000000000785.png")).unwrap();
     assert_eq!(
-        drawn.dimensions(),
+        picture.dimensions(),
         load_image(sample.join("000000000785.jpg"))
             .unwrap()
             .dimensions()
@@ -147,27 +163,22 @@ fn cli_reproduces_the_official_pipeline_on_coco_photographs() {
 /// boxes cleaned as the official loader cleans them, through to the official results file.
 #[test]
 fn cli_with_ground_truth_boxes_reproduces_the_official_results_file() {
-    let Some(sample) = coco_sample() else {
-        skip(
-            "cli_with_ground_truth_boxes_reproduces_the_official_results_file",
-            &"../shared/data/coco-sample not found",
-        );
+    let Some(sample) =
+        sample_or_skip("cli_with_ground_truth_boxes_reproduces_the_official_results_file")
+    else {
         return;
     };
-    let results = scratch("pose-gt").join("poses.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
-        .args(["pose", "--oks-nms", "0.9", "--weights"])
-        .arg(official_tiny().join("weights.safetensors"))
-        .arg("--image")
-        .arg(&sample)
-        .arg("--annotations")
-        .arg(sample.join("test_coco.json"))
-        .arg("--output")
-        .arg(&results)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ours = load_results(&results).unwrap();
+    let ann = sample.join("test_coco.json");
+    let ours = pose_cli(
+        &sample,
+        &[
+            "--annotations".as_ref(),
+            ann.as_ref(),
+            "--oks-nms".as_ref(),
+            "0.9".as_ref(),
+        ],
+        &scratch("pose-gt").join("poses.json"),
+    );
     let official = expected("expected_gt_flip_oks_nms.json");
     let w = worst(&ours, &official);
     for (o, r) in ours.iter().zip(&official) {
@@ -187,11 +198,7 @@ fn cli_with_ground_truth_boxes_reproduces_the_official_results_file() {
 
 #[test]
 fn library_without_flip_matches_the_official_pipeline() {
-    let Some(sample) = coco_sample() else {
-        skip(
-            "library_without_flip_matches_the_official_pipeline",
-            &"../shared/data/coco-sample not found",
-        );
+    let Some(sample) = sample_or_skip("library_without_flip_matches_the_official_pipeline") else {
         return;
     };
     let model = Model::load(official_tiny().join("weights.safetensors"), None).unwrap();
@@ -217,11 +224,7 @@ fn library_without_flip_matches_the_official_pipeline() {
 /// f16 reported (a random-weight network magnifies f16 rounding).
 #[test]
 fn gpu_pipeline_matches_the_official_pipeline() {
-    let Some(sample) = coco_sample() else {
-        skip(
-            "gpu_pipeline_matches_the_official_pipeline",
-            &"../shared/data/coco-sample not found",
-        );
+    let Some(sample) = sample_or_skip("gpu_pipeline_matches_the_official_pipeline") else {
         return;
     };
     if !common::gpu_or_skip("gpu_pipeline_matches_the_official_pipeline") {
@@ -257,11 +260,9 @@ fn gpu_pipeline_matches_the_official_pipeline() {
 
 #[test]
 fn bad_images_boxes_and_files_are_reported_and_the_rest_processed() {
-    let Some(sample) = coco_sample() else {
-        skip(
-            "bad_images_boxes_and_files_are_reported_and_the_rest_processed",
-            &"../shared/data/coco-sample not found",
-        );
+    let Some(sample) =
+        sample_or_skip("bad_images_boxes_and_files_are_reported_and_the_rest_processed")
+    else {
         return;
     };
     let dir = scratch("pose-bad");
