@@ -103,23 +103,25 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Pickle, String> {
     let mut m = Machine {
         input: bytes,
         pos: 0,
-        values: Vec::new(),
+        out: Pickle {
+            values: Vec::new(),
+            root: 0,
+            len: 0,
+        },
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
     };
-    let root = m.run()?;
-    Ok(Pickle {
-        values: m.values,
-        root,
-        len: m.pos,
-    })
+    m.out.root = m.run()?;
+    m.out.len = m.pos;
+    Ok(m.out)
 }
 
 struct Machine<'a> {
     input: &'a [u8],
     pos: usize,
-    values: Vec<Value>,
+    /// The values built so far; root and length are set at STOP.
+    out: Pickle,
     stack: Vec<Id>,
     /// Stack lengths at each MARK.
     marks: Vec<usize>,
@@ -306,7 +308,7 @@ impl Machine<'_> {
             0x93 => {
                 let name = self.pop()?;
                 let module = self.pop()?;
-                match (self.get(module), self.get(name)) {
+                match (self.out.get(module), self.out.get(name)) {
                     (Value::Str(m), Value::Str(n)) => {
                         let g = Value::Global(m.clone(), n.clone());
                         self.push(g);
@@ -370,11 +372,11 @@ impl Machine<'_> {
     /// empty OrderedDicts and latin-1 byte strings are understood; anything else becomes
     /// an opaque object. `outer` is false inside `_rebuild_from_type_v2`, which may not nest.
     fn call(&mut self, callable: Id, args: Id, outer: bool) -> Result<Id, String> {
-        let a = match self.get(args) {
+        let a = match self.out.get(args) {
             Value::Tuple(a) => a.clone(),
             _ => return Err("REDUCE's arguments are not a tuple".into()),
         };
-        let (module, name) = match self.get(callable) {
+        let (module, name) = match self.out.get(callable) {
             Value::Global(m, n) => (m.clone(), n.clone()),
             _ => return Err("REDUCE of something that is not a global name".into()),
         };
@@ -386,7 +388,7 @@ impl Machine<'_> {
                 [storage, offset, shape, stride, ..],
             ) => Value::Tensor(self.tensor(*storage, *offset, *shape, *stride)?),
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state", [t, ..])
-                if matches!(self.get(*t), Value::Tensor(_)) =>
+                if matches!(self.out.get(*t), Value::Tensor(_)) =>
             {
                 return Ok(*t);
             }
@@ -394,9 +396,12 @@ impl Machine<'_> {
                 return self.call(*func, *inner, false);
             }
             ("_codecs", "encode", [text, encoding])
-                if matches!(self.str(*encoding), Some("latin1" | "latin-1")) =>
+                if matches!(self.out.str(*encoding), Some("latin1" | "latin-1")) =>
             {
-                let text = self.str(*text).ok_or("_codecs.encode of a non-string")?;
+                let text = self
+                    .out
+                    .str(*text)
+                    .ok_or("_codecs.encode of a non-string")?;
                 let bytes = text
                     .chars()
                     .map(|c| u8::try_from(u32::from(c)).map_err(|_| "not latin-1"))
@@ -409,18 +414,20 @@ impl Machine<'_> {
     }
 
     fn tensor(&self, storage: Id, offset: Id, shape: Id, stride: Id) -> Result<TensorView, String> {
-        let Value::Persistent(storage) = self.get(storage) else {
+        let Value::Persistent(storage) = self.out.get(storage) else {
             return Err("a tensor whose storage is not a persistent id".into());
         };
         let offset = self
-            .count(offset)
+            .out
+            .usize(offset)
             .ok_or("a tensor's storage offset is not a count")?;
         let ints = |id: Id, what: &str| -> Result<Vec<usize>, String> {
-            match self.get(id) {
+            match self.out.get(id) {
                 Value::Tuple(items) => items
                     .iter()
                     .map(|&i| {
-                        self.count(i)
+                        self.out
+                            .usize(i)
                             .ok_or(format!("a tensor's {what} has a non-count"))
                     })
                     .collect(),
@@ -444,34 +451,16 @@ impl Machine<'_> {
         })
     }
 
-    fn count(&self, id: Id) -> Option<usize> {
-        match self.get(id) {
-            Value::Int(i) => usize::try_from(*i).ok(),
-            _ => None,
-        }
-    }
-
-    fn str(&self, id: Id) -> Option<&str> {
-        match self.get(id) {
-            Value::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
     fn name(&self, class: Id) -> String {
-        match self.get(class) {
+        match self.out.get(class) {
             Value::Global(m, n) => format!("{m}.{n}"),
             _ => "an object".into(),
         }
     }
 
-    fn get(&self, id: Id) -> &Value {
-        &self.values[id]
-    }
-
     fn push_value(&mut self, v: Value) -> Id {
-        self.values.push(v);
-        self.values.len() - 1
+        self.out.values.push(v);
+        self.out.values.len() - 1
     }
 
     fn push(&mut self, v: Value) {
@@ -504,7 +493,7 @@ impl Machine<'_> {
 
     fn extend(&mut self, items: Vec<Id>) -> Result<(), String> {
         let target = self.top()?;
-        match &mut self.values[target] {
+        match &mut self.out.values[target] {
             Value::List(l) => l.extend(items),
             Value::Object(_) => {} // list subclasses: contents not needed
             _ => return Err("APPEND to something that is not a list".into()),
@@ -514,7 +503,7 @@ impl Machine<'_> {
 
     fn insert(&mut self, pairs: Vec<(Id, Id)>) -> Result<(), String> {
         let target = self.top()?;
-        match &mut self.values[target] {
+        match &mut self.out.values[target] {
             // A pickled dict comes from a dict and repeats no key; if a hostile one does,
             // lookups take the last, as Python's SETITEM would.
             Value::Dict(d) => d.extend(pairs),

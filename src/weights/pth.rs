@@ -364,22 +364,20 @@ fn materialise<'a>(
             data: Cow::Borrowed(&[]),
         });
     }
-    {
-        // The furthest element a view reaches must lie inside its storage.
-        let last = t
-            .shape
-            .iter()
-            .zip(&t.stride)
-            .try_fold(t.offset, |a, (&d, &st)| {
-                (d - 1).checked_mul(st).and_then(|x| a.checked_add(x))
-            })
-            .ok_or("its strides overflow")?;
-        if last >= s.numel {
-            return Err(format!(
-                "its view reaches element {last} of a storage of {}",
-                s.numel
-            ));
-        }
+    // The furthest element a view reaches must lie inside its storage.
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |a, (&d, &st)| {
+            (d - 1).checked_mul(st).and_then(|x| a.checked_add(x))
+        })
+        .ok_or("its strides overflow")?;
+    if last >= s.numel {
+        return Err(format!(
+            "its view reaches element {last} of a storage of {}",
+            s.numel
+        ));
     }
     let bytes = numel * s.elem; // numel ≤ s.numel (checked next), so no overflow
     if numel > s.numel {
