@@ -9,7 +9,9 @@ use std::process::Command;
 
 use common::{official_tiny, scratch, skip};
 use hrnet::Model;
-use hrnet::pose::io::{CocoResult, load_detections, load_image, load_results};
+use hrnet::pose::io::{
+    CocoResult, OFFICIAL_MIN_DETECTION_SCORE, load_detections, load_image, load_results,
+};
 use hrnet::pose::nms::{OFFICIAL_OKS_THRESHOLD, oks_nms};
 use hrnet::pose::{Device, Keypoint, PersonBox, Pose, PoseEstimator};
 
@@ -206,7 +208,11 @@ fn library_without_flip_matches_the_official_pipeline() {
         .unwrap()
         .with_flip(false)
         .unwrap();
-    let dets = load_detections(sample.join("test_coco_det_AP_H_56.json")).unwrap();
+    let dets = load_detections(
+        sample.join("test_coco_det_AP_H_56.json"),
+        OFFICIAL_MIN_DETECTION_SCORE,
+    )
+    .unwrap();
     let official = expected("expected_noflip.json");
     // One photograph is enough here; the CLI test covers all four with the flip test.
     let id = 40083;
@@ -230,7 +236,11 @@ fn gpu_pipeline_matches_the_official_pipeline() {
     if !common::gpu_or_skip("gpu_pipeline_matches_the_official_pipeline") {
         return;
     }
-    let dets = load_detections(sample.join("test_coco_det_AP_H_56.json")).unwrap();
+    let dets = load_detections(
+        sample.join("test_coco_det_AP_H_56.json"),
+        OFFICIAL_MIN_DETECTION_SCORE,
+    )
+    .unwrap();
     let official = expected("expected_flip.json");
     for precision in [hrnet::cuda::Precision::F32, hrnet::cuda::Precision::F16] {
         let model = Model::load(official_tiny().join("weights.safetensors"), None).unwrap();
@@ -354,4 +364,22 @@ fn bad_images_boxes_and_files_are_reported_and_the_rest_processed() {
     assert_eq!(load_results(dir.join("out.json")).unwrap().len(), 1);
     let (ok, err) = run(&["--image", one.to_str().unwrap(), "--oks-nms", "2"]);
     assert!(!ok && err.contains("between 0 and 1"), "{err}");
+
+    // Detections below --min-score (the official TEST.IMAGE_THRE) are not run: above
+    // every score, no image is opened, so none of the bad ones is reported.
+    let folder = |min: &str| {
+        run(&[
+            "--image",
+            dir.to_str().unwrap(),
+            "--detections",
+            dir.join("det.json").to_str().unwrap(),
+            "--min-score",
+            min,
+        ])
+    };
+    let (ok, err) = folder("0.95");
+    assert!(ok && !err.contains("error"), "{err}");
+    assert!(load_results(dir.join("out.json")).unwrap().is_empty());
+    let (ok, err) = folder("NaN");
+    assert!(!ok && err.contains("--min-score"), "{err}");
 }

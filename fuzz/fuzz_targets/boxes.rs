@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = b.check(640, 480);
         }
     }
-    let _ = parse_detections(text, path);
+    let _ = parse_detections(text, path, 0.0);
     let _ = parse_ground_truth(text, path);
     let _ = parse_bbox(text);
 });

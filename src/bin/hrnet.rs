@@ -9,8 +9,8 @@ use hrnet::accuracy::{self, F16Floor};
 use hrnet::config::parse_size;
 use hrnet::cuda::{CudaEngine, Kernels, Precision, TcTuning, compiled, gpus, probe};
 use hrnet::pose::io::{
-    CocoResult, find_image, load_boxes, load_detections, load_ground_truth, load_image,
-    load_image_list, parse_bbox, write_results,
+    CocoResult, OFFICIAL_MIN_DETECTION_SCORE, find_image, load_boxes, load_detections,
+    load_ground_truth, load_image, load_image_list, parse_bbox, write_results,
 };
 use hrnet::pose::{self, PersonBox, PoseEstimator, draw::draw_poses};
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -121,6 +121,9 @@ enum Command {
         /// file); default: COCO naming, the id zero-padded to 12 digits.
         #[arg(long, requires = "detections")]
         image_list: Option<PathBuf>,
+        /// Detections scoring below this are not run (the official TEST.IMAGE_THRE).
+        #[arg(long, value_name = "SCORE", requires = "detections", default_value_t = OFFICIAL_MIN_DETECTION_SCORE)]
+        min_score: f64,
         /// Ground-truth boxes for a folder of images from a COCO keypoint annotation file,
         /// taken as the official evaluation takes them with TEST.USE_GT_BBOX (cleaned,
         /// score 1); its "images" list names the files.
@@ -442,6 +445,7 @@ fn run(command: Command) -> Result<ExitCode> {
             bbox,
             detections,
             image_list,
+            min_score,
             annotations,
             device,
             precision,
@@ -458,6 +462,9 @@ fn run(command: Command) -> Result<ExitCode> {
                 return Err(Error::Input(format!(
                     "--oks-nms takes an OKS between 0 and 1, not {t}"
                 )));
+            }
+            if min_score.is_nan() {
+                return Err(Error::Input("--min-score takes a number, not NaN".into()));
             }
             let size = input_size.as_deref().map(parse_size).transpose()?;
             let model = Model::load(&weights, size)?;
@@ -488,7 +495,7 @@ fn run(command: Command) -> Result<ExitCode> {
             return match (detections, annotations) {
                 (Some(det), _) => job.folder(
                     &image,
-                    &load_detections(det)?,
+                    &load_detections(det, min_score)?,
                     image_list.map(load_image_list).transpose()?.as_ref(),
                 ),
                 (None, Some(ann)) => job.folder(

@@ -1,6 +1,7 @@
 //! Files around the pipeline: images, person boxes, COCO detections and image lists, and
 //! results in the COCO keypoint results format.
 
+use std::cmp::Ordering::Less;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -87,22 +88,40 @@ pub struct Detection {
 /// The COCO category id of a person.
 pub const PERSON: u64 = 1;
 
+/// The official evaluation's detection threshold (`TEST.IMAGE_THRE`, 0.0 in every official
+/// experiment file): detections scoring below it are not run.
+pub const OFFICIAL_MIN_DETECTION_SCORE: f64 = 0.0;
+
 /// Person boxes of each image from a COCO detections file
-/// (`[{"image_id", "category_id", "bbox", "score"}]`), other categories left out. Images
-/// come in the order they first appear in the file and each image's boxes in file order,
-/// as the official evaluation orders its results.
-pub fn load_detections(path: impl AsRef<Path>) -> Result<Vec<(u64, Vec<PersonBox>)>> {
+/// (`[{"image_id", "category_id", "bbox", "score"}]`), other categories and detections
+/// scoring below `min_score` left out, as the official loader does
+/// ([`OFFICIAL_MIN_DETECTION_SCORE`] is its setting). Images come in the order their
+/// first kept detection appears in the file and each image's boxes in file order, as the
+/// official evaluation orders its results.
+pub fn load_detections(
+    path: impl AsRef<Path>,
+    min_score: f64,
+) -> Result<Vec<(u64, Vec<PersonBox>)>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_detections(&text, path)
+    parse_detections(&text, path, min_score)
 }
 
 /// [`load_detections`] on the file's text (`path` only names it in errors).
-pub fn parse_detections(text: &str, path: &Path) -> Result<Vec<(u64, Vec<PersonBox>)>> {
+pub fn parse_detections(
+    text: &str,
+    path: &Path,
+    min_score: f64,
+) -> Result<Vec<(u64, Vec<PersonBox>)>> {
     let dets: Vec<Detection> = parse_json(text, path, "COCO detections file")?;
     let mut by_image: Vec<(u64, Vec<PersonBox>)> = Vec::new();
     let mut slot: HashMap<u64, usize> = HashMap::new();
-    for d in dets.into_iter().filter(|d| d.category_id == PERSON) {
+    // `score < min_score` skips, as the official `if score < self.image_thre: continue`
+    // (a NaN score is kept there too).
+    for d in dets
+        .into_iter()
+        .filter(|d| d.category_id == PERSON && d.score.partial_cmp(&min_score) != Some(Less))
+    {
         let [x, y, w, h] = d.bbox;
         let i = *slot.entry(d.image_id).or_insert_with(|| {
             by_image.push((d.image_id, Vec::new()));
@@ -416,7 +435,7 @@ mod tests {
                 {"image_id": 3, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.3},
                 {"image_id": 7, "category_id": 1, "bbox": [2, 2, 3, 4], "score": 0.8}]"#,
         );
-        let d = load_detections(&p).unwrap();
+        let d = load_detections(&p, OFFICIAL_MIN_DETECTION_SCORE).unwrap();
         let order: Vec<(u64, usize)> = d.iter().map(|(id, b)| (*id, b.len())).collect();
         assert_eq!(
             order,
@@ -424,7 +443,30 @@ mod tests {
             "first appearance, people only"
         );
         assert_eq!((d[1].1[0].score, d[0].1[1].score), (0.1, 0.8));
-        assert!(load_detections(temp("junk.json", "{")).is_err());
+        assert!(load_detections(temp("junk.json", "{"), 0.0).is_err());
+    }
+
+    #[test]
+    fn detections_below_the_threshold_are_skipped_before_grouping() {
+        let text = r#"[{"image_id": 5, "category_id": 1, "bbox": [0, 0, 5, 5], "score": -0.5},
+                {"image_id": 6, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.0},
+                {"image_id": 5, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.4},
+                {"image_id": 9, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.2}]"#;
+        let order = |min: f64| -> Vec<(u64, Vec<f64>)> {
+            parse_detections(text, Path::new("d.json"), min)
+                .unwrap()
+                .into_iter()
+                .map(|(id, b)| (id, b.iter().map(|b| b.score).collect()))
+                .collect()
+        };
+        // Image 5 is placed by its first kept detection, after image 6.
+        assert_eq!(
+            order(OFFICIAL_MIN_DETECTION_SCORE),
+            [(6, vec![0.0]), (5, vec![0.4]), (9, vec![0.2])]
+        );
+        assert_eq!(order(0.3), [(5, vec![0.4])]);
+        assert_eq!(order(f64::NEG_INFINITY).len(), 3);
+        assert!(order(1.0).is_empty());
     }
 
     #[test]
