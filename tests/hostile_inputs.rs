@@ -477,6 +477,18 @@ fn images_that_do_not_decode_boxes_that_do_not_fit_and_boxes_files_that_do_not_p
             "{err}"
         );
     }
+    // A real JPEG whose header is made to claim 20000 × 20000 pixels (libjpeg would fill
+    // 1.2 GB with grey): refused on the header, before anything is allocated.
+    let mut jpeg = std::fs::read(common::test_data().join("images/baseline_420.jpg")).unwrap();
+    let sof = jpeg.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0x4E, 0x20, 0x4E, 0x20]);
+    let p = c.dir.join("forged.jpg");
+    std::fs::write(&p, &jpeg).unwrap();
+    let err = pose(&p, &[]);
+    assert!(
+        err.contains("forged.jpg") && err.contains("claims 20000×20000 pixels"),
+        "{err}"
+    );
     let img = c.dir.join("gray.png");
     image::GrayImage::from_pixel(80, 60, image::Luma([128]))
         .save(&img)

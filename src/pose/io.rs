@@ -12,9 +12,11 @@ use super::{PersonBox, Pose};
 use crate::error::{Error, Result};
 
 /// Decodes an image file to RGB, as `cv2.imread(IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)`
-/// then `BGR2RGB` does: JPEGs with libjpeg-turbo's decoder (through mozjpeg, the same
-/// integer IDCT and upsampling as OpenCV's, so the pixels are identical), other formats
-/// with the `image` crate; grey is replicated to RGB and EXIF orientation ignored.
+/// then `BGR2RGB` does, to the byte (`tests/image_decode.rs`): JPEGs with libjpeg-turbo's
+/// decoder (through mozjpeg, the same integer IDCT and upsampling as OpenCV's), CMYK
+/// JPEGs converted as OpenCV converts them, other formats with the `image` crate, 16-bit
+/// samples cut to their high byte as OpenCV's PNG reader does; grey is replicated to RGB,
+/// alpha dropped and EXIF orientation ignored.
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -27,7 +29,58 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     }
     let img =
         image::load_from_memory(&bytes).map_err(|e| bad(format!("not a readable image ({e})")))?;
-    Ok(img.to_rgb8())
+    Ok(rgb8(img))
+}
+
+/// OpenCV's limits on an image it decodes (`CV_IO_MAX_IMAGE_WIDTH`, `_HEIGHT` and
+/// `_PIXELS`): it refuses larger ones, so the official pipeline cannot read them either.
+const MAX_SIDE: usize = 1 << 20;
+const MAX_PIXELS: usize = 1 << 30;
+
+/// Whether a JPEG of `bytes` bytes may be `w × h`, checked on its header before anything
+/// is decoded or allocated. Beyond OpenCV's limits, no; and a complete JPEG spends at
+/// least one bit on each 8×8 block of its most finely sampled component (a Huffman code
+/// is never shorter), so it holds at most 512 pixels per byte: a header that claims more
+/// belongs to a cut or forged file, which libjpeg would fill with grey at the size it
+/// claims (the 60000 × 60000 of a 2 KB file: 10 GB, most of a minute).
+fn jpeg_size_fits(w: usize, h: usize, bytes: usize) -> std::result::Result<(), String> {
+    let pixels = w.saturating_mul(h);
+    if w > MAX_SIDE || h > MAX_SIDE || pixels > MAX_PIXELS {
+        return Err(format!(
+            "{w}×{h} pixels, beyond OpenCV's limits ({MAX_SIDE} a side, {MAX_PIXELS} in all)"
+        ));
+    }
+    let most = bytes.saturating_mul(512);
+    if pixels > most {
+        return Err(format!(
+            "its header claims {w}×{h} pixels; {bytes} bytes hold at most {most}"
+        ));
+    }
+    Ok(())
+}
+
+/// 8-bit RGB from any decoded image. 16-bit samples keep their high byte (libpng's
+/// `png_set_strip_16`, which OpenCV's PNG reader asks for) where `image`'s own conversion
+/// would round (`(v + 128) / 257`), which differs from it by one level for a quarter of
+/// the values.
+fn rgb8(img: image::DynamicImage) -> RgbImage {
+    use image::ColorType::{L16, La16, Rgb16, Rgba16};
+    if !matches!(img.color(), L16 | La16 | Rgb16 | Rgba16) {
+        return img.into_rgb8();
+    }
+    let deep = img.into_rgb16();
+    let (w, h) = deep.dimensions();
+    let bytes = deep.into_raw().into_iter().map(|v| v.to_be_bytes()[0]);
+    RgbImage::from_raw(w, h, bytes.collect()).expect("the same number of samples")
+}
+
+/// One CMYK pixel as libjpeg gives it (Adobe's inverted convention) to RGB, with OpenCV's
+/// integer arithmetic (its JPEG reader's CMYK-to-BGR step): each of C, M, Y becomes
+/// `k − ((255 − v)·k >> 8)`.
+fn cmyk_to_rgb([c, m, y, k]: [u8; 4]) -> [u8; 3] {
+    let k = u32::from(k);
+    // (255 − v)·k < 2^16, so the shifted product is at most k and the result fits in u8.
+    [c, m, y].map(|v| (k - (((255 - u32::from(v)) * k) >> 8)) as u8)
 }
 
 /// A JPEG's pixels as libjpeg-turbo decodes them (islow IDCT, fancy upsampling). A file
@@ -41,8 +94,18 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         return Err("truncated JPEG (no end-of-image marker)".into());
     }
     let decoded = std::panic::catch_unwind(|| -> std::io::Result<(usize, usize, Vec<[u8; 3]>)> {
-        let mut d = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
-        let (w, h) = (d.width(), d.height());
+        let d = mozjpeg::Decompress::new_mem(bytes)?;
+        let (w, h) = d.size();
+        jpeg_size_fits(w, h, bytes.len()).map_err(std::io::Error::other)?;
+        // Four components are CMYK or YCCK: OpenCV has libjpeg give CMYK and converts it
+        // itself; anything else libjpeg converts to RGB (grey replicated).
+        if d.components().len() == 4 {
+            let mut d = d.to_colorspace(mozjpeg::ColorSpace::JCS_CMYK)?;
+            let px: Vec<[u8; 4]> = d.read_scanlines()?;
+            d.finish()?;
+            return Ok((w, h, px.into_iter().map(cmyk_to_rgb).collect()));
+        }
+        let mut d = d.rgb()?;
         let px: Vec<[u8; 3]> = d.read_scanlines()?;
         d.finish()?;
         Ok((w, h, px))
@@ -444,6 +507,21 @@ mod tests {
         );
         assert_eq!((d[1].1[0].score, d[0].1[1].score), (0.1, 0.8));
         assert!(load_detections(temp("junk.json", "{"), 0.0).is_err());
+    }
+
+    #[test]
+    fn jpeg_sizes_are_checked_against_opencvs_limits_and_the_files_length() {
+        assert!(jpeg_size_fits(640, 425, 60_000).is_ok());
+        // A uniform grey JPEG spends two bits on each 8×8 block: 256 pixels a byte.
+        assert!(jpeg_size_fits(4000, 3000, 47_033).is_ok());
+        assert!(jpeg_size_fits(4000, 3000, 12_000_000_usize.div_ceil(512)).is_ok());
+        let e = jpeg_size_fits(4000, 3000, 12_000_000_usize.div_ceil(512) - 1).unwrap_err();
+        assert!(e.contains("claims 4000×3000"), "{e}");
+        for (w, h) in [(MAX_SIDE + 1, 1), (1, MAX_SIDE + 1), (32_768, 32_769)] {
+            let e = jpeg_size_fits(w, h, usize::MAX).unwrap_err();
+            assert!(e.contains("beyond OpenCV's limits"), "{e}");
+        }
+        assert!(jpeg_size_fits(32_768, 32_768, usize::MAX).is_ok());
     }
 
     #[test]

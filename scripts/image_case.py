@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Write image files of the kinds a pose pipeline meets, and how OpenCV decodes each.
+
+The official pipeline reads images with cv2.imread(IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)
+and converts BGR to RGB; hrnet's load_image must give the same pixels. For each file
+NAME.EXT written here, NAME.opencv.png holds OpenCV's decode as 8-bit RGB (lossless), which
+tests/image_decode.rs compares with load_image's to the byte.
+
+The picture is synthetic (a seeded mix of gradients, edges and noise, odd width and height,
+so that the decoders' rounding, upsampling and edge handling all show). Files:
+  baseline_420.jpg, baseline_444.jpg, progressive_422.jpg   YCbCr JPEGs (PIL/libjpeg)
+  gray.jpg                                                 one-component JPEG
+  cmyk.jpg                                                 Adobe CMYK JPEG (four components)
+  exif_rotated.jpg                                         EXIF orientation 6, to be ignored
+  rgb16.png, bgra16.png                                    16-bit PNGs (bgra16: with alpha)
+  palette.png                                              palette PNG with transparency
+Needs numpy, Pillow and opencv-python(-headless). Example (the committed files):
+  python3 scripts/image_case.py --out tests/data/images
+"""
+
+import argparse
+import os
+
+import cv2
+import numpy as np
+from PIL import Image
+
+W, H = 67, 45
+
+
+def picture(seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
+    r = 128 + 100 * np.sin(x / 7.0) * np.cos(y / 5.0)
+    g = 255 * x / (W - 1)
+    b = np.where((x - 30) ** 2 + (y - 20) ** 2 < 150, 230.0, 25.0)
+    rgb = np.stack([r, g, b], -1) + rng.normal(0, 12, (H, W, 3))
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def opencv_rgb(path):
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise SystemExit(f"OpenCV cannot read {path}")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=2019)
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    rgb = picture(a.seed)
+    im = Image.fromarray(rgb)
+    files = {}
+
+    def jpeg(name, image, **kw):
+        path = os.path.join(a.out, name)
+        image.save(path, "JPEG", **kw)
+        files[name] = path
+
+    jpeg("baseline_420.jpg", im, quality=85, subsampling=2)
+    jpeg("baseline_444.jpg", im, quality=92, subsampling=0)
+    jpeg("progressive_422.jpg", im, quality=80, subsampling=1, progressive=True)
+    jpeg("gray.jpg", im.convert("L"), quality=88)
+    jpeg("cmyk.jpg", im.convert("CMYK"), quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    jpeg("exif_rotated.jpg", im, quality=85, exif=exif.tobytes())
+
+    # 16-bit PNGs through OpenCV's own writer (BGR order); values spread over all 16 bits.
+    rng = np.random.default_rng(a.seed + 1)
+    deep = rgb.astype(np.uint16) * 257 + rng.integers(0, 257, rgb.shape, dtype=np.uint16)
+    for name, data in [("rgb16.png", deep[..., ::-1]),
+                       ("bgra16.png", np.concatenate(
+                           [deep[..., ::-1], rng.integers(0, 65536, (H, W, 1), dtype=np.uint16)], -1))]:
+        path = os.path.join(a.out, name)
+        cv2.imwrite(path, np.ascontiguousarray(data))
+        files[name] = path
+    pal = im.quantize(colors=37)
+    path = os.path.join(a.out, "palette.png")
+    pal.save(path, transparency=3)
+    files["palette.png"] = path
+
+    for name, path in sorted(files.items()):
+        want = opencv_rgb(path)
+        stem = os.path.splitext(name)[0]
+        cv2.imwrite(os.path.join(a.out, f"{stem}.opencv.png"), want[..., ::-1])
+        print(f"{name}: {os.path.getsize(path)} bytes, OpenCV {want.shape[1]}x{want.shape[0]}")
+    print(f"OpenCV {cv2.__version__}, Pillow {Image.__version__}")
+
+
+if __name__ == "__main__":
+    main()
