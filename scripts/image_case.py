@@ -12,7 +12,8 @@ so that the decoders' rounding, upsampling and edge handling all show). Files:
   gray.jpg                                                 one-component JPEG
   cmyk.jpg                                                 Adobe CMYK JPEG (four components)
   exif_rotated.jpg                                         EXIF orientation 6, to be ignored
-  rgb16.png, bgra16.png                                    16-bit PNGs (bgra16: with alpha)
+  rgb16.png, bgra16.png, gray16.png                        16-bit PNGs (bgra16: with alpha)
+  rgba.png, bilevel.png                                    8-bit with alpha; one bit a pixel
   palette.png                                              palette PNG with transparency
 Needs numpy, Pillow and opencv-python(-headless). Example (the committed files):
   python3 scripts/image_case.py --out tests/data/images
@@ -74,9 +75,16 @@ def main():
     deep = rgb.astype(np.uint16) * 257 + rng.integers(0, 257, rgb.shape, dtype=np.uint16)
     for name, data in [("rgb16.png", deep[..., ::-1]),
                        ("bgra16.png", np.concatenate(
-                           [deep[..., ::-1], rng.integers(0, 65536, (H, W, 1), dtype=np.uint16)], -1))]:
+                           [deep[..., ::-1], rng.integers(0, 65536, (H, W, 1), dtype=np.uint16)], -1)),
+                       ("gray16.png", deep[..., 1])]:
         path = os.path.join(a.out, name)
         cv2.imwrite(path, np.ascontiguousarray(data))
+        files[name] = path
+    for name, image in [("rgba.png", Image.fromarray(np.concatenate(
+                            [rgb, rng.integers(0, 256, (H, W, 1), dtype=np.uint8)], -1), "RGBA")),
+                        ("bilevel.png", im.convert("1"))]:
+        path = os.path.join(a.out, name)
+        image.save(path)
         files[name] = path
     pal = im.quantize(colors=37)
     path = os.path.join(a.out, "palette.png")
