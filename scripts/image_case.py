@@ -15,8 +15,9 @@ so that the decoders' rounding, upsampling and edge handling all show). Files:
   rgb16.png, bgra16.png, gray16.png                        16-bit PNGs (bgra16: with alpha)
   rgba.png, bilevel.png                                    8-bit with alpha; one bit a pixel
   palette.png                                              palette PNG with transparency
-Needs numpy, Pillow and opencv-python(-headless). Example (the committed files):
+Needs numpy, Pillow and opencv-python(-headless). Examples (the committed files):
   python3 scripts/image_case.py --out tests/data/images
+  python3 scripts/image_case.py --size 16x12 --out fuzz/seeds/image   # the fuzzer's seeds
 """
 
 import argparse
@@ -26,10 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-W, H = 67, 45
-
-
-def picture(seed):
+def picture(seed, W, H):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:H, 0:W].astype(np.float64)
     r = 128 + 100 * np.sin(x / 7.0) * np.cos(y / 5.0)
@@ -50,9 +48,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=2019)
+    ap.add_argument("--size", default="67x45", help="WIDTHxHEIGHT")
     a = ap.parse_args()
+    W, H = (int(v) for v in a.size.split("x"))
     os.makedirs(a.out, exist_ok=True)
-    rgb = picture(a.seed)
+    rgb = picture(a.seed, W, H)
     im = Image.fromarray(rgb)
     files = {}
 

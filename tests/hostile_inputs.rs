@@ -489,6 +489,27 @@ fn images_that_do_not_decode_boxes_that_do_not_fit_and_boxes_files_that_do_not_p
         err.contains("forged.jpg") && err.contains("claims 20000×20000 pixels"),
         "{err}"
     );
+    // A 2×1 palette PNG, CRCs right, whose palette is 4 bytes (one RGB triple and a
+    // stray byte): the `png` crate panics on it; it is refused first.
+    #[rustfmt::skip]
+    let stray: [u8; 84] = [
+        0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a,
+        0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0, 0, 2, 0, 0, 0, 1, 8, 3, 0, 0, 0,
+        0xc3, 0xfc, 0x8f, 0xb8,
+        0, 0, 0, 4, b'P', b'L', b'T', b'E', 200, 100, 50, 7, 0x3b, 0x90, 0xca, 0xbd,
+        0, 0, 0, 11, b'I', b'D', b'A', b'T', 0x78, 0x9c, 0x63, 0x60, 0x60, 0, 0, 0, 3, 0, 1,
+        0xb8, 0xad, 0x3a, 0x63,
+        0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82,
+    ];
+    let p = c.dir.join("stray.png");
+    std::fs::write(&p, stray).unwrap();
+    let err = pose(&p, &[]);
+    assert!(
+        err.contains("stray.png")
+            && err.contains("palette has 4 bytes")
+            && !err.contains("panicked"),
+        "{err}"
+    );
     let img = c.dir.join("gray.png");
     image::GrayImage::from_pixel(80, 60, image::Luma([128]))
         .save(&img)

@@ -20,37 +20,89 @@ use crate::error::{Error, Result};
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_image(&bytes, path)
+}
+
+/// [`load_image`] on a file's bytes (`path` only names it in errors). The size an image's
+/// header claims is checked against OpenCV's limits and against what its bytes can hold
+/// before anything is decoded, so a small file cannot make it allocate much.
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let bad = |reason: String| Error::Image {
         path: path.to_path_buf(),
         reason,
     };
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return decode_jpeg(&bytes).map_err(bad);
+        return decode_jpeg(bytes).map_err(bad);
     }
-    let img =
-        image::load_from_memory(&bytes).map_err(|e| bad(format!("not a readable image ({e})")))?;
-    Ok(rgb8(img))
+    palette_whole(bytes).map_err(bad)?;
+    let unreadable = |e: image::ImageError| bad(format!("not a readable image ({e})"));
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| unreadable(e.into()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE as u32);
+    limits.max_image_height = Some(MAX_SIDE as u32);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(unreadable)?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    size_fits(w as usize, h as usize, bytes.len(), PNG_PIXELS_PER_BYTE).map_err(bad)?;
+    Ok(rgb8(
+        image::DynamicImage::from_decoder(decoder).map_err(unreadable)?,
+    ))
+}
+
+/// Refuses a PNG whose palette (PLTE chunk) is not whole RGB triples, which the PNG
+/// specification forbids and on which the `png` crate (0.18.1) panics (image-rs/image-png
+/// issue 694); other files pass unread.
+fn palette_whole(bytes: &[u8]) -> std::result::Result<(), String> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    let Some(mut rest) = bytes.strip_prefix(SIGNATURE) else {
+        return Ok(());
+    };
+    // Each chunk: length (4 bytes, big-endian), type (4), data, CRC (4).
+    while let Some((head, tail)) = rest.split_first_chunk::<8>() {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        match &head[4..] {
+            b"PLTE" if !len.is_multiple_of(3) => {
+                return Err(format!(
+                    "not a readable image (its palette has {len} bytes, not whole RGB triples)"
+                ));
+            }
+            b"IEND" => break,
+            _ => {}
+        }
+        let Some(next) = tail.get(len.saturating_add(4)..) else {
+            break;
+        };
+        rest = next;
+    }
+    Ok(())
 }
 
 /// OpenCV's limits on an image it decodes (`CV_IO_MAX_IMAGE_WIDTH`, `_HEIGHT` and
 /// `_PIXELS`): it refuses larger ones, so the official pipeline cannot read them either.
 const MAX_SIDE: usize = 1 << 20;
 const MAX_PIXELS: usize = 1 << 30;
+/// The most pixels a complete JPEG holds per byte: it spends at least one bit on each 8×8
+/// block of its most finely sampled component (a Huffman code is never shorter).
+const JPEG_PIXELS_PER_BYTE: usize = 512;
+/// The same for a PNG: a pixel is at least one bit of the compressed stream once inflated,
+/// and deflate expands at most 1032 times.
+const PNG_PIXELS_PER_BYTE: usize = 8 * 1032;
 
-/// Whether a JPEG of `bytes` bytes may be `w × h`, checked on its header before anything
-/// is decoded or allocated. Beyond OpenCV's limits, no; and a complete JPEG spends at
-/// least one bit on each 8×8 block of its most finely sampled component (a Huffman code
-/// is never shorter), so it holds at most 512 pixels per byte: a header that claims more
-/// belongs to a cut or forged file, which libjpeg would fill with grey at the size it
-/// claims (the 60000 × 60000 of a 2 KB file: 10 GB, most of a minute).
-fn jpeg_size_fits(w: usize, h: usize, bytes: usize) -> std::result::Result<(), String> {
+/// Whether an image file of `bytes` bytes may be `w × h`, checked on its header before
+/// anything is decoded or allocated. Beyond OpenCV's limits, no; nor beyond `per_byte`
+/// pixels a byte: a header that claims more belongs to a cut or forged file, which the
+/// decoder would fill at the size it claims (libjpeg fills with grey: a 2 KB JPEG that
+/// claimed 60000 × 60000 took 21 GB and most of a minute).
+fn size_fits(w: usize, h: usize, bytes: usize, per_byte: usize) -> std::result::Result<(), String> {
     let pixels = w.saturating_mul(h);
     if w > MAX_SIDE || h > MAX_SIDE || pixels > MAX_PIXELS {
         return Err(format!(
             "{w}×{h} pixels, beyond OpenCV's limits ({MAX_SIDE} a side, {MAX_PIXELS} in all)"
         ));
     }
-    let most = bytes.saturating_mul(512);
+    let most = bytes.saturating_mul(per_byte);
     if pixels > most {
         return Err(format!(
             "its header claims {w}×{h} pixels; {bytes} bytes hold at most {most}"
@@ -96,7 +148,7 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let decoded = std::panic::catch_unwind(|| -> std::io::Result<(usize, usize, Vec<[u8; 3]>)> {
         let d = mozjpeg::Decompress::new_mem(bytes)?;
         let (w, h) = d.size();
-        jpeg_size_fits(w, h, bytes.len()).map_err(std::io::Error::other)?;
+        size_fits(w, h, bytes.len(), JPEG_PIXELS_PER_BYTE).map_err(std::io::Error::other)?;
         // Four components are CMYK or YCCK: OpenCV has libjpeg give CMYK and converts it
         // itself; anything else libjpeg converts to RGB (grey replicated).
         if d.components().len() == 4 {
@@ -510,18 +562,21 @@ mod tests {
     }
 
     #[test]
-    fn jpeg_sizes_are_checked_against_opencvs_limits_and_the_files_length() {
-        assert!(jpeg_size_fits(640, 425, 60_000).is_ok());
-        // A uniform grey JPEG spends two bits on each 8×8 block: 256 pixels a byte.
-        assert!(jpeg_size_fits(4000, 3000, 47_033).is_ok());
-        assert!(jpeg_size_fits(4000, 3000, 12_000_000_usize.div_ceil(512)).is_ok());
-        let e = jpeg_size_fits(4000, 3000, 12_000_000_usize.div_ceil(512) - 1).unwrap_err();
+    fn image_sizes_are_checked_against_opencvs_limits_and_the_files_length() {
+        let jpeg = |w, h, bytes| size_fits(w, h, bytes, JPEG_PIXELS_PER_BYTE);
+        assert!(jpeg(640, 425, 60_000).is_ok());
+        // A uniform grey JPEG spends two bits on each 8×8 block: 256 pixels a byte (PIL,
+        // 4000 × 3000 in 47,033 bytes); a uniform 1-bit PNG 8,116 (8000 × 6000 in 5,914).
+        assert!(jpeg(4000, 3000, 47_033).is_ok());
+        assert!(size_fits(8000, 6000, 5_914, PNG_PIXELS_PER_BYTE).is_ok());
+        assert!(jpeg(4000, 3000, 12_000_000_usize.div_ceil(512)).is_ok());
+        let e = jpeg(4000, 3000, 12_000_000_usize.div_ceil(512) - 1).unwrap_err();
         assert!(e.contains("claims 4000×3000"), "{e}");
         for (w, h) in [(MAX_SIDE + 1, 1), (1, MAX_SIDE + 1), (32_768, 32_769)] {
-            let e = jpeg_size_fits(w, h, usize::MAX).unwrap_err();
+            let e = jpeg(w, h, usize::MAX).unwrap_err();
             assert!(e.contains("beyond OpenCV's limits"), "{e}");
         }
-        assert!(jpeg_size_fits(32_768, 32_768, usize::MAX).is_ok());
+        assert!(jpeg(32_768, 32_768, usize::MAX).is_ok());
     }
 
     #[test]
