@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering::Less;
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
@@ -46,9 +47,13 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
     let decoder = reader.into_decoder().map_err(unreadable)?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
     size_fits(w as usize, h as usize, bytes.len(), PNG_PIXELS_PER_BYTE).map_err(bad)?;
-    Ok(rgb8(
-        image::DynamicImage::from_decoder(decoder).map_err(unreadable)?,
-    ))
+    // A decoder that panics on some other malformed file (as png 0.18.1 did on palettes)
+    // gives an error here rather than taking the caller's process down.
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        image::DynamicImage::from_decoder(decoder)
+    }))
+    .map_err(|_| bad("not a readable image (the decoder gave up)".into()))?;
+    Ok(rgb8(decoded.map_err(unreadable)?))
 }
 
 /// Refuses a PNG whose palette (PLTE chunk) is not whole RGB triples, which the PNG
