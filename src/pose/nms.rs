@@ -4,13 +4,13 @@
 //!
 //! The arithmetic follows the official code's types: keypoints are float32 (the official
 //! predictions array), so their differences and squares are float32; from the division
-//! by the per-joint variance on, float64; the 17 terms are summed as NumPy sums (eight
-//! running sums, combined pairwise, then the rest). The area of a person is that of its
+//! by the per-joint variance on, float64; the 17 terms are summed as `np.sum` adds them
+//! (`pose::numpy::sum`). The area of a person is that of its
 //! crop, `scale × 200` multiplied in float32.
 
 use crate::error::{Error, Result};
 
-use super::Pose;
+use super::{Pose, numpy};
 
 /// COCO's per-joint keypoint sigmas in tenths: the official `oks_iou` divides these by 10
 /// (which is not always the nearest double to the decimal sigma, so it is done the same way).
@@ -74,28 +74,7 @@ pub fn oks(g: &Pose, d: &Pose) -> f64 {
             (-e).exp()
         })
         .collect();
-    numpy_sum(&terms) / terms.len() as f64
-}
-
-/// `np.sum` of a short float64 array: eight running sums over the multiple-of-eight part,
-/// combined pairwise, then the remaining terms in order.
-fn numpy_sum(v: &[f64]) -> f64 {
-    if v.len() < 8 {
-        return v.iter().fold(0.0, |s, &x| s + x);
-    }
-    let whole = v.len() - v.len() % 8;
-    let mut r = [0.0f64; 8];
-    r.copy_from_slice(&v[..8]);
-    for block in v[8..whole].chunks_exact(8) {
-        for (acc, &x) in r.iter_mut().zip(block) {
-            *acc += x;
-        }
-    }
-    let mut s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-    for &x in &v[whole..] {
-        s += x;
-    }
-    s
+    numpy::sum(&terms) / terms.len() as f64
 }
 
 #[cfg(test)]
@@ -148,14 +127,5 @@ mod tests {
         p.keypoints.truncate(16);
         let e = oks_nms(&[p], 0.9).unwrap_err().to_string();
         assert!(e.contains("17 joints, the model has 16"), "{e}");
-    }
-
-    #[test]
-    fn sums_like_numpy() {
-        let v: Vec<f64> = (0..17).map(|i| 1.0 / f64::from(i + 3)).collect();
-        let r: Vec<f64> = (0..8).map(|j| v[j] + v[j + 8]).collect();
-        let want = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])) + v[16];
-        assert_eq!(numpy_sum(&v).to_bits(), want.to_bits());
-        assert_eq!(numpy_sum(&v[..5]), v[..5].iter().sum::<f64>());
     }
 }
