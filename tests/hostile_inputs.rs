@@ -529,3 +529,90 @@ fn images_that_do_not_decode_boxes_that_do_not_fit_and_boxes_files_that_do_not_p
         "{err}"
     );
 }
+
+#[test]
+fn evaluation_inputs_that_do_not_fit() {
+    let dir = scratch("hostile-evaluate");
+    let person = |id: u64, extra: &str| {
+        format!(
+            r#"{{"id": {id}, "image_id": 7, "category_id": 1, "iscrowd": 0, "area": 900.0,
+               "bbox": [10, 10, 20, 40], "keypoints": [{}]{extra}}}"#,
+            vec!["15, 20, 2"; 17].join(", ")
+        )
+    };
+    let good = format!(
+        r#"{{"images": [{{"id": 7}}], "categories": [{{"id": 1}}],
+            "annotations": [{}]}}"#,
+        person(1, r#", "num_keypoints": 17"#)
+    );
+    let result = |image: u64, joints: usize| {
+        format!(
+            r#"{{"image_id": {image}, "category_id": 1, "score": 0.5, "keypoints": [{}]}}"#,
+            vec!["15.5, 20.0, 0.9"; joints].join(", ")
+        )
+    };
+    let evaluate = |annotations: &str, results: &str| {
+        let (a, r) = (dir.join("ann.json"), dir.join("res.json"));
+        std::fs::write(&a, annotations).unwrap();
+        std::fs::write(&r, results).unwrap();
+        let out = dir.join("figures.json");
+        let _ = std::fs::remove_file(&out);
+        let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
+            .args(["evaluate", "--annotations"])
+            .arg(&a)
+            .arg("--results")
+            .arg(&r)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.code(), err, out.exists())
+    };
+    // The well-formed pair evaluates: one person found exactly.
+    let (code, err, written) = evaluate(&good, &format!("[{}]", result(7, 17)));
+    assert!(code == Some(0) && written, "{err}");
+    for (annotations, results, what) in [
+        (
+            good.clone(),
+            format!("[{}]", result(8, 17)),
+            "result 0 (image 8) is for an image the annotation file does not list",
+        ),
+        (
+            good.clone(),
+            format!("[{}, {}]", result(7, 17), result(7, 16)),
+            "result 1 (image 7) has 48 keypoint values, not 51",
+        ),
+        (
+            good.replace(r#""categories": [{"id": 1}],"#, ""),
+            "[]".into(),
+            "lists no categories",
+        ),
+        (
+            format!(
+                r#"{{"images": [{{"id": 7}}], "categories": [{{"id": 1}}], "annotations": [{}]}}"#,
+                person(5, "")
+            ),
+            "[]".into(),
+            "annotation 5 (image 7) has no num_keypoints",
+        ),
+        (
+            good.clone(),
+            "[{\"image_id\": 7}]".into(),
+            "not a valid COCO keypoint results file",
+        ),
+        (
+            "{\"images\": 3}".into(),
+            "[]".into(),
+            "not a valid COCO keypoint annotation file",
+        ),
+    ] {
+        let (code, err, written) = evaluate(&annotations, &results);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(what) && err.trim_end().lines().count() == 1,
+            "'{what}' not in: {err}"
+        );
+        assert!(!written, "no figures on failure");
+    }
+}

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::accuracy::{self, F16Floor};
 use hrnet::config::parse_size;
 use hrnet::cuda::{CudaEngine, Kernels, Precision, TcTuning, compiled, gpus, probe};
+use hrnet::pose::coco_eval::{GroundTruth, STAT_NAMES, evaluate_keypoints, load_keypoint_results};
 use hrnet::pose::io::{
     CocoResult, OFFICIAL_MIN_DETECTION_SCORE, find_image, load_boxes, load_detections,
     load_ground_truth, load_image, load_image_list, parse_bbox, write_results,
@@ -16,6 +17,7 @@ use hrnet::pose::{self, PersonBox, PoseEstimator, draw::draw_poses};
 use hrnet::tensor::{argmax_agreement, relative_l2};
 use hrnet::weights::random_checkpoint;
 use hrnet::{CpuEngine, Error, HrnetConfig, Model, Nchw, Result, Tensor, npy};
+use serde_json::Value;
 
 /// HRNet pose estimation: an inference engine with a CPU reference.
 #[derive(Parser)]
@@ -246,6 +248,20 @@ enum Command {
         #[arg(long)]
         input_seed: Option<u64>,
     },
+    /// COCO keypoint AP and AR of a results file against an annotation file, as
+    /// pycocotools computes them for the official evaluation.
+    Evaluate {
+        /// COCO keypoint annotation file (person_keypoints_val2017.json).
+        #[arg(long)]
+        annotations: PathBuf,
+        /// COCO keypoint results ([{"image_id", "category_id", "keypoints", "score"}]), as
+        /// `hrnet pose` or the official code writes them.
+        #[arg(long)]
+        results: PathBuf,
+        /// Also write the ten figures as JSON, by their official names.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Compare heatmaps with reference heatmaps: relative L2 error and argmax agreement.
     Compare {
         /// Heatmaps to check (.npy, N×K×H×W).
@@ -407,6 +423,32 @@ fn run(command: Command) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             println!("ok: within {tolerance:.1e} with identical argmax");
+        }
+        Command::Evaluate {
+            annotations,
+            results,
+            output,
+        } => {
+            let gt = GroundTruth::load(&annotations)?;
+            let results = load_keypoint_results(&results)?;
+            let e = evaluate_keypoints(&gt, &results)?;
+            eprintln!(
+                "{} results on the {} images of {}",
+                results.len(),
+                gt.images().len(),
+                annotations.display()
+            );
+            emit(&format!("{}\n", e.summary().join("\n")));
+            if let Some(path) = output {
+                // By their official names, in the official order.
+                let figures: Vec<String> = STAT_NAMES
+                    .iter()
+                    .zip(e.stats)
+                    .map(|(name, v)| format!("  {}: {}", Value::from(*name), Value::from(v)))
+                    .collect();
+                let text = format!("{{\n{}\n}}\n", figures.join(",\n"));
+                std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+            }
         }
         Command::Doctor { arch, cubin_dir } => doctor(arch, cubin_dir.as_deref())?,
         Command::Bench {

@@ -180,12 +180,16 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         .ok_or_else(|| "pixel count does not match its size".into())
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse_json(&text, path, what)
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(text: &str, path: &Path, what: &str) -> Result<T> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
+    text: &str,
+    path: &Path,
+    what: &str,
+) -> Result<T> {
     serde_json::from_str(text).map_err(|e| Error::Json {
         path: path.to_path_buf(),
         reason: format!("not a valid {what} ({e})"),

@@ -17,11 +17,13 @@
 //! ```
 
 pub mod affine;
+pub mod coco_eval;
 pub mod crop;
 pub mod draw;
 pub mod io;
 pub mod joints;
 pub mod nms;
+mod numpy;
 
 use std::sync::Mutex;
 
