@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{scratch, skip, test_data};
+use common::{sample_or_skip, scratch, test_data};
 use hrnet::pose::coco_eval::{
     GroundTruth, KeypointEvaluation, STAT_NAMES, evaluate_keypoints, load_keypoint_results,
     oks_thresholds, recall_thresholds,
@@ -37,18 +37,7 @@ fn floats(v: &Value) -> Vec<f64> {
 fn annotations(name: &str, test: &str) -> Option<PathBuf> {
     match name {
         "synthetic" => Some(data().join("synthetic_annotations.json")),
-        "sample" => {
-            let dir = std::env::var_os("HRNET_COCO_SAMPLE").map_or_else(
-                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/coco-sample"),
-                PathBuf::from,
-            );
-            let path = dir.join("test_coco.json");
-            if !path.is_file() {
-                skip(test, &format!("{} not found", path.display()));
-                return None;
-            }
-            Some(path)
-        }
+        "sample" => sample_or_skip(test).map(|dir| dir.join("test_coco.json")),
         other => panic!("unknown annotation file {other}"),
     }
 }

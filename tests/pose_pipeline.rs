@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{official_tiny, scratch, skip};
+use common::{official_tiny, sample_or_skip, scratch};
 use hrnet::Model;
 use hrnet::pose::io::{
     CocoResult, OFFICIAL_MIN_DETECTION_SCORE, load_detections, load_image, load_results,
@@ -17,26 +17,6 @@ use hrnet::pose::{Device, Keypoint, PersonBox, Pose, PoseEstimator};
 
 /// The official pipeline's keypoints must be reproduced within half a pixel.
 const PIXELS: f32 = 0.5;
-
-fn coco_sample() -> Option<PathBuf> {
-    let dir = std::env::var_os("HRNET_COCO_SAMPLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/coco-sample")
-        });
-    dir.join("test_coco_det_AP_H_56.json")
-        .is_file()
-        .then_some(dir)
-}
-
-/// The COCO sample folder, or one skip line for `test` and None.
-fn sample_or_skip(test: &str) -> Option<PathBuf> {
-    let sample = coco_sample();
-    if sample.is_none() {
-        skip(test, &"../shared/data/coco-sample not found");
-    }
-    sample
-}
 
 /// `hrnet pose` with the official tiny checkpoint on the sample folder, `args` choosing
 /// the boxes; the results it wrote to `results`.

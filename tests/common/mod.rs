@@ -93,3 +93,25 @@ pub fn cxx_or_skip(test: &str) -> bool {
     skip(test, &why);
     false
 }
+
+/// The COCO sample photographs and their files: `../shared/data/coco-sample`, or
+/// `HRNET_COCO_SAMPLE` (for test binaries carried to another machine); None when absent.
+pub fn coco_sample() -> Option<PathBuf> {
+    let dir = std::env::var_os("HRNET_COCO_SAMPLE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/coco-sample")
+        });
+    dir.join("test_coco_det_AP_H_56.json")
+        .is_file()
+        .then_some(dir)
+}
+
+/// The COCO sample folder, or one skip line for `test` and None.
+pub fn sample_or_skip(test: &str) -> Option<PathBuf> {
+    let sample = coco_sample();
+    if sample.is_none() {
+        skip(test, &"../shared/data/coco-sample not found");
+    }
+    sample
+}
