@@ -231,9 +231,48 @@ pub fn parse_size(s: &str) -> Result<(usize, usize)> {
     ))
 }
 
+/// The input size an official model-zoo file states in its name (`pose_hrnet_w48_384x288.pth`
+/// is 384×288, HEIGHTxWIDTH as the official experiment names go): the last `_`- or
+/// `-`-separated part of the file's stem that is `HxW` with both multiples of 32.
+#[must_use]
+pub fn size_in_name(path: &std::path::Path) -> Option<(usize, usize)> {
+    let stem = path.file_stem()?.to_str()?;
+    stem.rsplit(['_', '-']).find_map(|part| {
+        let (h, w) = part.split_once('x')?;
+        let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(h) || !all_digits(w) {
+            return None;
+        }
+        let (h, w) = (h.parse::<usize>().ok()?, w.parse::<usize>().ok()?);
+        (h > 0 && w > 0 && h % 32 == 0 && w % 32 == 0).then_some((h, w))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn official_file_names_give_their_input_size() {
+        let size = |name: &str| size_in_name(std::path::Path::new(name));
+        assert_eq!(size("models/pose_hrnet_w48_384x288.pth"), Some((384, 288)));
+        assert_eq!(size("pose_hrnet_w32_256x256.pth"), Some((256, 256)));
+        assert_eq!(size("w32-256x192.safetensors"), Some((256, 192)));
+        assert_eq!(
+            size("pose_hrnet_w32_256x192_finetuned.pth"),
+            Some((256, 192))
+        );
+        for none in [
+            "weights.safetensors",
+            "w32_250x190.pth",
+            "w32_x192.pth",
+            "a_256x.pth",
+            "0x0.pth",
+            "w32_+256x192.pth",
+        ] {
+            assert_eq!(size(none), None, "{none}");
+        }
+    }
 
     #[test]
     fn every_preset_is_valid() {

@@ -51,6 +51,29 @@ fn summary_prints_the_official_totals() {
         "--totals",
     ]);
     assert!(stdout(&o).contains("W4 COCO (17 joints)"), "{}", stdout(&o));
+    // An official model-zoo name states the input size, which then decides the crops.
+    let named = scratch("cli-named").join("pose_hrnet_w4_384x288.safetensors");
+    std::fs::copy(official_tiny().join("weights.safetensors"), &named).unwrap();
+    let named = named.to_str().unwrap();
+    let o = hrnet(&["summary", "--weights", named, "--totals"]);
+    assert!(stdout(&o).contains("W4 384x288 input"), "{}", stdout(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("input size 384x288, from the checkpoint's file name")
+    );
+    let o = hrnet(&[
+        "summary",
+        "--weights",
+        named,
+        "--input-size",
+        "128x96",
+        "--totals",
+    ]);
+    assert!(
+        stdout(&o).contains("W4 128x96 input") && o.stderr.is_empty(),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

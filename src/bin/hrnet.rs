@@ -1,12 +1,12 @@
 //! The `hrnet` command line: a thin layer over the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::accuracy::{self, F16Floor};
-use hrnet::config::parse_size;
+use hrnet::config::{parse_size, size_in_name};
 use hrnet::cuda::{CudaEngine, Kernels, Precision, TcTuning, compiled, gpus, probe};
 use hrnet::pose::coco_eval::{GroundTruth, STAT_NAMES, evaluate_keypoints, load_keypoint_results};
 use hrnet::pose::io::{
@@ -148,7 +148,8 @@ enum Command {
         /// Crops per network call.
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// Input size HEIGHTxWIDTH (default: the dataset's official one, 256x192 for COCO).
+        /// Input size HEIGHTxWIDTH (default: the one an official file name states, as in
+        /// pose_hrnet_w48_384x288.pth; else the dataset's official one, 256x192 for COCO).
         #[arg(long)]
         input_size: Option<String>,
         /// Where to write the COCO keypoint results (JSON).
@@ -224,7 +225,8 @@ enum Command {
         /// A checkpoint, whose shapes give the configuration.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Input size HEIGHTxWIDTH (default: the preset's, or the dataset's official size).
+        /// Input size HEIGHTxWIDTH (default: the preset's; for a checkpoint, the one its
+        /// official file name states, else the dataset's official size).
         #[arg(long)]
         input_size: Option<String>,
         /// Print only the totals.
@@ -378,7 +380,8 @@ fn run(command: Command) -> Result<ExitCode> {
                         None => c,
                     }
                 }
-                (None, Some(path)) => hrnet::Checkpoint::load(&path)?.infer_config(size)?,
+                (None, Some(path)) => hrnet::Checkpoint::load(&path)?
+                    .infer_config(checkpoint_size(input_size.as_deref(), &path)?)?,
                 (None, None) => unreachable!("clap requires --model or --weights"),
             };
             let summary = hrnet::Graph::new(&config)?.summary();
@@ -508,7 +511,7 @@ fn run(command: Command) -> Result<ExitCode> {
             if min_score.is_nan() {
                 return Err(Error::Input("--min-score takes a number, not NaN".into()));
             }
-            let size = input_size.as_deref().map(parse_size).transpose()?;
+            let size = checkpoint_size(input_size.as_deref(), &weights)?;
             let model = Model::load(&weights, size)?;
             let joints = model.graph.config.num_joints;
             if oks_nms.is_some() && joints != pose::nms::COCO_SIGMAS_X10.len() {
@@ -562,6 +565,22 @@ fn run(command: Command) -> Result<ExitCode> {
 }
 
 /// Writes to stdout; a closed pipe (`hrnet summary | head`) ends the output quietly.
+/// The input size for a checkpoint: `--input-size` when given, else the one an official
+/// file name states (said on stderr, as it decides every crop), else None (the official
+/// size for the joint count).
+fn checkpoint_size(given: Option<&str>, weights: &Path) -> Result<Option<(usize, usize)>> {
+    if let Some(s) = given {
+        return parse_size(s).map(Some);
+    }
+    let named = size_in_name(weights);
+    if let Some((h, w)) = named {
+        eprintln!(
+            "input size {h}x{w}, from the checkpoint's file name (--input-size to choose another)"
+        );
+    }
+    Ok(named)
+}
+
 fn emit(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
