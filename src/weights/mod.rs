@@ -431,8 +431,9 @@ impl Model {
         Ok(Model { graph, params })
     }
 
-    /// Loads a safetensors checkpoint, deriving the configuration from it; `input` is
-    /// the input height and width (else the official one for its joint count).
+    /// Loads a checkpoint (safetensors or `.pth`), deriving the configuration from it;
+    /// `input` is the input height and width (else the official one for its joint count;
+    /// [`crate::config::size_in_name`] reads the one an official file name states).
     pub fn load(path: impl AsRef<Path>, input: Option<(usize, usize)>) -> Result<Self> {
         let ck = Checkpoint::load(path)?;
         let config = ck.infer_config(input)?;
