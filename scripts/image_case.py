@@ -15,6 +15,12 @@ so that the decoders' rounding, upsampling and edge handling all show). Files:
   rgb16.png, bgra16.png, gray16.png                        16-bit PNGs (bgra16: with alpha)
   rgba.png, bilevel.png                                    8-bit with alpha; one bit a pixel
   palette.png                                              palette PNG with transparency
+  bmp_bgr.bmp, bmp_gray.bmp, bmp_rgba.bmp, bmp_bilevel.bmp BMP: 24-bit, 8-bit palette, 32-bit,
+                                                           one bit a pixel
+  webp_lossy.webp, webp_lossless.webp,                     WebP: VP8, VP8L, VP8 with alpha
+  webp_alpha_lossy.webp
+  pnm_rgb.ppm, pnm_gray.pgm, pnm_rgb16.ppm,                PNM: binary, 8- and 16-bit, bilevel
+  pnm_bilevel.pbm
 Needs numpy, Pillow and opencv-python(-headless). Examples (the committed files):
   python3 scripts/image_case.py --out tests/data/images
   python3 scripts/image_case.py --size 16x12 --out fuzz/seeds/image   # the fuzzer's seeds
@@ -91,6 +97,31 @@ def main():
     pal.save(path, transparency=3)
     files["palette.png"] = path
 
+    # Further formats cv2.imread reads: BMP, WebP and PNM, each through OpenCV's
+    # own writer where it has one (BGR order), else Pillow's.
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    for name, data, params in [
+            ("bmp_bgr.bmp", bgr, []),
+            ("bmp_gray.bmp", rgb[..., 1].copy(), []),
+            ("webp_lossy.webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 80]),
+            ("webp_lossless.webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101]),
+            ("pnm_rgb.ppm", bgr, []),
+            ("pnm_gray.pgm", rgb[..., 2].copy(), []),
+            ("pnm_rgb16.ppm", deep[..., ::-1].copy(), [])]:
+        path = os.path.join(a.out, name)
+        if not cv2.imwrite(path, data, params):
+            raise SystemExit(f"OpenCV cannot write {name}")
+        files[name] = path
+    rgba = Image.fromarray(np.concatenate([rgb, rng.integers(0, 256, (H, W, 1), dtype=np.uint8)], -1), "RGBA")
+    for name, image, kw in [("bmp_rgba.bmp", rgba, {}), ("bmp_bilevel.bmp", im.convert("1"), {}),
+                            ("webp_alpha_lossy.webp", rgba, {"quality": 75}),
+                            ("pnm_bilevel.pbm", im.convert("1"), {})]:
+        path = os.path.join(a.out, name)
+        image.save(path, **kw)
+        files[name] = path
+
+    stems = [os.path.splitext(n)[0] for n in files]
+    assert len(set(stems)) == len(stems), "each file needs its own stem for its .opencv.png"
     for name, path in sorted(files.items()):
         want = opencv_rgb(path)
         stem = os.path.splitext(name)[0]

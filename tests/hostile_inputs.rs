@@ -510,6 +510,31 @@ fn images_that_do_not_decode_boxes_that_do_not_fit_and_boxes_files_that_do_not_p
             && !err.contains("panicked"),
         "{err}"
     );
+    // A lossy WebP made to claim 16383 × 16383 pixels (800 MB as RGB) in 1 KB: refused.
+    let mut webp = std::fs::read(common::test_data().join("images/webp_lossy.webp")).unwrap();
+    assert_eq!(&webp[12..16], b"VP8 ");
+    webp[26..30].copy_from_slice(&[0xff, 0x3f, 0xff, 0x3f]);
+    let p = c.dir.join("forged.webp");
+    std::fs::write(&p, &webp).unwrap();
+    let err = pose(&p, &[]);
+    assert!(
+        err.contains("forged.webp") && err.contains("claims 16383×16383 pixels"),
+        "{err}"
+    );
+    // A 16-bit BMP (5 bits a channel), whose widening OpenCV does its own way: refused.
+    let mut bmp = b"BM".to_vec();
+    bmp.extend_from_slice(&(54u32 + 8).to_le_bytes());
+    bmp.extend_from_slice(&[0, 0, 0, 0, 54, 0, 0, 0, 40, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0]);
+    bmp.extend_from_slice(&[1, 0, 16, 0]);
+    bmp.extend_from_slice(&[0; 24]);
+    bmp.extend_from_slice(&[0x1f, 0x7c, 0xe0, 0x03, 0, 0, 0, 0]);
+    let p = c.dir.join("c555.bmp");
+    std::fs::write(&p, &bmp).unwrap();
+    let err = pose(&p, &[]);
+    assert!(
+        err.contains("c555.bmp") && err.contains("a 16-bit BMP"),
+        "{err}"
+    );
     let img = c.dir.join("gray.png");
     image::GrayImage::from_pixel(80, 60, image::Luma([128]))
         .save(&img)

@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 /// then `BGR2RGB` does, to the byte (`tests/image_decode.rs`): JPEGs with libjpeg-turbo's
 /// decoder (through mozjpeg, the same integer IDCT and upsampling as OpenCV's), CMYK
 /// JPEGs converted as OpenCV converts them, other formats with the `image` crate, 16-bit
-/// samples cut to their high byte as OpenCV's PNG reader does; grey is replicated to RGB,
-/// alpha dropped and EXIF orientation ignored.
+/// samples cut to their high byte as OpenCV's PNG and PNM readers do; grey is replicated
+/// to RGB, alpha dropped and EXIF orientation ignored. Formats: JPEG, PNG, BMP (not 16
+/// bits a pixel), WebP and PNM, each checked against OpenCV's decode
+/// (`tests/image_decode.rs`); others (TIFF, GIF, ...) give an error.
 pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -36,17 +38,24 @@ pub fn decode_image(bytes: &[u8], path: &Path) -> Result<RgbImage> {
         return decode_jpeg(bytes).map_err(bad);
     }
     palette_whole(bytes).map_err(bad)?;
+    bmp_not_16_bit(bytes).map_err(bad)?;
     let unreadable = |e: image::ImageError| bad(format!("not a readable image ({e})"));
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| unreadable(e.into()))?;
+    let format = reader.format();
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE as u32);
     limits.max_image_height = Some(MAX_SIDE as u32);
     reader.limits(limits);
     let decoder = reader.into_decoder().map_err(unreadable)?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
-    size_fits(w as usize, h as usize, bytes.len(), PNG_PIXELS_PER_BYTE).map_err(bad)?;
+    // WebP's coders can spend less than a bit on a pixel, so a real WebP can be smaller
+    // than that bound allows: up to WEBP_ANY_SIZE pixels it is decoded whatever its size.
+    let (w, h) = (w as usize, h as usize);
+    if format != Some(image::ImageFormat::WebP) || w.saturating_mul(h) > WEBP_ANY_SIZE {
+        size_fits(w, h, bytes.len(), PNG_PIXELS_PER_BYTE).map_err(bad)?;
+    }
     // A decoder that panics on some other malformed file (as png 0.18.1 did on palettes)
     // gives an error here rather than taking the caller's process down.
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -84,6 +93,21 @@ fn palette_whole(bytes: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Refuses a BMP of 16 bits a pixel: OpenCV widens its 5- and 6-bit channels by a shift
+/// (`v << 3`), `image` by rounding, and the two disagree on nine values in ten; other
+/// files pass unread.
+fn bmp_not_16_bit(bytes: &[u8]) -> std::result::Result<(), String> {
+    // The file header is 14 bytes; the bit count sits at offset 14 of the info header.
+    match (bytes.get(..2), bytes.get(28..30)) {
+        (Some(b"BM"), Some(&[16, 0])) => Err(
+            "a 16-bit BMP, which is not read (OpenCV's conversion of its channels is not \
+             reproduced here); convert it to PNG"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// OpenCV's limits on an image it decodes (`CV_IO_MAX_IMAGE_WIDTH`, `_HEIGHT` and
 /// `_PIXELS`): it refuses larger ones, so the official pipeline cannot read them either.
 const MAX_SIDE: usize = 1 << 20;
@@ -94,6 +118,11 @@ const JPEG_PIXELS_PER_BYTE: usize = 512;
 /// The same for a PNG: a pixel is at least one bit of the compressed stream once inflated,
 /// and deflate expands at most 1032 times.
 const PNG_PIXELS_PER_BYTE: usize = 8 * 1032;
+
+/// The largest WebP decoded whatever its size in bytes (a 2048 × 2048 picture, 12 MiB as
+/// RGB); a larger one needs the bytes a PNG of its size would (500 for 4 megapixels, a
+/// photograph's WebP holds a hundred times more).
+const WEBP_ANY_SIZE: usize = 1 << 22;
 
 /// Whether an image file of `bytes` bytes may be `w × h`, checked on its header before
 /// anything is decoded or allocated. Beyond OpenCV's limits, no; nor beyond `per_byte`
