@@ -260,9 +260,11 @@ impl Machine<'_> {
                 self.push(Value::Tuple(items));
             }
             0x85..=0x87 => {
+                // Its n values must lie above the last MARK, as in Python, whose MARK starts
+                // a fresh stack.
                 let n = usize::from(op - 0x84);
-                if self.stack.len() < n {
-                    return Err("stack underflow".into());
+                if self.stack.len() < self.marks.last().copied().unwrap_or(0) + n {
+                    return Err("stack underflow (or a MARK among the tuple's values)".into());
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
                 self.push(Value::Tuple(items));
@@ -488,6 +490,9 @@ impl Machine<'_> {
     /// The values above the last MARK, which is removed.
     fn pop_mark(&mut self) -> Result<Vec<Id>, String> {
         let at = self.marks.pop().ok_or("no MARK to pop to")?;
+        if at > self.stack.len() {
+            return Err("values below a MARK were taken before it was popped".into());
+        }
         Ok(self.stack.split_off(at))
     }
 
@@ -669,6 +674,10 @@ mod tests {
             (b"\x80\x06.", "protocol 6"),
             (b"\x80\x02S'a'\n.", "not an opcode"),
             (b"\x80\x02(K\x01d.", "odd number"),
+            // TUPLE3 reaching below a MARK, then TUPLE to that MARK: found by fuzzing, it
+            // made the reader panic (split_off past the end).
+            (b"\x80\x02K\x01K\x02(K\x03\x87t.", "MARK among the tuple's values"),
+            (b"\x80\x02K\x01(\x85t.", "MARK among the tuple's values"),
         ] {
             let e = load(bytes).unwrap_err();
             assert!(e.contains(want), "{bytes:?}: {e}");
