@@ -676,7 +676,10 @@ mod tests {
             (b"\x80\x02(K\x01d.", "odd number"),
             // TUPLE3 reaching below a MARK, then TUPLE to that MARK: found by fuzzing, it
             // made the reader panic (split_off past the end).
-            (b"\x80\x02K\x01K\x02(K\x03\x87t.", "MARK among the tuple's values"),
+            (
+                b"\x80\x02K\x01K\x02(K\x03\x87t.",
+                "MARK among the tuple's values",
+            ),
             (b"\x80\x02K\x01(\x85t.", "MARK among the tuple's values"),
         ] {
             let e = load(bytes).unwrap_err();
