@@ -477,18 +477,22 @@ fn images_that_do_not_decode_boxes_that_do_not_fit_and_boxes_files_that_do_not_p
             "{err}"
         );
     }
+    // A file `hrnet pose` must refuse with `what` in its one line, naming the file.
+    let refused = |name: &str, bytes: &[u8], what: &str| {
+        let p = c.dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let err = pose(&p, &[]);
+        assert!(
+            err.contains(name) && err.contains(what) && !err.contains("panicked"),
+            "{err}"
+        );
+    };
     // A real JPEG whose header is made to claim 20000 × 20000 pixels (libjpeg would fill
     // 1.2 GB with grey): refused on the header, before anything is allocated.
     let mut jpeg = std::fs::read(common::test_data().join("images/baseline_420.jpg")).unwrap();
     let sof = jpeg.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
     jpeg[sof + 5..sof + 9].copy_from_slice(&[0x4E, 0x20, 0x4E, 0x20]);
-    let p = c.dir.join("forged.jpg");
-    std::fs::write(&p, &jpeg).unwrap();
-    let err = pose(&p, &[]);
-    assert!(
-        err.contains("forged.jpg") && err.contains("claims 20000×20000 pixels"),
-        "{err}"
-    );
+    refused("forged.jpg", &jpeg, "claims 20000×20000 pixels");
     // A 2×1 palette PNG, CRCs right, whose palette is 4 bytes (one RGB triple and a
     // stray byte): the `png` crate panics on it; it is refused first.
     #[rustfmt::skip]
@@ -501,26 +505,12 @@ fn images_that_do_not_decode_boxes_that_do_not_fit_and_boxes_files_that_do_not_p
         0xb8, 0xad, 0x3a, 0x63,
         0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82,
     ];
-    let p = c.dir.join("stray.png");
-    std::fs::write(&p, stray).unwrap();
-    let err = pose(&p, &[]);
-    assert!(
-        err.contains("stray.png")
-            && err.contains("palette has 4 bytes")
-            && !err.contains("panicked"),
-        "{err}"
-    );
+    refused("stray.png", &stray, "palette has 4 bytes");
     // A lossy WebP made to claim 16383 × 16383 pixels (800 MB as RGB) in 1 KB: refused.
     let mut webp = std::fs::read(common::test_data().join("images/webp_lossy.webp")).unwrap();
     assert_eq!(&webp[12..16], b"VP8 ");
     webp[26..30].copy_from_slice(&[0xff, 0x3f, 0xff, 0x3f]);
-    let p = c.dir.join("forged.webp");
-    std::fs::write(&p, &webp).unwrap();
-    let err = pose(&p, &[]);
-    assert!(
-        err.contains("forged.webp") && err.contains("claims 16383×16383 pixels"),
-        "{err}"
-    );
+    refused("forged.webp", &webp, "claims 16383×16383 pixels");
     // A 16-bit BMP (5 bits a channel), whose widening OpenCV does its own way: refused.
     let mut bmp = b"BM".to_vec();
     bmp.extend_from_slice(&(54u32 + 8).to_le_bytes());
@@ -528,13 +518,7 @@ fn images_that_do_not_decode_boxes_that_do_not_fit_and_boxes_files_that_do_not_p
     bmp.extend_from_slice(&[1, 0, 16, 0]);
     bmp.extend_from_slice(&[0; 24]);
     bmp.extend_from_slice(&[0x1f, 0x7c, 0xe0, 0x03, 0, 0, 0, 0]);
-    let p = c.dir.join("c555.bmp");
-    std::fs::write(&p, &bmp).unwrap();
-    let err = pose(&p, &[]);
-    assert!(
-        err.contains("c555.bmp") && err.contains("a 16-bit BMP"),
-        "{err}"
-    );
+    refused("c555.bmp", &bmp, "a 16-bit BMP");
     let img = c.dir.join("gray.png");
     image::GrayImage::from_pixel(80, 60, image::Luma([128]))
         .save(&img)
