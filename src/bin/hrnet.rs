@@ -564,7 +564,6 @@ fn run(command: Command) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes to stdout; a closed pipe (`hrnet summary | head`) ends the output quietly.
 /// The input size for a checkpoint: `--input-size` when given, else the one an official
 /// file name states (said on stderr, as it decides every crop), else None (the official
 /// size for the joint count).
@@ -581,6 +580,7 @@ fn checkpoint_size(given: Option<&str>, weights: &Path) -> Result<Option<(usize,
     Ok(named)
 }
 
+/// Writes to stdout; a closed pipe (`hrnet summary | head`) ends the output quietly.
 fn emit(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
