@@ -1,6 +1,6 @@
-//! The image decoders (JPEG through libjpeg-turbo, PNG through `image`) on arbitrary bytes:
-//! no panic, and no allocation beyond what the bytes can hold (the size checks run on the
-//! header, before decoding).
+//! The image decoders (JPEG through libjpeg-turbo; PNG, BMP, WebP and PNM through `image`)
+//! on arbitrary bytes: no panic, and no allocation beyond what the bytes can hold (the size
+//! checks run on the header, before decoding).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -54,7 +54,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::io::{CocoResult, parse_json, read_json};
-use super::nms::COCO_SIGMAS_X10;
+use super::nms::{COCO_SIGMAS_X10, coco_variances};
 use super::numpy;
 use crate::error::{Error, Result};
 
@@ -493,11 +493,10 @@ pub fn evaluate_keypoints(
     gt: &GroundTruth,
     results: &[KeypointResult],
 ) -> Result<KeypointEvaluation> {
-    let known: BTreeSet<u64> = gt.images.iter().copied().collect();
     let mut scored: HashMap<(u64, u64), Vec<Scored>> = HashMap::new();
     for (n, r) in results.iter().enumerate() {
         let bad = |why: String| Error::Input(format!("result {n} (image {}) {why}", r.image_id));
-        if !known.contains(&r.image_id) {
+        if gt.images.binary_search(&r.image_id).is_err() {
             return Err(bad(
                 "is for an image the annotation file does not list".into()
             ));
@@ -532,10 +531,7 @@ pub fn evaluate_keypoints(
                 xy: k.map(|p| [p[0], p[1]]),
             });
     }
-    let vars = COCO_SIGMAS_X10.map(|tenths| {
-        let s2 = tenths / 10.0 * 2.0;
-        s2 * s2
-    });
+    let vars = coco_variances();
     let thresholds = oks_thresholds();
     let points = recall_thresholds();
     let nk = gt.categories.len();

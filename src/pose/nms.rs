@@ -19,6 +19,15 @@ pub const COCO_SIGMAS_X10: [f64; 17] = [
     0.89,
 ];
 
+/// Each joint's OKS variance `(2σ)²`, as the official `oks_iou` and pycocotools compute
+/// it (`(sigmas * 2) ** 2`, the sigmas divided by 10 first).
+pub(crate) fn coco_variances() -> [f64; 17] {
+    COCO_SIGMAS_X10.map(|tenths| {
+        let twice = tenths / 10.0 * 2.0;
+        twice * twice
+    })
+}
+
 /// The official evaluation's threshold, `TEST.OKS_THRE`.
 pub const OFFICIAL_OKS_THRESHOLD: f64 = 0.9;
 
@@ -65,11 +74,9 @@ pub fn oks(g: &Pose, d: &Pose) -> f64 {
         .keypoints
         .iter()
         .zip(&d.keypoints)
-        .zip(COCO_SIGMAS_X10)
-        .map(|((a, b), tenths)| {
+        .zip(coco_variances())
+        .map(|((a, b), var)| {
             let (dx, dy) = (b.x - a.x, b.y - a.y);
-            let sigma2 = tenths / 10.0 * 2.0;
-            let var = sigma2 * sigma2;
             let e = f64::from(dx * dx + dy * dy) / var / mean_area / 2.0;
             (-e).exp()
         })
