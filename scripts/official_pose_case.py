@@ -21,14 +21,25 @@ the results file of the official COCODataset.evaluate itself (rescoring, then ok
 lib/nms/nms.py at TEST.OKS_THRE = 0.9, each image's people best first); with
 --annotations, expected_gt_flip_oks_nms.json, the same for the people the official
 COCODataset takes from a keypoint annotation file with TEST.USE_GT_BBOX
-(_load_coco_keypoint_annotation_kernal: cleaned boxes, score 1). Needs torch,
-torchvision, numpy, opencv-python, safetensors, and pycocotools for --annotations.
+(_load_coco_keypoint_annotation_kernal: cleaned boxes, score 1); with --mpii-annotations,
+expected_mpii_flip.json and expected_mpii_noflip.json, the MPII pipeline: the people of an
+annotation file in the format of MPII's annot/valid.json as MPIIDataset._get_db takes them
+(lib/dataset/mpii.py: float64 center and scale, moved and enlarged), 256x256 crops, MPII's
+flip pairs, the checkpoint's first 16 heatmaps as MPII's joints, one result per person in
+the file's order ({"image", "keypoints", "score", "center", "scale"}; the score is the
+rescoring above with score 1). Needs torch, torchvision, numpy, opencv-python,
+safetensors, pycocotools for --annotations and scipy for --mpii-annotations.
 Example (the committed tests/data/official-pose):
   python3 scripts/official_pose_case.py --official PATH \
       --weights tests/data/official-tiny/weights.safetensors --width 4 \
       --images ../shared/data/coco-sample \
       --detections ../shared/data/coco-sample/test_coco_det_AP_H_56.json \
-      --annotations ../shared/data/coco-sample/test_coco.json --out tests/data/official-pose
+      --annotations ../shared/data/coco-sample/test_coco.json \
+      --mpii-annotations tests/data/official-pose/mpii_valid.json --out tests/data/official-pose
+tests/data/official-pose/mpii_valid.json places MPII-style people (1-based centers,
+scale = box height / 200) on the COCO sample's annotated people, plus one more person of
+an image after another image's, and one with the center x = -1 that MPII uses for "no
+center".
 """
 
 import argparse
@@ -48,8 +59,10 @@ import torchvision.transforms as transforms
 from safetensors.torch import load_file
 
 FILES = ["lib/utils/transforms.py", "lib/core/inference.py", "lib/dataset/coco.py",
-         "lib/dataset/JointsDataset.py", "lib/models/pose_hrnet.py", "lib/nms/nms.py"]
+         "lib/dataset/mpii.py", "lib/dataset/JointsDataset.py", "lib/models/pose_hrnet.py",
+         "lib/nms/nms.py"]
 FLIP_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
+MPII_FLIP_PAIRS = [[0, 5], [1, 4], [2, 3], [10, 15], [11, 14], [12, 13]]
 
 
 def official_modules(path):
@@ -81,7 +94,8 @@ def official_modules(path):
         np.float = float  # the alias the official results writer uses, gone from NumPy
     sys.path.insert(0, root)
     return (importlib.import_module("utils.transforms"), importlib.import_module("core.inference"),
-            importlib.import_module("dataset.coco"), importlib.import_module("models.pose_hrnet"))
+            importlib.import_module("dataset.coco"), importlib.import_module("dataset.mpii"),
+            importlib.import_module("models.pose_hrnet"))
 
 
 def model_cfg(width, joints):
@@ -115,34 +129,34 @@ def official_ground_truth(coco, annotations, aspect_ratio):
 
 class Pipeline:
     """The official crop, network (float64), flip test and decoding for a list of people
-    (image_id, center, scale, box score)."""
+    (image key, center, scale, box score); path_of gives an image key's file."""
 
-    def __init__(self, a, tr, inference, pose_hrnet):
-        self.tr, self.inference, self.images = tr, inference, a.images
-        self.image_size = np.array([192, 256])  # MODEL.IMAGE_SIZE (width, height)
+    def __init__(self, tr, inference, pose_hrnet, width, state, image_size, flip_pairs, path_of):
+        self.tr, self.inference, self.path_of = tr, inference, path_of
+        self.image_size = np.array(image_size)  # MODEL.IMAGE_SIZE (width, height)
+        self.flip_pairs = flip_pairs
         self.cfg = types.SimpleNamespace(TEST=types.SimpleNamespace(POST_PROCESS=True))
-        model = pose_hrnet.PoseHighResolutionNet(model_cfg(a.width, 17))
-        model.load_state_dict(load_file(a.weights))
+        model = pose_hrnet.PoseHighResolutionNet(model_cfg(width, state["final_layer.weight"].shape[0]))
+        model.load_state_dict(state)
         self.model = model.double().eval()
         self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(
             mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
 
     def heatmaps(self, people):
         loaded, crops = {}, []
-        for image_id, c, s, _ in people:
-            if image_id not in loaded:
-                path = os.path.join(self.images, "%012d.jpg" % image_id)
-                img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-                loaded[image_id] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        for key, c, s, _ in people:
+            if key not in loaded:
+                img = cv2.imread(self.path_of(key), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+                loaded[key] = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             trans = self.tr.get_affine_transform(c, s, 0, self.image_size)
-            crop = cv2.warpAffine(loaded[image_id], trans, (int(self.image_size[0]), int(self.image_size[1])),
+            crop = cv2.warpAffine(loaded[key], trans, (int(self.image_size[0]), int(self.image_size[1])),
                                   flags=cv2.INTER_LINEAR)
             crops.append(self.transform(crop))
         x = torch.stack(crops).double()
         with torch.no_grad():
             output = self.model(x)
             flipped = self.model(x.flip(3))
-            flipped = torch.from_numpy(self.tr.flip_back(flipped.numpy(), FLIP_PAIRS).copy())
+            flipped = torch.from_numpy(self.tr.flip_back(flipped.numpy(), self.flip_pairs).copy())
             flipped[:, :, :, 1:] = flipped.clone()[:, :, :, 0:-1]
             return {"flip": ((output + flipped) * 0.5).numpy(), "noflip": output.numpy()}
 
@@ -152,21 +166,62 @@ class Pipeline:
         return self.inference.get_final_preds(self.cfg, heatmaps, centers, scales)
 
 
+def rescored(maxvals, score):
+    """A person's score as coco.py's evaluate rescores it (float32 mean of the keypoint
+    scores above 0.2, times the box score)."""
+    kpt_score, valid = np.float32(0), 0
+    for v in maxvals[:, 0].astype(np.float32):
+        if v > 0.2:
+            kpt_score, valid = kpt_score + v, valid + 1
+    if valid:
+        kpt_score = kpt_score / np.float32(valid)
+    return float(kpt_score) * score
+
+
+def flat_keypoints(p, m):
+    """[x, y, score] per joint as the float32 all_preds of lib/core/function.py holds them."""
+    return [float(np.float32(v)) for k in range(len(p)) for v in (p[k, 0], p[k, 1], m[k, 0])]
+
+
 def per_box(people, preds, maxvals):
     """One result per person, rescored as coco.py's evaluate rescores (float32)."""
-    out = []
-    for (image_id, _, _, score), p, m in zip(people, preds, maxvals):
-        kpt_score, valid = np.float32(0), 0
-        for v in m[:, 0].astype(np.float32):
-            if v > 0.2:
-                kpt_score, valid = kpt_score + v, valid + 1
-        if valid:
-            kpt_score = kpt_score / np.float32(valid)
-        out.append({"image_id": image_id, "category_id": 1,
-                    "keypoints": [float(np.float32(v)) for k in range(17)
-                                  for v in (p[k, 0], p[k, 1], m[k, 0])],
-                    "score": float(kpt_score) * score})
-    return out
+    return [{"image_id": image_id, "category_id": 1, "keypoints": flat_keypoints(p, m),
+             "score": rescored(m, score)}
+            for (image_id, _, _, score), p, m in zip(people, preds, maxvals)]
+
+
+def official_mpii(mpii, annotations, images):
+    """The people of an MPII annotation file as the official MPIIDataset._get_db takes them
+    (image name, center, scale, score 1), on an object given the attributes
+    MPIIDataset.__init__ gives it."""
+    root = tempfile.mkdtemp()
+    os.makedirs(os.path.join(root, "annot"))
+    with open(annotations) as src, open(os.path.join(root, "annot", "valid.json"), "w") as dst:
+        dst.write(src.read())
+    ds = object.__new__(mpii.MPIIDataset)
+    ds.root, ds.image_set, ds.data_format, ds.num_joints = root, "valid", "jpg", 16
+    return [(os.path.relpath(rec["image"], os.path.join(root, "images")), rec["center"], rec["scale"], 1.0)
+            for rec in ds._get_db()]
+
+
+def mpii_case(a, tr, inference, mpii, pose_hrnet):
+    """expected_mpii_flip.json and expected_mpii_noflip.json: the official MPII pipeline
+    (256x256 crops, MPII's flip pairs) with the checkpoint's first 16 heatmaps as MPII's
+    joints, one result per annotated person in the file's order."""
+    state = load_file(a.weights)
+    for k in ("final_layer.weight", "final_layer.bias"):
+        state[k] = state[k][:16].clone()
+    pipeline = Pipeline(tr, inference, pose_hrnet, a.width, state, [256, 256], MPII_FLIP_PAIRS,
+                        lambda name: os.path.join(a.images, name))
+    people = official_mpii(mpii, a.mpii_annotations, a.images)
+    for name, h in pipeline.heatmaps(people).items():
+        preds, maxvals = pipeline.decode(people, h)
+        out = [{"image": image, "keypoints": flat_keypoints(p, m), "score": rescored(m, 1.0),
+                "center": [float(v) for v in c], "scale": [float(v) for v in s]}
+               for (image, c, s, _), p, m in zip(people, preds, maxvals)]
+        write(a.out, f"expected_mpii_{name}.json", out)
+        print(f"MPII {name}: {len(out)} people", file=sys.stderr)
+    return len(people)
 
 
 def official_results(coco, people, preds, maxvals):
@@ -206,11 +261,14 @@ def main():
     ap.add_argument("--images", required=True)
     ap.add_argument("--detections", required=True)
     ap.add_argument("--annotations", help="a COCO keypoint annotation file: also the GT-box case")
+    ap.add_argument("--mpii-annotations",
+                    help="an MPII annotation file (annot/valid.json format) for the same images: also the MPII case")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
-    tr, inference, coco, pose_hrnet = official_modules(a.official)
-    pipeline = Pipeline(a, tr, inference, pose_hrnet)
+    tr, inference, coco, mpii, pose_hrnet = official_modules(a.official)
+    pipeline = Pipeline(tr, inference, pose_hrnet, a.width, load_file(a.weights), [192, 256], FLIP_PAIRS,
+                        lambda image_id: os.path.join(a.images, "%012d.jpg" % image_id))
     geometry = types.SimpleNamespace(aspect_ratio=192 / 256, pixel_std=200)
     os.makedirs(a.out, exist_ok=True)
 
@@ -236,6 +294,8 @@ def main():
         write(a.out, "expected_gt_flip_oks_nms.json", kept)
         print(f"ground truth, flip, OKS NMS: {len(kept)} of {len(gt)} people kept", file=sys.stderr)
         info["ground_truth_people"] = len(gt)
+    if a.mpii_annotations:
+        info["mpii_people"] = mpii_case(a, tr, inference, mpii, pose_hrnet)
     with open(os.path.join(a.out, "case.json"), "w") as f:
         json.dump(info, f, indent=1)
 

@@ -9,11 +9,14 @@ use std::process::Command;
 
 use common::{official_tiny, sample_or_skip, scratch};
 use hrnet::Model;
+use hrnet::pose::affine::Crop;
 use hrnet::pose::io::{
     CocoResult, OFFICIAL_MIN_DETECTION_SCORE, load_detections, load_image, load_results,
 };
+use hrnet::pose::mpii::MpiiResult;
 use hrnet::pose::nms::{OFFICIAL_OKS_THRESHOLD, oks_nms};
 use hrnet::pose::{Device, Keypoint, PersonBox, Pose, PoseEstimator};
+use hrnet::weights::Checkpoint;
 
 /// The official pipeline's keypoints must be reproduced within half a pixel.
 const PIXELS: f32 = 0.5;
@@ -42,10 +45,24 @@ fn expected(name: &str) -> Vec<CocoResult> {
 /// Largest keypoint distance (max over x and y) between two result lists in the same order.
 fn worst(ours: &[CocoResult], official: &[CocoResult]) -> f32 {
     assert_eq!(ours.len(), official.len(), "one result per detection");
-    let mut worst = 0.0f32;
     for (o, r) in ours.iter().zip(official) {
         assert_eq!(o.image_id, r.image_id);
-        for (a, b) in o.keypoints.chunks(3).zip(r.keypoints.chunks(3)) {
+    }
+    worst_of(
+        ours.iter().map(|o| (o.keypoints.as_slice(), o.score)),
+        official.iter().map(|r| (r.keypoints.as_slice(), r.score)),
+    )
+}
+
+/// [`worst`] over `(keypoints, person score)` pairs, scores checked to 1e-3 relative.
+fn worst_of<'a>(
+    ours: impl Iterator<Item = (&'a [f32], f64)>,
+    official: impl Iterator<Item = (&'a [f32], f64)>,
+) -> f32 {
+    let mut worst = 0.0f32;
+    for ((o, os), (r, rs)) in ours.zip(official) {
+        assert_eq!(o.len(), r.len(), "joints");
+        for (a, b) in o.chunks(3).zip(r.chunks(3)) {
             worst = worst.max((a[0] - b[0]).abs()).max((a[1] - b[1]).abs());
             assert!(
                 (a[2] - b[2]).abs() <= 1e-3 * b[2].abs().max(1.0),
@@ -55,10 +72,8 @@ fn worst(ours: &[CocoResult], official: &[CocoResult]) -> f32 {
             );
         }
         assert!(
-            (o.score - r.score).abs() <= 1e-3 * r.score.abs().max(1.0),
-            "person score {} vs {}",
-            o.score,
-            r.score
+            (os - rs).abs() <= 1e-3 * rs.abs().max(1.0),
+            "person score {os} vs {rs}"
         );
     }
     worst
@@ -79,8 +94,10 @@ fn to_poses(results: &[CocoResult]) -> Vec<Pose> {
                 })
                 .collect(),
             bbox: PersonBox::new(0.0, 0.0, 1.0, 1.0, 1.0),
-            center: r.center.expect("center"),
-            scale: r.scale.expect("scale"),
+            crop: Crop::F32 {
+                center: r.center.expect("center"),
+                scale: r.scale.expect("scale"),
+            },
             score: r.score,
         })
         .collect()
@@ -246,6 +263,103 @@ fn gpu_pipeline_matches_the_official_pipeline() {
             assert!(w <= PIXELS, "{w} px");
         }
     }
+}
+
+/// The official tiny checkpoint with its first 16 heatmaps as MPII's joints (what
+/// scripts/official_pose_case.py runs for the MPII case), written to `dir`.
+fn mpii_weights(dir: &Path) -> std::path::PathBuf {
+    let mut ck = Checkpoint::load(official_tiny().join("weights.safetensors")).unwrap();
+    for key in ["final_layer.weight", "final_layer.bias"] {
+        let t = ck.tensors.get_mut(key).unwrap();
+        let per_joint = t.data.len() / t.shape[0];
+        t.shape[0] = 16;
+        t.data.truncate(16 * per_joint);
+    }
+    let path = dir.join("mpii16.safetensors");
+    ck.save(&path).unwrap();
+    path
+}
+
+fn expected_mpii(name: &str) -> Vec<MpiiResult> {
+    hrnet::pose::mpii::load_results(common::test_data().join("official-pose").join(name)).unwrap()
+}
+
+fn worst_mpii(ours: &[MpiiResult], official: &[MpiiResult]) -> f32 {
+    assert_eq!(
+        ours.len(),
+        official.len(),
+        "one result per annotated person"
+    );
+    for (o, r) in ours.iter().zip(official) {
+        assert_eq!(o.image, r.image);
+        assert_eq!(
+            (o.center, o.scale),
+            (r.center, r.scale),
+            "the official crop"
+        );
+    }
+    worst_of(
+        ours.iter().map(|o| (o.keypoints.as_slice(), o.score)),
+        official.iter().map(|r| (r.keypoints.as_slice(), r.score)),
+    )
+}
+
+/// MPII: the people of an annotation file in the official format (`annot/valid.json`),
+/// each cropped where the official MPIIDataset crops it (float64 center and scale, moved
+/// and enlarged as there), flip test with MPII's pairs, results in the file's order.
+#[test]
+fn cli_with_mpii_annotations_reproduces_the_official_mpii_pipeline() {
+    let test = "cli_with_mpii_annotations_reproduces_the_official_mpii_pipeline";
+    let Some(sample) = sample_or_skip(test) else {
+        return;
+    };
+    let dir = scratch("pose-mpii");
+    let out = dir.join("poses.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
+        .args(["pose", "--weights"])
+        .arg(mpii_weights(&dir))
+        .arg("--image")
+        .arg(&sample)
+        .arg("--annotations")
+        .arg(common::test_data().join("official-pose/mpii_valid.json"))
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = hrnet::pose::mpii::load_results(&out).unwrap();
+    let w = worst_mpii(&ours, &expected_mpii("expected_mpii_flip.json"));
+    println!(
+        "MPII annotations: {} people; largest keypoint difference {w:.4} px",
+        ours.len()
+    );
+    assert!(w <= PIXELS, "{w} px");
+}
+
+#[test]
+fn library_with_mpii_crops_without_flip_matches_the_official_pipeline() {
+    let test = "library_with_mpii_crops_without_flip_matches_the_official_pipeline";
+    let Some(sample) = sample_or_skip(test) else {
+        return;
+    };
+    let weights = mpii_weights(&scratch("pose-mpii-lib"));
+    let estimator = PoseEstimator::new(Model::load(weights, None).unwrap(), Device::Cpu)
+        .unwrap()
+        .with_flip(false)
+        .unwrap();
+    let people = hrnet::pose::mpii::load_annotations(
+        common::test_data().join("official-pose/mpii_valid.json"),
+    )
+    .unwrap();
+    let mut ours = Vec::new();
+    for (image, crops) in hrnet::pose::mpii::by_image(&people) {
+        let picture = load_image(sample.join(&image)).unwrap();
+        let poses = estimator.estimate(&picture, &crops).unwrap();
+        ours.extend(poses.iter().map(|p| MpiiResult::new(&image, p)));
+    }
+    let w = worst_mpii(&ours, &expected_mpii("expected_mpii_noflip.json"));
+    println!("MPII crops, flip test off: largest keypoint difference {w:.6} px");
+    assert!(w <= PIXELS, "{w} px");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The boxes, detections, ground-truth annotation and `--bbox` parsers on arbitrary text,
-//! and the keypoint evaluation over whatever annotation or results file the text makes.
+//! The boxes, detections, ground-truth annotation (COCO and MPII) and `--bbox` parsers on
+//! arbitrary text, MPII's crops mapped as the pipeline maps them, and the keypoint
+//! evaluation over whatever annotation or results file the text makes.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -50,6 +51,14 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = parse_detections(text, path, 0.0);
     let _ = parse_ground_truth(text, path);
+    if let Ok(people) = hrnet::pose::mpii::parse_annotations(text, path) {
+        for p in &people {
+            for inverse in [false, true] {
+                let _ = p.crop.transform(256, 256, inverse);
+            }
+        }
+        let _ = hrnet::pose::mpii::by_image(&people);
+    }
     let _ = parse_bbox(text);
     if let Ok(results) = parse_keypoint_results(text, path) {
         let _ = evaluate_keypoints(fixed_ground_truth(), &results);

@@ -10,10 +10,11 @@ use hrnet::config::{parse_size, size_in_name};
 use hrnet::cuda::{CudaEngine, Kernels, Precision, TcTuning, compiled, gpus, probe};
 use hrnet::pose::coco_eval::{GroundTruth, STAT_NAMES, evaluate_keypoints, load_keypoint_results};
 use hrnet::pose::io::{
-    CocoResult, OFFICIAL_MIN_DETECTION_SCORE, find_image, load_boxes, load_detections,
-    load_ground_truth, load_image, load_image_list, parse_bbox, write_results,
+    CocoResult, OFFICIAL_MIN_DETECTION_SCORE, find_image, load_boxes, load_detections, load_image,
+    load_image_list, parse_bbox, parse_ground_truth, write_results,
 };
-use hrnet::pose::{self, PersonBox, PoseEstimator, draw::draw_poses};
+use hrnet::pose::mpii::{MpiiPerson, MpiiResult};
+use hrnet::pose::{self, Person, PersonBox, PoseEstimator, draw::draw_poses};
 use hrnet::tensor::{argmax_agreement, relative_l2};
 use hrnet::weights::random_checkpoint;
 use hrnet::{CpuEngine, Error, HrnetConfig, Model, Nchw, Result, Tensor, npy};
@@ -126,9 +127,11 @@ enum Command {
         /// Detections scoring below this are not run (the official TEST.IMAGE_THRE).
         #[arg(long, value_name = "SCORE", requires = "detections", default_value_t = OFFICIAL_MIN_DETECTION_SCORE)]
         min_score: f64,
-        /// Ground-truth boxes for a folder of images from a COCO keypoint annotation file,
-        /// taken as the official evaluation takes them with TEST.USE_GT_BBOX (cleaned,
-        /// score 1); its "images" list names the files.
+        /// The people of a folder of images from an annotation file: COCO keypoint
+        /// annotations, whose boxes are taken as the official evaluation takes them with
+        /// TEST.USE_GT_BBOX (cleaned, score 1) and whose "images" list names the files; or
+        /// MPII's (annot/valid.json: [{"image", "center", "scale"}]), each person cropped as
+        /// the official MPII code crops it and written in the file's order.
         #[arg(long, conflicts_with_all = ["detections", "boxes", "bbox", "image_list"])]
         annotations: Option<PathBuf>,
         /// Where to run.
@@ -538,16 +541,29 @@ fn run(command: Command) -> Result<ExitCode> {
                 oks_nms,
             };
             return match (detections, annotations) {
-                (Some(det), _) => job.folder(
+                (Some(det), _) => job.coco_folder(
                     &image,
                     &load_detections(det, min_score)?,
                     image_list.map(load_image_list).transpose()?.as_ref(),
                 ),
-                (None, Some(ann)) => job.folder(
-                    &image,
-                    &load_ground_truth(&ann)?,
-                    Some(&load_image_list(&ann)?),
-                ),
+                (None, Some(ann)) => {
+                    let text = std::fs::read_to_string(&ann).map_err(|e| Error::io(&ann, e))?;
+                    // MPII's annotation files are JSON lists, COCO's are objects.
+                    if text.trim_start().starts_with('[') {
+                        if oks_nms.is_some() {
+                            return Err(Error::Input(
+                                "--oks-nms is COCO's last step; MPII's evaluation takes every annotated person".into(),
+                            ));
+                        }
+                        job.mpii_folder(&image, &pose::mpii::parse_annotations(&text, &ann)?)
+                    } else {
+                        job.coco_folder(
+                            &image,
+                            &parse_ground_truth(&text, &ann)?,
+                            Some(&load_image_list(&ann)?),
+                        )
+                    }
+                }
                 (None, None) => job.single(&image, boxes.as_deref(), &bbox),
             };
         }
@@ -1001,20 +1017,23 @@ struct PoseJob<'a> {
     oks_nms: Option<f64>,
 }
 
+/// The poses found in one image, by the image's index in the job.
+type ImagePoses = (usize, Vec<pose::Pose>);
+
 /// Images handed to the network together (their boxes share batches).
 const IMAGES_PER_STEP: usize = 8;
 
 impl PoseJob<'_> {
-    /// Keeps the boxes that fit the image; reports the others.
-    fn usable(
+    /// Keeps the people that can be cropped from the image; reports the others.
+    fn usable<P: Person + Copy>(
         image: &image::RgbImage,
-        boxes: &[PersonBox],
+        people: &[P],
         name: &str,
         failures: &mut usize,
-    ) -> Vec<PersonBox> {
-        boxes
+    ) -> Vec<P> {
+        people
             .iter()
-            .filter(|b| match b.check(image.width(), image.height()) {
+            .filter(|p| match p.check(image.width(), image.height()) {
                 Ok(()) => true,
                 Err(e) => {
                     eprintln!("error: {name}: {e}");
@@ -1051,7 +1070,7 @@ impl PoseJob<'_> {
             .collect())
     }
 
-    fn finish(&self, results: &[CocoResult], failures: usize) -> Result<ExitCode> {
+    fn finish<R: serde::Serialize>(&self, results: &[R], failures: usize) -> Result<ExitCode> {
         write_results(self.output, results)?;
         eprintln!(
             "wrote {} people to {}",
@@ -1089,14 +1108,16 @@ impl PoseJob<'_> {
         self.finish(&results, failures)
     }
 
-    /// A folder of images with boxes per image (detections or ground truth), images in the
-    /// given order; `list` names their files, else COCO's naming.
-    fn folder(
+    /// A folder of images with the people of each image (boxes from detections or ground
+    /// truth, or MPII's crops), images in the given order, each found by `locate`. The
+    /// poses of every image that could be read, by its index in `images`, and the count of
+    /// images and people that could not be processed (each reported on its own line).
+    fn folder<K: std::fmt::Display, P: Person + Copy>(
         &self,
         dir: &std::path::Path,
-        dets: &[(u64, Vec<PersonBox>)],
-        list: Option<&std::collections::BTreeMap<u64, String>>,
-    ) -> Result<ExitCode> {
+        images: &[(K, Vec<P>)],
+        locate: impl Fn(&K) -> Result<PathBuf>,
+    ) -> Result<(Vec<ImagePoses>, usize)> {
         if !dir.is_dir() {
             return Err(Error::Input(format!(
                 "{} is not a folder; --detections and --annotations need a folder of images",
@@ -1106,50 +1127,74 @@ impl PoseJob<'_> {
         if let Some(d) = self.draw {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
-        let bar = indicatif::ProgressBar::new(dets.len() as u64).with_style(
+        let bar = indicatif::ProgressBar::new(images.len() as u64).with_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed} {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        let (mut results, mut failures) = (Vec::new(), 0usize);
-        for step in dets.chunks(IMAGES_PER_STEP) {
+        let (mut found, mut failures) = (Vec::new(), 0usize);
+        for (first, step) in (0..)
+            .step_by(IMAGES_PER_STEP)
+            .zip(images.chunks(IMAGES_PER_STEP))
+        {
             let mut loaded = Vec::with_capacity(step.len());
-            for (id, boxes) in step {
-                let id = *id;
-                let found =
-                    find_image(dir, id, list).and_then(|p| load_image(&p).map(|img| (p, img)));
-                match found {
+            for (i, (key, people)) in (first..).zip(step) {
+                match locate(key).and_then(|p| load_image(&p).map(|img| (p, img))) {
                     Ok((path, img)) => {
-                        let boxes =
-                            Self::usable(&img, boxes, &path.display().to_string(), &mut failures);
-                        loaded.push((id, path, img, boxes));
+                        let people =
+                            Self::usable(&img, people, &path.display().to_string(), &mut failures);
+                        loaded.push((i, path, img, people));
                     }
                     Err(e) => {
-                        bar.suspend(|| eprintln!("error: image {id}: {e}"));
+                        bar.suspend(|| eprintln!("error: image {key}: {e}"));
                         failures += 1;
                     }
                 }
             }
-            let items: Vec<(&image::RgbImage, &[PersonBox])> = loaded
+            let items: Vec<(&image::RgbImage, &[P])> = loaded
                 .iter()
-                .map(|(_, _, img, b)| (img, b.as_slice()))
+                .map(|(_, _, img, p)| (img, p.as_slice()))
                 .collect();
             let poses = self.estimator.estimate_many(&items)?;
-            let poses = poses
-                .into_iter()
-                .map(|p| self.suppress(p))
-                .collect::<Result<Vec<_>>>()?;
-            for ((id, path, img, _), poses) in loaded.iter().zip(&poses) {
-                results.extend(poses.iter().map(|p| CocoResult::new(*id, p)));
+            for ((i, path, img, _), poses) in loaded.iter().zip(poses) {
+                let poses = self.suppress(poses)?;
                 if let Some(d) = self.draw {
                     let stem = path
                         .file_stem()
-                        .map_or_else(|| id.to_string(), |s| s.to_string_lossy().into_owned());
-                    self.draw_to(&d.join(format!("{stem}.png")), img, poses)?;
+                        .map_or_else(|| i.to_string(), |s| s.to_string_lossy().into_owned());
+                    self.draw_to(&d.join(format!("{stem}.png")), img, &poses)?;
                 }
+                found.push((*i, poses));
             }
             bar.inc(step.len() as u64);
         }
         bar.finish_and_clear();
+        Ok((found, failures))
+    }
+
+    /// [`PoseJob::folder`] for COCO: boxes by image id, files from `list` or COCO's naming.
+    fn coco_folder(
+        &self,
+        dir: &std::path::Path,
+        dets: &[(u64, Vec<PersonBox>)],
+        list: Option<&std::collections::BTreeMap<u64, String>>,
+    ) -> Result<ExitCode> {
+        let (found, failures) = self.folder(dir, dets, |id| find_image(dir, *id, list))?;
+        let results: Vec<CocoResult> = found
+            .iter()
+            .flat_map(|(i, poses)| poses.iter().map(|p| CocoResult::new(dets[*i].0, p)))
+            .collect();
+        self.finish(&results, failures)
+    }
+
+    /// [`PoseJob::folder`] for an MPII annotation file: one result per person, in the
+    /// file's order.
+    fn mpii_folder(&self, dir: &std::path::Path, people: &[MpiiPerson]) -> Result<ExitCode> {
+        let groups = pose::mpii::by_image(people);
+        let (found, failures) = self.folder(dir, &groups, |name| Ok(dir.join(name)))?;
+        let results: Vec<MpiiResult> = found
+            .iter()
+            .flat_map(|(i, poses)| poses.iter().map(|p| MpiiResult::new(&groups[*i].0, p)))
+            .collect();
         self.finish(&results, failures)
     }
 }

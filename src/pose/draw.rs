@@ -93,7 +93,7 @@ pub fn draw_poses(image: &RgbImage, poses: &[Pose], joints: &JointSet) -> RgbIma
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pose::{Keypoint, PersonBox, joints::COCO};
+    use crate::pose::{Keypoint, PersonBox, affine::Crop, joints::COCO};
 
     #[test]
     fn limbs_joints_and_boxes_are_drawn_where_they_are() {
@@ -119,8 +119,10 @@ mod tests {
         let pose = Pose {
             keypoints: kp,
             bbox: PersonBox::new(10.0, 10.0, 80.0, 80.0, 1.0),
-            center: [50.0, 50.0],
-            scale: [0.5, 0.5],
+            crop: Crop::F32 {
+                center: [50.0, 50.0],
+                scale: [0.5, 0.5],
+            },
             score: 1.0,
         };
         let out = draw_poses(&img, &[pose], &COCO);

@@ -495,14 +495,15 @@ impl CocoResult {
                 .flat_map(|k| [k.x, k.y, k.score])
                 .collect(),
             score: pose.score,
-            center: Some(pose.center),
-            scale: Some(pose.scale),
+            center: Some(pose.crop.center().map(|v| v as f32)),
+            scale: Some(pose.crop.scale().map(|v| v as f32)),
         }
     }
 }
 
-/// Writes results as a JSON array.
-pub fn write_results(path: impl AsRef<Path>, results: &[CocoResult]) -> Result<()> {
+/// Writes results as a JSON array ([`CocoResult`]s, or
+/// [`MpiiResult`](super::mpii::MpiiResult)s).
+pub fn write_results<R: Serialize>(path: impl AsRef<Path>, results: &[R]) -> Result<()> {
     let path = path.as_ref();
     let text = serde_json::to_string(results).map_err(|e| Error::Json {
         path: path.to_path_buf(),

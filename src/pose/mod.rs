@@ -22,6 +22,7 @@ pub mod crop;
 pub mod draw;
 pub mod io;
 pub mod joints;
+pub mod mpii;
 pub mod nms;
 mod numpy;
 
@@ -35,7 +36,7 @@ use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::tensor::{Nchw, Tensor};
 use crate::weights::Model;
-use affine::{box_to_center_scale, crop_transform};
+use affine::Crop;
 use joints::JointSet;
 
 /// The official visibility threshold: keypoints scoring above it count towards a
@@ -104,6 +105,52 @@ impl PersonBox {
     }
 }
 
+/// A person to find the keypoints of: a [`PersonBox`], cropped as the official COCO code
+/// crops a box, or a [`Crop`] given as it is (as MPII's annotations give them).
+pub trait Person {
+    /// An error naming what is wrong when the person cannot be cropped from a
+    /// `width × height` image.
+    fn check(&self, width: u32, height: u32) -> Result<()>;
+
+    /// The box the person is reported in and the crop the network sees, for a network
+    /// input of aspect ratio `aspect` (width / height).
+    fn place(&self, aspect: f64) -> (PersonBox, Crop);
+}
+
+impl Person for PersonBox {
+    fn check(&self, width: u32, height: u32) -> Result<()> {
+        PersonBox::check(self, width, height)
+    }
+
+    fn place(&self, aspect: f64) -> (PersonBox, Crop) {
+        (
+            *self,
+            Crop::from_box(self.x, self.y, self.w, self.h, aspect),
+        )
+    }
+}
+
+impl Person for Crop {
+    /// Any finite crop of positive size is taken, also one reaching past the image (what
+    /// lies outside is black, as in the official crop).
+    fn check(&self, _width: u32, _height: u32) -> Result<()> {
+        if self.is_valid() {
+            Ok(())
+        } else {
+            Err(Error::Input(format!(
+                "crop {self:?} needs a finite center and a positive, finite scale"
+            )))
+        }
+    }
+
+    /// The crop's rectangle is the box, with score 1 (the official score of an annotated
+    /// person).
+    fn place(&self, _aspect: f64) -> (PersonBox, Crop) {
+        let ([cx, cy], [w, h]) = (self.center(), self.size_px());
+        (PersonBox::new(cx - w * 0.5, cy - h * 0.5, w, h, 1.0), *self)
+    }
+}
+
 /// One keypoint in image coordinates with its heatmap maximum as score.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Keypoint {
@@ -122,13 +169,11 @@ pub struct Keypoint {
 pub struct Pose {
     /// One per joint, in the model's joint order.
     pub keypoints: Vec<Keypoint>,
-    /// The box.
+    /// The box (for a person given by a [`Crop`], the crop's own rectangle, score 1).
     pub bbox: PersonBox,
-    /// The crop's center in image pixels (the official `center`).
-    pub center: [f32; 2],
-    /// The crop's size in units of 200 pixels, box padded to the model's aspect ratio and
-    /// enlarged 1.25× (the official `scale`).
-    pub scale: [f32; 2],
+    /// The crop the network saw (the official `center` and `scale`): for a box, the box
+    /// padded to the model's aspect ratio and enlarged 1.25×.
+    pub crop: Crop,
     /// The person's score.
     pub score: f64,
 }
@@ -215,52 +260,52 @@ impl PoseEstimator {
         }
     }
 
-    /// The poses of the people in `boxes` (one per box, in order).
-    pub fn estimate(&self, image: &RgbImage, boxes: &[PersonBox]) -> Result<Vec<Pose>> {
+    /// The poses of `people` (one per person, in order): [`PersonBox`]es or [`Crop`]s.
+    pub fn estimate<P: Person>(&self, image: &RgbImage, people: &[P]) -> Result<Vec<Pose>> {
         Ok(self
-            .estimate_many(&[(image, boxes)])?
+            .estimate_many(&[(image, people)])?
             .pop()
             .unwrap_or_default())
     }
 
-    /// [`PoseEstimator::estimate`] for many images, all boxes of all images going through
+    /// [`PoseEstimator::estimate`] for many images, all people of all images going through
     /// the network together in batches.
-    pub fn estimate_many(&self, items: &[(&RgbImage, &[PersonBox])]) -> Result<Vec<Vec<Pose>>> {
+    pub fn estimate_many<P: Person>(&self, items: &[(&RgbImage, &[P])]) -> Result<Vec<Vec<Pose>>> {
         let (h, w) = self.input;
         let aspect = w as f64 / h as f64;
         let mut crops = Vec::new();
-        for (image, boxes) in items {
-            for (i, b) in boxes.iter().enumerate() {
-                b.check(image.width(), image.height())
+        for (image, people) in items {
+            for (i, p) in people.iter().enumerate() {
+                p.check(image.width(), image.height())
                     .map_err(|e| match e {
-                        Error::Input(why) => Error::Input(format!("box {i}: {why}")),
+                        Error::Input(why) => Error::Input(format!("person {i}: {why}")),
                         other => other,
                     })?;
-                let (center, scale) = box_to_center_scale(b.x, b.y, b.w, b.h, aspect);
-                crops.push((*image, *b, center, scale));
+                let (b, crop) = p.place(aspect);
+                crops.push((*image, b, crop));
             }
         }
         let mut poses: Vec<Pose> = Vec::with_capacity(crops.len());
         for chunk in crops.chunks(self.batch) {
             let n = chunk.len();
             let mut x = vec![0.0f32; n * 3 * h * w];
-            for ((image, _, center, scale), dst) in chunk.iter().zip(x.chunks_exact_mut(3 * h * w))
-            {
-                let t = crop_transform(*center, *scale, w, h, false)
+            for ((image, _, crop), dst) in chunk.iter().zip(x.chunks_exact_mut(3 * h * w)) {
+                let t = crop
+                    .transform(w, h, false)
                     .and_then(|t| crop::warp_affine(image, &t, w, h))
                     .ok_or_else(|| Error::Input("a box too small to crop".into()))?;
                 crop::normalise_into(&t, w, h, dst);
             }
             let x = Tensor::new(Nchw { n, c: 3, h, w }, x)?;
             let (peaks, s) = self.peaks(&x)?;
-            for ((_, b, center, scale), peaks) in chunk.iter().zip(peaks.chunks_exact(s.c)) {
-                poses.push(to_pose(peaks, *b, *center, *scale, s.w, s.h)?);
+            for ((_, b, crop), peaks) in chunk.iter().zip(peaks.chunks_exact(s.c)) {
+                poses.push(to_pose(peaks, *b, *crop, s.w, s.h)?);
             }
         }
         let mut it = poses.into_iter();
         Ok(items
             .iter()
-            .map(|(_, boxes)| it.by_ref().take(boxes.len()).collect())
+            .map(|(_, people)| it.by_ref().take(people.len()).collect())
             .collect())
     }
 }
@@ -293,15 +338,9 @@ impl PoseEstimator {
 
 /// Heatmap peaks to image coordinates (official `transform_preds`, float32 results) and
 /// the person's score.
-fn to_pose(
-    peaks: &[Peak],
-    bbox: PersonBox,
-    center: [f32; 2],
-    scale: [f32; 2],
-    hm_w: usize,
-    hm_h: usize,
-) -> Result<Pose> {
-    let back = crop_transform(center, scale, hm_w, hm_h, true)
+fn to_pose(peaks: &[Peak], bbox: PersonBox, crop: Crop, hm_w: usize, hm_h: usize) -> Result<Pose> {
+    let back = crop
+        .transform(hm_w, hm_h, true)
         .ok_or_else(|| Error::Input(format!("box {bbox:?} is too small to map back")))?;
     let keypoints = peaks
         .iter()
@@ -329,8 +368,7 @@ fn to_pose(
     Ok(Pose {
         keypoints,
         bbox,
-        center,
-        scale,
+        crop,
         score: f64::from(mean) * bbox.score,
     })
 }
@@ -441,7 +479,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e.matches("invalid input").count(), 1, "{e}");
-        assert!(e.contains("box 0: box at (1, 1) has zero area"), "{e}");
+        assert!(e.contains("person 0: box at (1, 1) has zero area"), "{e}");
     }
 
     #[test]
@@ -478,14 +516,14 @@ mod tests {
             score,
         });
         let b = PersonBox::new(0.0, 0.0, 30.0, 40.0, 0.8);
-        let (c, s) = box_to_center_scale(0.0, 0.0, 30.0, 40.0, 0.75);
-        let p = to_pose(&peaks, b, c, s, 48, 64).unwrap();
+        let c = Crop::from_box(0.0, 0.0, 30.0, 40.0, 0.75);
+        let p = to_pose(&peaks, b, c, 48, 64).unwrap();
         approx::assert_relative_eq!(p.score, (0.9f32 as f64 + 0.5f32 as f64) / 2.0 * 0.8);
         let none = [Peak {
             x: 0.0,
             y: 0.0,
             score: 0.1,
         }];
-        assert_eq!(to_pose(&none, b, c, s, 48, 64).unwrap().score, 0.0);
+        assert_eq!(to_pose(&none, b, c, 48, 64).unwrap().score, 0.0);
     }
 }

@@ -6,7 +6,8 @@
 //! predictions array), so their differences and squares are float32; from the division
 //! by the per-joint variance on, float64; the 17 terms are summed as `np.sum` adds them
 //! (`pose::numpy::sum`). The area of a person is that of its
-//! crop, `scale × 200` multiplied in float32.
+//! crop ([`Crop::area`](crate::pose::affine::Crop::area): `scale × 200` multiplied in float32
+//! for a box's crop).
 
 use crate::error::{Error, Result};
 
@@ -61,15 +62,10 @@ pub fn oks_nms(poses: &[Pose], threshold: f64) -> Result<Vec<usize>> {
     Ok(keep)
 }
 
-/// The crop's area, `prod(scale * 200)` in float32.
-fn area(p: &Pose) -> f64 {
-    f64::from((p.scale[0] * 200.0) * (p.scale[1] * 200.0))
-}
-
 /// Object keypoint similarity of two poses (the official `oks_iou` for one pair).
 #[must_use]
 pub fn oks(g: &Pose, d: &Pose) -> f64 {
-    let mean_area = (area(g) + area(d)) / 2.0 + f64::EPSILON;
+    let mean_area = (g.crop.area() + d.crop.area()) / 2.0 + f64::EPSILON;
     let terms: Vec<f64> = g
         .keypoints
         .iter()
@@ -87,7 +83,7 @@ pub fn oks(g: &Pose, d: &Pose) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pose::{Keypoint, PersonBox};
+    use crate::pose::{Keypoint, PersonBox, affine::Crop};
 
     fn pose(shift: f32, score: f64) -> Pose {
         Pose {
@@ -99,8 +95,10 @@ mod tests {
                 })
                 .collect(),
             bbox: PersonBox::new(80.0, 40.0, 60.0, 120.0, 1.0),
-            center: [110.0, 100.0],
-            scale: [0.5625, 0.75],
+            crop: Crop::F32 {
+                center: [110.0, 100.0],
+                scale: [0.5625, 0.75],
+            },
             score,
         }
     }
