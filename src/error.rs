@@ -133,6 +133,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A MAT-file could not be read, or lacks what was looked for in it.
+    #[error("{}: {reason}", path.display())]
+    Mat {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// An .npy file could not be read or written as float32 NCHW.
     #[error("{}: {reason}", path.display())]
     Npy {

@@ -28,6 +28,7 @@ pub mod cuda;
 pub mod decode;
 pub mod error;
 pub mod graph;
+pub mod matfile;
 pub mod npy;
 pub mod pose;
 pub mod tensor;

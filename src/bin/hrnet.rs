@@ -13,7 +13,7 @@ use hrnet::pose::io::{
     CocoResult, OFFICIAL_MIN_DETECTION_SCORE, find_image, load_boxes, load_detections, load_image,
     load_image_list, parse_bbox, parse_ground_truth, write_results,
 };
-use hrnet::pose::mpii::{MpiiPerson, MpiiResult};
+use hrnet::pose::mpii::{MpiiGroundTruth, MpiiPerson, MpiiResult, PCKH_NAMES, evaluate_pckh};
 use hrnet::pose::{self, Person, PersonBox, PoseEstimator, draw::draw_poses};
 use hrnet::tensor::{argmax_agreement, relative_l2};
 use hrnet::weights::random_checkpoint;
@@ -254,16 +254,19 @@ enum Command {
         input_seed: Option<u64>,
     },
     /// COCO keypoint AP and AR of a results file against an annotation file, as
-    /// pycocotools computes them for the official evaluation.
+    /// pycocotools computes them for the official evaluation; or MPII's PCKh, as the
+    /// official MPII evaluation computes it, against its ground truth (a .mat file).
     Evaluate {
-        /// COCO keypoint annotation file (person_keypoints_val2017.json).
+        /// COCO keypoint annotation file (person_keypoints_val2017.json), or MPII's
+        /// ground truth (annot/gt_valid.mat).
         #[arg(long)]
         annotations: PathBuf,
         /// COCO keypoint results ([{"image_id", "category_id", "keypoints", "score"}]), as
-        /// `hrnet pose` or the official code writes them.
+        /// `hrnet pose` or the official code writes them; for MPII, `hrnet pose`'s results
+        /// for annot/valid.json, or the official pred.mat.
         #[arg(long)]
         results: PathBuf,
-        /// Also write the ten figures as JSON, by their official names.
+        /// Also write the figures as JSON, by their official names.
         #[arg(long)]
         output: Option<PathBuf>,
     },
@@ -435,21 +438,42 @@ fn run(command: Command) -> Result<ExitCode> {
             results,
             output,
         } => {
-            let gt = GroundTruth::load(&annotations)?;
-            let results = load_keypoint_results(&results)?;
-            let e = evaluate_keypoints(&gt, &results)?;
-            eprintln!(
-                "{} results on the {} images of {}",
-                results.len(),
-                gt.images().len(),
-                annotations.display()
-            );
-            emit(&format!("{}\n", e.summary().join("\n")));
+            let is_mat = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
+            let (names, figures): (&[&str], Vec<f64>) = if is_mat(&annotations) {
+                let gt = MpiiGroundTruth::load(&annotations)?;
+                let preds = if is_mat(&results) {
+                    pose::mpii::predictions_from_mat(&results)?
+                } else {
+                    pose::mpii::predictions(&pose::mpii::load_results(&results)?)
+                };
+                let e = evaluate_pckh(&gt, &preds)?;
+                eprintln!(
+                    "{} predictions for the {} people of {}",
+                    preds.len(),
+                    gt.people,
+                    annotations.display()
+                );
+                let arch = results.file_stem().unwrap_or_default().to_string_lossy();
+                emit(&format!("{}\n", e.table(&arch)));
+                (&PCKH_NAMES, e.figures.to_vec())
+            } else {
+                let gt = GroundTruth::load(&annotations)?;
+                let results = load_keypoint_results(&results)?;
+                let e = evaluate_keypoints(&gt, &results)?;
+                eprintln!(
+                    "{} results on the {} images of {}",
+                    results.len(),
+                    gt.images().len(),
+                    annotations.display()
+                );
+                emit(&format!("{}\n", e.summary().join("\n")));
+                (&STAT_NAMES, e.stats.to_vec())
+            };
             if let Some(path) = output {
-                // By their official names, in the official order.
-                let figures: Vec<String> = STAT_NAMES
+                // By their official names, in the official order (NaN as null).
+                let figures: Vec<String> = names
                     .iter()
-                    .zip(e.stats)
+                    .zip(figures)
                     .map(|(name, v)| format!("  {}: {}", Value::from(*name), Value::from(v)))
                     .collect();
                 let text = format!("{{\n{}\n}}\n", figures.join(",\n"));
