@@ -22,7 +22,8 @@ lib/nms/nms.py at TEST.OKS_THRE = 0.9, each image's people best first); with
 --annotations, expected_gt_flip_oks_nms.json, the same for the people the official
 COCODataset takes from a keypoint annotation file with TEST.USE_GT_BBOX
 (_load_coco_keypoint_annotation_kernal: cleaned boxes, score 1); with --mpii-annotations,
-expected_mpii_flip.json and expected_mpii_noflip.json, the MPII pipeline: the people of an
+expected_mpii_flip.json and expected_mpii_noflip.json (and expected_mpii_flip_pred.mat,
+the official evaluate's pred.mat of the first), the MPII pipeline: the people of an
 annotation file in the format of MPII's annot/valid.json as MPIIDataset._get_db takes them
 (lib/dataset/mpii.py: float64 center and scale, moved and enlarged), 256x256 crops, MPII's
 flip pairs, the checkpoint's first 16 heatmaps as MPII's joints, one result per person in
@@ -221,6 +222,15 @@ def mpii_case(a, tr, inference, mpii, pose_hrnet):
                for (image, c, s, _), p, m in zip(people, preds, maxvals)]
         write(a.out, f"expected_mpii_{name}.json", out)
         print(f"MPII {name}: {len(out)} people", file=sys.stderr)
+        if name == "flip":
+            # The official evaluate writes pred.mat (and, for a 'test' set, stops there).
+            all_preds = np.zeros((len(people), 16, 3), dtype=np.float32)
+            all_preds[:, :, 0:2] = preds[:, :, 0:2]
+            all_preds[:, :, 2:3] = maxvals
+            work = tempfile.mkdtemp()
+            cfg = types.SimpleNamespace(DATASET=types.SimpleNamespace(TEST_SET="test"))
+            mpii.MPIIDataset.evaluate(object.__new__(mpii.MPIIDataset), cfg, all_preds, work)
+            os.replace(os.path.join(work, "pred.mat"), os.path.join(a.out, "expected_mpii_flip_pred.mat"))
     return len(people)
 
 

@@ -2,6 +2,7 @@
 //! version 7 on, and what SciPy's `savemat` writes), read as far as MPII's ground truth and
 //! predictions need: numeric arrays, char arrays and cell arrays of them, either byte
 //! order. Structs, sparse arrays, objects and complex numbers are refused with an error.
+//! Written: one float32 array ([`save_f32`]), as the official MPII code writes `pred.mat`.
 //!
 //! The file is untrusted: every size is checked against the bytes that hold it before
 //! anything is allocated, decompression stops at a bound, and cells nest at most
@@ -69,6 +70,7 @@ const MI_UTF16: u32 = 17;
 const MX_CELL: u8 = 1;
 const MX_CHAR: u8 = 4;
 const MX_DOUBLE: u8 = 6;
+const MX_SINGLE: u8 = 7;
 const MX_UINT64: u8 = 15;
 const COMPLEX_FLAG: u32 = 0x800;
 
@@ -105,6 +107,53 @@ impl MatFile {
             ),
         })
     }
+}
+
+/// Writes one float32 array as a level-5 MAT-file, as SciPy's `savemat` writes a float32
+/// NumPy array (MATLAB `single`, uncompressed, little-endian): `data` in column-major
+/// order, `dims` at least two.
+pub fn save_f32(path: impl AsRef<Path>, name: &str, dims: &[usize], data: &[f32]) -> Result<()> {
+    let path = path.as_ref();
+    let bad = |reason: String| Error::Mat {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if dims.len() < 2 || dims.iter().product::<usize>() != data.len() {
+        return Err(bad(format!(
+            "{} numbers do not fill dimensions {dims:?}",
+            data.len()
+        )));
+    }
+    let dims: Vec<i32> = dims
+        .iter()
+        .map(|&d| i32::try_from(d).map_err(|_| bad(format!("dimension {d} is too large"))))
+        .collect::<Result<_>>()?;
+    let element = |kind: u32, bytes: &[u8]| -> Vec<u8> {
+        let mut out = [kind.to_le_bytes(), (bytes.len() as u32).to_le_bytes()].concat();
+        out.extend(bytes);
+        out.resize(8 + bytes.len().div_ceil(8) * 8, 0);
+        out
+    };
+    let flags = [u32::from(MX_SINGLE).to_le_bytes(), [0; 4]].concat();
+    let dims: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+    let numbers: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let body = [
+        element(MI_UINT32, &flags),
+        element(MI_INT32, &dims),
+        element(MI_INT8, name.as_bytes()),
+        element(MI_SINGLE, &numbers),
+    ]
+    .concat();
+    let matrix = element(MI_MATRIX, &body);
+    if u32::try_from(matrix.len()).is_err() {
+        return Err(bad("more than 4 GiB for one array".into()));
+    }
+    let mut header = b"MATLAB 5.0 MAT-file, written by hrnet".to_vec();
+    header.resize(116, b' ');
+    header.extend([0; 8]); // no subsystem data
+    header.extend([0x00, 0x01]); // version 0x0100
+    header.extend(b"IM"); // little-endian
+    std::fs::write(path, [header, matrix].concat()).map_err(|e| Error::io(path, e))
 }
 
 type Parsed<T> = std::result::Result<T, String>;
@@ -547,6 +596,23 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_written_float32_array_reads_back() {
+        let path = std::env::temp_dir().join(format!("hrnet-mat-{}.mat", std::process::id()));
+        let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.1 - 0.35).collect();
+        save_f32(&path, "preds", &[2, 3, 2], &data).unwrap();
+        let file = MatFile::load(&path).unwrap();
+        assert_eq!(
+            file.arrays["preds"],
+            MatArray::Numeric {
+                dims: vec![2, 3, 2],
+                data: data.iter().map(|&v| f64::from(v)).collect()
+            }
+        );
+        assert!(save_f32(&path, "preds", &[5, 3], &data).is_err());
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use hrnet::pose::affine::Crop;
 use hrnet::pose::io::{
     CocoResult, OFFICIAL_MIN_DETECTION_SCORE, load_detections, load_image, load_results,
 };
-use hrnet::pose::mpii::MpiiResult;
+use hrnet::pose::mpii::{MpiiResult, predictions, predictions_from_mat};
 use hrnet::pose::nms::{OFFICIAL_OKS_THRESHOLD, oks_nms};
 use hrnet::pose::{Device, Keypoint, PersonBox, Pose, PoseEstimator};
 use hrnet::weights::Checkpoint;
@@ -314,26 +314,47 @@ fn cli_with_mpii_annotations_reproduces_the_official_mpii_pipeline() {
         return;
     };
     let dir = scratch("pose-mpii");
-    let out = dir.join("poses.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
-        .args(["pose", "--weights"])
-        .arg(mpii_weights(&dir))
-        .arg("--image")
-        .arg(&sample)
-        .arg("--annotations")
-        .arg(common::test_data().join("official-pose/mpii_valid.json"))
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ours = hrnet::pose::mpii::load_results(&out).unwrap();
+    let weights = mpii_weights(&dir);
+    let run = |out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_hrnet"))
+            .args(["pose", "--weights"])
+            .arg(&weights)
+            .arg("--image")
+            .arg(&sample)
+            .arg("--annotations")
+            .arg(common::test_data().join("official-pose/mpii_valid.json"))
+            .arg("--output")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&dir.join("poses.json"));
+    let ours = hrnet::pose::mpii::load_results(dir.join("poses.json")).unwrap();
     let w = worst_mpii(&ours, &expected_mpii("expected_mpii_flip.json"));
     println!(
         "MPII annotations: {} people; largest keypoint difference {w:.4} px",
         ours.len()
     );
     assert!(w <= PIXELS, "{w} px");
+    // Named *.mat, the output is the official pred.mat: the same numbers as the official
+    // evaluate writes there, and as the JSON results + 1.
+    run(&dir.join("pred.mat"));
+    let written = predictions_from_mat(dir.join("pred.mat")).unwrap();
+    assert_eq!(written, predictions(&ours));
+    let official =
+        predictions_from_mat(common::test_data().join("official-pose/expected_mpii_flip_pred.mat"))
+            .unwrap();
+    let w = written
+        .iter()
+        .flatten()
+        .zip(official.iter().flatten())
+        .map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs()))
+        .fold(0.0, f64::max);
+    assert!(
+        w <= f64::from(PIXELS),
+        "pred.mat: {w} px from the official one"
+    );
 }
 
 #[test]

@@ -155,7 +155,8 @@ enum Command {
         /// pose_hrnet_w48_384x288.pth; else the dataset's official one, 256x192 for COCO).
         #[arg(long)]
         input_size: Option<String>,
-        /// Where to write the COCO keypoint results (JSON).
+        /// Where to write the COCO keypoint results (JSON); for MPII's annotations, JSON
+        /// or, named *.mat, the official pred.mat.
         #[arg(long)]
         output: PathBuf,
         /// Draw the poses: a PNG file (one image) or a folder of PNGs (a folder of images).
@@ -1094,13 +1095,14 @@ impl PoseJob<'_> {
             .collect())
     }
 
+    /// Writes the results (JSON) and reports; the exit code says whether anything failed.
     fn finish<R: serde::Serialize>(&self, results: &[R], failures: usize) -> Result<ExitCode> {
         write_results(self.output, results)?;
-        eprintln!(
-            "wrote {} people to {}",
-            results.len(),
-            self.output.display()
-        );
+        self.report(results.len(), failures)
+    }
+
+    fn report(&self, people: usize, failures: usize) -> Result<ExitCode> {
+        eprintln!("wrote {people} people to {}", self.output.display());
         if failures > 0 {
             eprintln!("error: {failures} image(s) or box(es) could not be processed (see above)");
             return Ok(ExitCode::FAILURE);
@@ -1219,6 +1221,15 @@ impl PoseJob<'_> {
             .iter()
             .flat_map(|(i, poses)| poses.iter().map(|p| MpiiResult::new(&groups[*i].0, p)))
             .collect();
+        if self
+            .output
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mat"))
+        {
+            // The official pred.mat.
+            pose::mpii::save_predictions(self.output, &results)?;
+            return self.report(results.len(), failures);
+        }
         self.finish(&results, failures)
     }
 }

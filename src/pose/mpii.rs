@@ -144,6 +144,27 @@ impl MpiiResult {
     }
 }
 
+/// Writes results as the official `pred.mat`: `preds`, people × joints × 2, float32,
+/// 1-based (each coordinate + 1 in float32, as the official evaluate writes it).
+pub fn save_predictions(path: impl AsRef<Path>, results: &[MpiiResult]) -> Result<()> {
+    let n = results.len();
+    let j = results.first().map_or(0, |r| r.keypoints.len() / 3);
+    if results.iter().any(|r| r.keypoints.len() != 3 * j) {
+        return Err(Error::Input(
+            "results with different joint counts cannot share one pred.mat".into(),
+        ));
+    }
+    let mut data = vec![0.0f32; n * j * 2];
+    for (p, r) in results.iter().enumerate() {
+        for (k, kp) in r.keypoints.chunks_exact(3).enumerate() {
+            for c in 0..2 {
+                data[p + n * (k + j * c)] = kp[c] + 1.0;
+            }
+        }
+    }
+    crate::matfile::save_f32(path, "preds", &[n, j, 2], &data)
+}
+
 /// Reads results written by `hrnet pose` for an MPII annotation file.
 pub fn load_results(path: impl AsRef<Path>) -> Result<Vec<MpiiResult>> {
     read_json(path.as_ref(), "MPII keypoint results file")
