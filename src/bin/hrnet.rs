@@ -1213,14 +1213,24 @@ impl PoseJob<'_> {
     }
 
     /// [`PoseJob::folder`] for an MPII annotation file: one result per person, in the
-    /// file's order.
+    /// file's order (each image read once).
     fn mpii_folder(&self, dir: &std::path::Path, people: &[MpiiPerson]) -> Result<ExitCode> {
         let groups = pose::mpii::by_image(people);
-        let (found, failures) = self.folder(dir, &groups, |name| Ok(dir.join(name)))?;
-        let results: Vec<MpiiResult> = found
+        let images: Vec<(&str, Vec<pose::affine::Crop>)> = groups
             .iter()
-            .flat_map(|(i, poses)| poses.iter().map(|p| MpiiResult::new(&groups[*i].0, p)))
+            .map(|g| (g.image.as_str(), g.crops.clone()))
             .collect();
+        let (found, failures) = self.folder(dir, &images, |name| Ok(dir.join(name)))?;
+        // Back in the file's order (crops that parsed are never refused, so each image
+        // that was read has all its people).
+        let mut placed: Vec<Option<MpiiResult>> = vec![None; people.len()];
+        for (i, poses) in &found {
+            let g = &groups[*i];
+            for (&at, p) in g.indices.iter().zip(poses) {
+                placed[at] = Some(MpiiResult::new(&g.image, p));
+            }
+        }
+        let results: Vec<MpiiResult> = placed.into_iter().flatten().collect();
         if self
             .output
             .extension()

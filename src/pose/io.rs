@@ -489,11 +489,7 @@ impl CocoResult {
         CocoResult {
             image_id,
             category_id: PERSON,
-            keypoints: pose
-                .keypoints
-                .iter()
-                .flat_map(|k| [k.x, k.y, k.score])
-                .collect(),
+            keypoints: pose.flat_keypoints(),
             score: pose.score,
             center: Some(pose.crop.center().map(|v| v as f32)),
             scale: Some(pose.crop.scale().map(|v| v as f32)),

@@ -178,6 +178,17 @@ pub struct Pose {
     pub score: f64,
 }
 
+impl Pose {
+    /// `[x, y, score]` per joint, flattened, as results files hold keypoints.
+    #[must_use]
+    pub fn flat_keypoints(&self) -> Vec<f32> {
+        self.keypoints
+            .iter()
+            .flat_map(|k| [k.x, k.y, k.score])
+            .collect()
+    }
+}
+
 /// Where the network runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {

@@ -2,6 +2,7 @@
 //! annotation file (`annot/valid.json`), each cropped where the annotation says, the
 //! keypoints found there, and their PCKh against the ground truth (`annot/gt_valid.mat`).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -95,16 +96,34 @@ pub fn parse_annotations(text: &str, path: &Path) -> Result<Vec<MpiiPerson>> {
         .collect()
 }
 
-/// The people grouped by image, each run of consecutive people of one image a group, so
-/// that the groups' people in order are the file's: `(file name, crops)`.
+/// The people of one image in an annotation file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImagePeople {
+    /// The image's file name.
+    pub image: String,
+    /// The people's crops, in file order.
+    pub crops: Vec<Crop>,
+    /// Where each of them is in the file.
+    pub indices: Vec<usize>,
+}
+
+/// The people grouped by image, images in the order of their first person, so that each
+/// image is read once; `indices` put results back in the file's order.
 #[must_use]
-pub fn by_image(people: &[MpiiPerson]) -> Vec<(String, Vec<Crop>)> {
-    let mut groups: Vec<(String, Vec<Crop>)> = Vec::new();
-    for p in people {
-        match groups.last_mut() {
-            Some((image, crops)) if *image == p.image => crops.push(p.crop),
-            _ => groups.push((p.image.clone(), vec![p.crop])),
-        }
+pub fn by_image(people: &[MpiiPerson]) -> Vec<ImagePeople> {
+    let mut groups: Vec<ImagePeople> = Vec::new();
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in people.iter().enumerate() {
+        let g = *slot.entry(&p.image).or_insert_with(|| {
+            groups.push(ImagePeople {
+                image: p.image.clone(),
+                crops: Vec::new(),
+                indices: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[g].crops.push(p.crop);
+        groups[g].indices.push(i);
     }
     groups
 }
@@ -132,11 +151,7 @@ impl MpiiResult {
     pub fn new(image: &str, pose: &Pose) -> Self {
         MpiiResult {
             image: image.to_string(),
-            keypoints: pose
-                .keypoints
-                .iter()
-                .flat_map(|k| [k.x, k.y, k.score])
-                .collect(),
+            keypoints: pose.flat_keypoints(),
             score: pose.score,
             center: pose.crop.center(),
             scale: pose.crop.scale(),
@@ -498,9 +513,15 @@ mod tests {
         );
         let groups = by_image(&people);
         assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].0, "015601864.jpg");
-        assert_eq!(groups[0].1.len(), 2);
-        assert_eq!(groups[1].1, vec![people[2].crop]);
+        assert_eq!(groups[0].image, "015601864.jpg");
+        assert_eq!(groups[0].indices, [0, 1]);
+        assert_eq!(groups[1].crops, vec![people[2].crop]);
+        // An image's people after another image's join its group.
+        let mut again = people.clone();
+        again.push(people[0].clone());
+        let groups = by_image(&again);
+        assert_eq!(groups[0].indices, [0, 1, 3]);
+        assert_eq!(groups[1].indices, [2]);
     }
 
     #[test]
