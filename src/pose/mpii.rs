@@ -1,6 +1,29 @@
 //! MPII Human Pose, as the official code runs it (`lib/dataset/mpii.py`): the people of an
 //! annotation file (`annot/valid.json`), each cropped where the annotation says, the
 //! keypoints found there, and their PCKh against the ground truth (`annot/gt_valid.mat`).
+//!
+//! ```
+//! use hrnet::pose::mpii::{by_image, parse_annotations};
+//! use hrnet::pose::{Device, PoseEstimator};
+//! use hrnet::{HrnetConfig, Model};
+//!
+//! let text = r#"[{"image": "015601864.jpg", "center": [100, 80], "scale": 0.6}]"#;
+//! let people = parse_annotations(text, "valid.json".as_ref())?;
+//! // The official crop: 15 × scale pixels down, 1.25 × the scale, 0-based.
+//! assert_eq!(people[0].crop.center(), [99.0, 88.0]);
+//! assert_eq!(people[0].crop.scale(), [0.75, 0.75]);
+//!
+//! let mut config = HrnetConfig::official("tiny", 4, 16, 64, 64);
+//! config.stages.iter_mut().for_each(|s| s.modules = 1);
+//! let estimator = PoseEstimator::new(Model::random(&config, 1)?, Device::Cpu)?;
+//! let image = image::RgbImage::from_pixel(200, 160, image::Rgb([90, 120, 150]));
+//! for group in by_image(&people) {
+//!     // `load_image(folder.join(&group.image))` for the real photograph.
+//!     let poses = estimator.estimate(&image, &group.crops)?;
+//!     assert_eq!(poses[0].keypoints.len(), 16);
+//! }
+//! # Ok::<(), hrnet::Error>(())
+//! ```
 
 use std::collections::HashMap;
 use std::path::Path;
