@@ -12,6 +12,9 @@ so that the decoders' rounding, upsampling and edge handling all show). Files:
   gray.jpg                                                 one-component JPEG
   cmyk.jpg                                                 Adobe CMYK JPEG (four components)
   exif_rotated.jpg                                         EXIF orientation 6, to be ignored
+  jpeg_411_restarts.jpg, jpeg_440_progressive.jpg          OpenCV's JPEGs: 4:1:1 with restart
+                                                           markers; 4:4:0 (vertical halving,
+                                                           as a rotated 4:2:2), progressive
   rgb16.png, bgra16.png, gray16.png                        16-bit PNGs (bgra16: with alpha)
   rgba.png, bilevel.png                                    8-bit with alpha; one bit a pixel
   palette.png                                              palette PNG with transparency
@@ -97,7 +100,8 @@ def main():
     pal.save(path, transparency=3)
     files["palette.png"] = path
 
-    # Further formats cv2.imread reads: BMP, WebP and PNM, each through OpenCV's
+    # Further formats cv2.imread reads: BMP, WebP and PNM, and JPEGs of further chroma
+    # subsamplings, each through OpenCV's
     # own writer where it has one (BGR order), else Pillow's.
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     for name, data, params in [
@@ -107,7 +111,12 @@ def main():
             ("webp_lossless.webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101]),
             ("pnm_rgb.ppm", bgr, []),
             ("pnm_gray.pgm", rgb[..., 2].copy(), []),
-            ("pnm_rgb16.ppm", deep[..., ::-1].copy(), [])]:
+            ("pnm_rgb16.ppm", deep[..., ::-1].copy(), []),
+            ("jpeg_411_restarts.jpg", bgr, [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411,
+                                            cv2.IMWRITE_JPEG_RST_INTERVAL, 2]),
+            ("jpeg_440_progressive.jpg", bgr, [cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440,
+                                               cv2.IMWRITE_JPEG_PROGRESSIVE, 1])]:
         path = os.path.join(a.out, name)
         if not cv2.imwrite(path, data, params):
             raise SystemExit(f"OpenCV cannot write {name}")

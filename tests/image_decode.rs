@@ -1,6 +1,6 @@
 //! `load_image` against OpenCV: every file in tests/data/images (scripts/image_case.py:
-//! JPEGs baseline and progressive, 4:2:0, 4:2:2 and 4:4:4, grey, CMYK, with an EXIF
-//! rotation; 16-bit PNGs, RGB, grey and with alpha; 8-bit RGBA, one-bit and palette PNGs
+//! JPEGs baseline and progressive, 4:2:0, 4:2:2, 4:4:4, 4:1:1 (with restart markers) and
+//! 4:4:0, grey, CMYK, with an EXIF rotation; 16-bit PNGs, RGB, grey and with alpha; 8-bit RGBA, one-bit and palette PNGs
 //! with transparency; BMPs of 24, 32, 8 (palette) and 1 bits; WebPs lossy, lossless and
 //! lossy with alpha; binary PPM, PGM, 16-bit PPM and PBM) decodes to the pixels
 //! `cv2.imread(IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION)` gave, converted to RGB, byte for
@@ -63,5 +63,5 @@ fn images_decode_to_opencvs_pixels() {
     checked.sort();
     println!("checked against OpenCV: {}", checked.join(", "));
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    assert_eq!(checked.len(), 23, "{checked:?}");
+    assert_eq!(checked.len(), 25, "{checked:?}");
 }
