@@ -439,7 +439,6 @@ fn run(command: Command) -> Result<ExitCode> {
             results,
             output,
         } => {
-            let is_mat = |p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("mat"));
             let (names, figures): (&[&str], Vec<f64>) = if is_mat(&annotations) {
                 let gt = MpiiGroundTruth::load(&annotations)?;
                 let preds = if is_mat(&results) {
@@ -1231,17 +1230,19 @@ impl PoseJob<'_> {
             }
         }
         let results: Vec<MpiiResult> = placed.into_iter().flatten().collect();
-        if self
-            .output
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("mat"))
-        {
+        if is_mat(self.output) {
             // The official pred.mat.
             pose::mpii::save_predictions(self.output, &results)?;
             return self.report(results.len(), failures);
         }
         self.finish(&results, failures)
     }
+}
+
+/// Whether a path names a MAT-file (MPII's ground truth and `pred.mat`).
+fn is_mat(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("mat"))
 }
 
 /// The COCO id in a file name like `000000000785.jpg`, else 0.
