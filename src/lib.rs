@@ -30,6 +30,7 @@ pub mod error;
 pub mod graph;
 pub mod matfile;
 pub mod npy;
+pub mod parallel;
 pub mod pose;
 pub mod tensor;
 pub mod weights;

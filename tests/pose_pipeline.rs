@@ -221,6 +221,20 @@ fn library_without_flip_matches_the_official_pipeline() {
     let w = worst(&ours, &theirs);
     println!("flip test off, image {id}: largest keypoint difference {w:.6} px");
     assert!(w <= PIXELS, "{w} px");
+    // Crops cut on one thread, in batches that split the image's people differently (the
+    // next batch is cut while the network runs one): the same bits.
+    let model = Model::load(official_tiny().join("weights.safetensors"), None).unwrap();
+    let single = PoseEstimator::new(model, Device::Cpu)
+        .unwrap()
+        .with_flip(false)
+        .unwrap()
+        .with_threads(1)
+        .with_batch(3);
+    let some = boxes.len().min(7);
+    assert_eq!(
+        single.estimate(&image, &boxes[..some]).unwrap(),
+        poses[..some]
+    );
 }
 
 /// The same on the GPU, flip test and decoding on the device: f32 within half a pixel;
@@ -501,4 +515,36 @@ fn bad_images_boxes_and_files_are_reported_and_the_rest_processed() {
     assert!(load_results(dir.join("out.json")).unwrap().is_empty());
     let (ok, err) = folder("NaN");
     assert!(!ok && err.contains("--min-score"), "{err}");
+    let (ok, err) = run(&["--image", one.to_str().unwrap(), "--threads", "0"]);
+    assert!(!ok && err.contains("--threads takes at least 1"), "{err}");
+}
+
+/// The crop against OpenCV's `cv2.warpAffine(..., INTER_LINEAR)` to the byte
+/// (tests/data/warp, scripts/warp_case.py): shifts, scales from 1/8 to 8, rotations, crops
+/// inside, across and outside the picture's borders and at its first row and column.
+#[test]
+fn crops_are_opencv_warp_affine_to_the_byte() {
+    use hrnet::pose::affine::Affine;
+    use hrnet::pose::crop::warp_affine;
+    use ndarray_npy::ReadNpyExt;
+
+    let dir = common::test_data().join("warp");
+    let picture = load_image(dir.join("source.png")).unwrap();
+    let maps: Vec<[f64; 6]> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("maps.json")).unwrap()).unwrap();
+    let file = std::fs::File::open(dir.join("crops.npy")).unwrap();
+    let crops = ndarray::Array4::<u8>::read_npy(file).unwrap();
+    let (n, h, w, _) = crops.dim();
+    assert_eq!(n, maps.len());
+    for (i, (m, expected)) in maps.iter().zip(crops.outer_iter()).enumerate() {
+        let ours = warp_affine(&picture, &Affine(*m), w, h).unwrap();
+        let expected: Vec<u8> = expected.iter().copied().collect();
+        let differ = ours.iter().zip(&expected).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differ,
+            0,
+            "map {i} {m:?}: {differ} of {} bytes differ",
+            ours.len()
+        );
+    }
 }

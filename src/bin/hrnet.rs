@@ -151,6 +151,10 @@ enum Command {
         /// Crops per network call.
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// CPU threads that decode the images and cut the crops (default: as many as the
+        /// process may run at once); the results do not depend on it.
+        #[arg(long)]
+        threads: Option<usize>,
         /// Input size HEIGHTxWIDTH (default: the one an official file name states, as in
         /// pose_hrnet_w48_384x288.pth; else the dataset's official one, 256x192 for COCO).
         #[arg(long)]
@@ -524,10 +528,15 @@ fn run(command: Command) -> Result<ExitCode> {
             no_flip,
             oks_nms,
             batch,
+            threads,
             input_size,
             output,
             draw,
         } => {
+            if threads == Some(0) {
+                return Err(Error::Input("--threads takes at least 1".into()));
+            }
+            let threads = threads.unwrap_or_else(hrnet::parallel::available);
             if let Some(t) = oks_nms
                 && !(0.0..=1.0).contains(&t)
             {
@@ -557,12 +566,14 @@ fn run(command: Command) -> Result<ExitCode> {
             };
             let estimator = PoseEstimator::new(model, device)?
                 .with_flip(!no_flip)?
-                .with_batch(batch);
+                .with_batch(batch)
+                .with_threads(threads);
             let job = PoseJob {
                 estimator: &estimator,
                 output: &output,
                 draw: draw.as_deref(),
                 oks_nms,
+                threads,
             };
             return match (detections, annotations) {
                 (Some(det), _) => job.coco_folder(
@@ -1039,13 +1050,16 @@ struct PoseJob<'a> {
     output: &'a std::path::Path,
     draw: Option<&'a std::path::Path>,
     oks_nms: Option<f64>,
+    /// Threads that decode a step's images.
+    threads: usize,
 }
 
 /// The poses found in one image, by the image's index in the job.
 type ImagePoses = (usize, Vec<pose::Pose>);
 
-/// Images handed to the network together (their boxes share batches).
-const IMAGES_PER_STEP: usize = 8;
+/// Images decoded together (on every core) and handed to the network together (their
+/// boxes share batches).
+const IMAGES_PER_STEP: usize = 32;
 
 impl PoseJob<'_> {
     /// Keeps the people that can be cropped from the image; reports the others.
@@ -1137,11 +1151,11 @@ impl PoseJob<'_> {
     /// truth, or MPII's crops), images in the given order, each found by `locate`. The
     /// poses of every image that could be read, by its index in `images`, and the count of
     /// images and people that could not be processed (each reported on its own line).
-    fn folder<K: std::fmt::Display, P: Person + Copy>(
+    fn folder<K: std::fmt::Display + Sync, P: Person + Copy + Sync>(
         &self,
         dir: &std::path::Path,
         images: &[(K, Vec<P>)],
-        locate: impl Fn(&K) -> Result<PathBuf>,
+        locate: impl Fn(&K) -> Result<PathBuf> + Sync,
     ) -> Result<(Vec<ImagePoses>, usize)> {
         if !dir.is_dir() {
             return Err(Error::Input(format!(
@@ -1161,9 +1175,12 @@ impl PoseJob<'_> {
             .step_by(IMAGES_PER_STEP)
             .zip(images.chunks(IMAGES_PER_STEP))
         {
+            let read = hrnet::parallel::map(step.iter().collect(), self.threads, |(key, _)| {
+                locate(key).and_then(|p| load_image(&p).map(|img| (p, img)))
+            });
             let mut loaded = Vec::with_capacity(step.len());
-            for (i, (key, people)) in (first..).zip(step) {
-                match locate(key).and_then(|p| load_image(&p).map(|img| (p, img))) {
+            for ((i, (key, people)), read) in (first..).zip(step).zip(read) {
+                match read {
                     Ok((path, img)) => {
                         let people =
                             Self::usable(&img, people, &path.display().to_string(), &mut failures);

@@ -34,6 +34,7 @@ use crate::cpu::CpuEngine;
 use crate::cuda::{CudaEngine, Precision};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
+use crate::parallel;
 use crate::tensor::{Nchw, Tensor};
 use crate::weights::Model;
 use affine::Crop;
@@ -213,14 +214,16 @@ pub struct PoseEstimator {
     input: (usize, usize),
     flip: bool,
     batch: usize,
+    threads: usize,
 }
 
 /// Crops per network call unless [`PoseEstimator::with_batch`] says otherwise.
 const DEFAULT_BATCH: usize = 32;
 
 impl PoseEstimator {
-    /// Puts `model` on `device`, with batches of 32 crops and the flip test on (for COCO or
-    /// MPII joints; off for other joint layouts, whose left/right pairs are unknown).
+    /// Puts `model` on `device`, with batches of 32 crops, crops cut on every core, and the
+    /// flip test on (for COCO or MPII joints; off for other joint layouts, whose left/right
+    /// pairs are unknown).
     pub fn new(model: Model, device: Device) -> Result<Self> {
         let config = &model.graph.config;
         let joints = JointSet::for_joints(config.num_joints);
@@ -235,6 +238,7 @@ impl PoseEstimator {
             input,
             flip: joints.is_known(),
             batch: DEFAULT_BATCH,
+            threads: parallel::available(),
         })
     }
 
@@ -254,6 +258,14 @@ impl PoseEstimator {
     #[must_use]
     pub fn with_batch(mut self, n: usize) -> Self {
         self.batch = n.max(1);
+        self
+    }
+
+    /// CPU threads that cut the crops (at least 1; by default, as many as the process may
+    /// run at once). The results do not depend on it.
+    #[must_use]
+    pub fn with_threads(mut self, n: usize) -> Self {
+        self.threads = n.max(1);
         self
     }
 
@@ -284,7 +296,7 @@ impl PoseEstimator {
     pub fn estimate_many<P: Person>(&self, items: &[(&RgbImage, &[P])]) -> Result<Vec<Vec<Pose>>> {
         let (h, w) = self.input;
         let aspect = w as f64 / h as f64;
-        let mut crops = Vec::new();
+        let mut crops: Vec<Placed> = Vec::new();
         for (image, people) in items {
             for (i, p) in people.iter().enumerate() {
                 p.check(image.width(), image.height())
@@ -296,20 +308,24 @@ impl PoseEstimator {
                 crops.push((*image, b, crop));
             }
         }
+        let batches: Vec<&[Placed]> = crops.chunks(self.batch).collect();
         let mut poses: Vec<Pose> = Vec::with_capacity(crops.len());
-        for chunk in crops.chunks(self.batch) {
-            let n = chunk.len();
-            let mut x = vec![0.0f32; n * 3 * h * w];
-            for ((image, _, crop), dst) in chunk.iter().zip(x.chunks_exact_mut(3 * h * w)) {
-                let t = crop
-                    .transform(w, h, false)
-                    .and_then(|t| crop::warp_affine(image, &t, w, h))
-                    .ok_or_else(|| Error::Input("a box too small to crop".into()))?;
-                crop::normalise_into(&t, w, h, dst);
-            }
-            let x = Tensor::new(Nchw { n, c: 3, h, w }, x)?;
-            let (peaks, s) = self.peaks(&x)?;
-            for ((_, b, crop), peaks) in chunk.iter().zip(peaks.chunks_exact(s.c)) {
+        // Each batch is cropped (on every core) while the network runs the one before it.
+        let mut pending = batches.first().map(|b| self.crop_batch(b));
+        for (i, batch) in batches.iter().enumerate() {
+            let Some(x) = pending.take() else { break };
+            let x = x?;
+            let (found, next) = std::thread::scope(|scope| {
+                let next = batches
+                    .get(i + 1)
+                    .map(|b| scope.spawn(|| self.crop_batch(b)));
+                let found = self.peaks(&x);
+                let next = next.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                (found, next)
+            });
+            pending = next;
+            let (peaks, s) = found?;
+            for ((_, b, crop), peaks) in batch.iter().zip(peaks.chunks_exact(s.c)) {
                 poses.push(to_pose(peaks, *b, *crop, s.w, s.h)?);
             }
         }
@@ -321,7 +337,37 @@ impl PoseEstimator {
     }
 }
 
+/// A person placed in an image: the box it came from and its crop.
+type Placed<'a> = (&'a RgbImage, PersonBox, Crop);
+
 impl PoseEstimator {
+    /// The normalised crops of a batch, cut on up to [`PoseEstimator::with_threads`]
+    /// threads.
+    fn crop_batch(&self, batch: &[Placed]) -> Result<Tensor> {
+        let (h, w) = self.input;
+        let mut x = vec![0.0f32; batch.len() * 3 * h * w];
+        let work: Vec<_> = batch.iter().zip(x.chunks_exact_mut(3 * h * w)).collect();
+        parallel::map(work, self.threads, |((image, _, crop), dst)| {
+            let rgb = crop
+                .transform(w, h, false)
+                .and_then(|t| crop::warp_affine(image, &t, w, h))
+                .ok_or_else(|| Error::Input("a box too small to crop".into()))?;
+            crop::normalise_into(&rgb, w, h, dst);
+            Ok(())
+        })
+        .into_iter()
+        .collect::<Result<()>>()?;
+        Tensor::new(
+            Nchw {
+                n: batch.len(),
+                c: 3,
+                h,
+                w,
+            },
+            x,
+        )
+    }
+
     /// The peak of every heatmap of a batch of crops (flip test included) and the heatmaps'
     /// shape. On the GPU the merge and the peaks are computed there too.
     fn peaks(&self, x: &Tensor) -> Result<(Vec<Peak>, Nchw)> {
