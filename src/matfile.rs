@@ -1,7 +1,10 @@
 //! MATLAB's MAT-file format, level 5 (what MATLAB's `save` writes, zlib-compressed from
 //! version 7 on, and what SciPy's `savemat` writes), read as far as MPII's ground truth and
 //! predictions need: numeric arrays, char arrays and cell arrays of them, either byte
-//! order. Structs, sparse arrays, objects and complex numbers are refused with an error.
+//! order. Structs, sparse arrays, objects and complex numbers are not read: such an array
+//! is kept as [`MatArray::Unread`] (its bytes skipped), so a file that holds one beside the
+//! arrays wanted still reads, as SciPy's `loadmat` reads it, and a reader asking for it
+//! gets an error that says what it is.
 //! Written: one float32 array ([`save_f32`]), as the official MPII code writes `pred.mat`.
 //!
 //! The file is untrusted: every size is checked against the bytes that hold it before
@@ -38,6 +41,29 @@ pub enum MatArray {
         /// The cells.
         cells: Vec<MatArray>,
     },
+    /// An array of a kind this reader does not read (a struct, object, sparse or complex
+    /// array), its contents skipped.
+    Unread {
+        /// The dimensions.
+        dims: Vec<usize>,
+        /// What it is: `struct`, `object`, `sparse`, `complex`, or its class number.
+        kind: String,
+    },
+}
+
+impl MatArray {
+    /// What the array is, for messages: "a numeric array of dimensions [16, 2958]".
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            MatArray::Numeric { dims, .. } => format!("a numeric array of dimensions {dims:?}"),
+            MatArray::Char { dims, .. } => format!("a char array of dimensions {dims:?}"),
+            MatArray::Cell { dims, .. } => format!("a cell array of dimensions {dims:?}"),
+            MatArray::Unread { dims, kind } => {
+                format!("a {kind} array of dimensions {dims:?}, which is not read")
+            }
+        }
+    }
 }
 
 /// How deep cells may nest.
@@ -68,7 +94,10 @@ const MI_UTF16: u32 = 17;
 
 // Array classes (`mx*_CLASS`).
 const MX_CELL: u8 = 1;
+const MX_STRUCT: u8 = 2;
+const MX_OBJECT: u8 = 3;
 const MX_CHAR: u8 = 4;
+const MX_SPARSE: u8 = 5;
 const MX_DOUBLE: u8 = 6;
 const MX_SINGLE: u8 = 7;
 const MX_UINT64: u8 = 15;
@@ -357,10 +386,11 @@ fn matrix(body: &[u8], little: bool, depth: usize) -> Parsed<(String, MatArray)>
             };
             MatArray::Char { dims, text }
         }
+        MX_DOUBLE..=MX_UINT64 if flags & COMPLEX_FLAG != 0 => MatArray::Unread {
+            dims,
+            kind: "complex".into(),
+        },
         MX_DOUBLE..=MX_UINT64 => {
-            if flags & COMPLEX_FLAG != 0 {
-                return Err(format!("array '{name}' is complex"));
-            }
             let (kind, data) = r.element(true)?;
             let data = numbers(kind, data, little)?;
             if data.len() != count {
@@ -371,12 +401,15 @@ fn matrix(body: &[u8], little: bool, depth: usize) -> Parsed<(String, MatArray)>
             }
             MatArray::Numeric { dims, data }
         }
-        other => {
-            return Err(format!(
-                "array '{name}' is of class {other} (a struct, object or sparse array), \
-                 which is not read"
-            ));
-        }
+        other => MatArray::Unread {
+            dims,
+            kind: match other {
+                MX_STRUCT => "struct".into(),
+                MX_OBJECT => "object".into(),
+                MX_SPARSE => "sparse".into(),
+                _ => format!("class-{other}"),
+            },
+        },
     };
     Ok((name, array))
 }
@@ -650,12 +683,78 @@ mod tests {
         assert!(e.contains("overflows"), "{e}");
         let e = err(&w.file(&[w.matrix(MX_CELL, 0, &[1, 1 << 30], "c", &[])]));
         assert!(e.contains("cell array of 1073741824 cells"), "{e}");
-        // Complex numbers, structs.
-        let e =
-            err(&w.file(&[w.matrix(MX_DOUBLE, COMPLEX_FLAG, &[1, 1], "z", &w.doubles(&[1.0]))]));
-        assert!(e.contains("complex"), "{e}");
-        let e = err(&w.file(&[w.matrix(2, 0, &[1, 1], "s", &[])]));
-        assert!(e.contains("class 2"), "{e}");
+        // Complex numbers, structs, sparse arrays: kept unread beside what is read, inside
+        // cells too; asking for one says what it is.
+        let struct_body = [
+            w.element(MI_INT32, &w.u32(4)),
+            w.element(MI_INT8, b"who\0"),
+            w.matrix(MX_CHAR, 0, &[1, 2], "", &w.element(MI_UTF8, b"me")),
+        ]
+        .concat();
+        let f = MatFile::parse(
+            &w.file(&[
+                w.matrix(
+                    MX_DOUBLE,
+                    COMPLEX_FLAG,
+                    &[1, 1],
+                    "z",
+                    &w.doubles(&[1.0, 2.0]),
+                ),
+                w.matrix(MX_STRUCT, 0, &[1, 1], "s", &struct_body),
+                w.matrix(MX_SPARSE, 0, &[3, 3], "sp", &w.doubles(&[1.0])),
+                w.matrix(
+                    MX_CELL,
+                    0,
+                    &[1, 2],
+                    "c",
+                    &[
+                        w.matrix(MX_STRUCT, 0, &[2, 1], "", &struct_body),
+                        w.matrix(MX_DOUBLE, 0, &[1, 1], "", &w.doubles(&[3.0])),
+                    ]
+                    .concat(),
+                ),
+                w.matrix(MX_DOUBLE, 0, &[1, 1], "x", &w.doubles(&[4.0])),
+            ]),
+            Path::new("t.mat"),
+        )
+        .unwrap();
+        let path = Path::new("t.mat");
+        assert_eq!(
+            f.get("x", path).unwrap(),
+            &MatArray::Numeric {
+                dims: vec![1, 1],
+                data: vec![4.0]
+            }
+        );
+        for (name, kind) in [("z", "complex"), ("s", "struct"), ("sp", "sparse")] {
+            let a = f.get(name, path).unwrap();
+            assert!(
+                matches!(a, MatArray::Unread { kind: k, .. } if k == kind),
+                "{a:?}"
+            );
+            assert!(
+                a.describe().contains("which is not read"),
+                "{}",
+                a.describe()
+            );
+        }
+        let MatArray::Cell { cells, .. } = f.get("c", path).unwrap() else {
+            panic!("a cell array");
+        };
+        assert_eq!(
+            cells[0],
+            MatArray::Unread {
+                dims: vec![2, 1],
+                kind: "struct".into()
+            }
+        );
+        assert_eq!(
+            cells[1],
+            MatArray::Numeric {
+                dims: vec![1, 1],
+                data: vec![3.0]
+            }
+        );
         // Cells nested deeper than MAX_DEPTH.
         let mut nested = w.matrix(MX_DOUBLE, 0, &[1, 1], "", &w.doubles(&[1.0]));
         for _ in 0..=MAX_DEPTH {

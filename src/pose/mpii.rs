@@ -259,17 +259,9 @@ fn numeric<'a>(
                     .map(|d| d.map_or("N".to_string(), |d| d.to_string()))
                     .collect::<Vec<_>>()
                     .join("×"),
-                describe(other)
+                other.describe()
             ),
         }),
-    }
-}
-
-fn describe(a: &MatArray) -> String {
-    match a {
-        MatArray::Numeric { dims, .. } => format!("a numeric array of dimensions {dims:?}"),
-        MatArray::Char { dims, .. } => format!("a char array of dimensions {dims:?}"),
-        MatArray::Cell { dims, .. } => format!("a cell array of dimensions {dims:?}"),
     }
 }
 
@@ -295,14 +287,14 @@ impl MpiiGroundTruth {
                     MatArray::Char { text, .. } => Ok(text.clone()),
                     other => Err(bad(format!(
                         "'dataset_joints' should hold joint names, not {}",
-                        describe(other)
+                        other.describe()
                     ))),
                 })
                 .collect::<Result<_>>()?,
             other => {
                 return Err(bad(format!(
                     "'dataset_joints' should be a cell array of joint names, not {}",
-                    describe(other)
+                    other.describe()
                 )));
             }
         };
