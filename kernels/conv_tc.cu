@@ -472,14 +472,34 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
         conv_tc_k##KS##s##S##_##BM##x##BN##_##SUFFIX(const TcArgs<E> a) {                                \
         conv_tc_body<E, KS, S, BM, BN>(a);                                                              \
     }
-#define CONV_TC_TILES(KS, S)               \
-    CONV_TC(__half, f16, KS, S, 128, 64)   \
-    CONV_TC(__half, f16, KS, S, 64, 64)    \
-    CONV_TC(__half, f16, KS, S, 64, 32)    \
-    CONV_TC(__half, f16, KS, S, 32, 32)    \
-    CONV_TC(float, f32, KS, S, 64, 32)     \
+#define CONV_TC_F16(KS, S)               \
+    CONV_TC(__half, f16, KS, S, 128, 64) \
+    CONV_TC(__half, f16, KS, S, 64, 64)  \
+    CONV_TC(__half, f16, KS, S, 64, 32)  \
+    CONV_TC(__half, f16, KS, S, 32, 32)
+#define CONV_TC_F32(KS, S)              \
+    CONV_TC(float, f32, KS, S, 64, 32)  \
     CONV_TC(float, f32, KS, S, 32, 32)
 
-CONV_TC_TILES(3, 1)
-CONV_TC_TILES(3, 2)
-CONV_TC_TILES(1, 1)
+// NVRTC takes tens of seconds for all of these in one program, so src/cuda/compile.rs
+// compiles this file as HRNET_PARTS programs side by side, HRNET_PART = 0..5 in each: one
+// shape in one element type. Without HRNET_PART (the CPU emulation), all of them.
+#define HRNET_PARTS 6
+#if !defined(HRNET_PART) || HRNET_PART == 0
+CONV_TC_F16(3, 1)
+#endif
+#if !defined(HRNET_PART) || HRNET_PART == 1
+CONV_TC_F32(3, 1)
+#endif
+#if !defined(HRNET_PART) || HRNET_PART == 2
+CONV_TC_F16(3, 2)
+#endif
+#if !defined(HRNET_PART) || HRNET_PART == 3
+CONV_TC_F32(3, 2)
+#endif
+#if !defined(HRNET_PART) || HRNET_PART == 4
+CONV_TC_F16(1, 1)
+#endif
+#if !defined(HRNET_PART) || HRNET_PART == 5
+CONV_TC_F32(1, 1)
+#endif

@@ -1,10 +1,12 @@
 //! Every kernel compiles to sm_90 machine code with NVRTC (no GPU needed), with no
-//! local-memory spills. scripts/test installs NVRTC 13.0 from PyPI when CUDA is absent and
-//! sets HRNET_REQUIRE_NVRTC=1, so in CI this test runs rather than skips.
+//! local-memory spills, and what the kernel cache gives back is what NVRTC makes.
+//! scripts/test installs NVRTC 13.0 from PyPI when CUDA is absent and sets
+//! HRNET_REQUIRE_NVRTC=1, so in CI this test runs rather than skips.
 
 mod common;
 
-use hrnet::cuda::{compiled, kernel_files, probe};
+use hrnet::cuda::compile::parts;
+use hrnet::cuda::{compile_fresh, compiled, kernel_files, probe};
 
 #[test]
 fn every_kernel_compiles_for_sm90_without_spills() {
@@ -26,8 +28,9 @@ fn every_kernel_compiles_for_sm90_without_spills() {
         h.include.display(),
         h.via
     );
-    let files = compiled("sm_90").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(files.len(), kernel_files().len());
+    let files = compile_fresh("sm_90").unwrap_or_else(|e| panic!("{e}"));
+    let programs: u32 = kernel_files().iter().map(|(_, s)| parts(s)).sum();
+    assert_eq!(files.len(), programs as usize);
     let mut kernels = 0;
     for f in files.iter() {
         assert!(f.cubin.len() > 100, "{}: no machine code", f.file);
@@ -58,6 +61,27 @@ fn every_kernel_compiles_for_sm90_without_spills() {
     // upsample_nhwc, add, relu, each in f32 and f16; conv_tc (3 shapes × 4 tiles in f16,
     // × 2 tiles in f32).
     assert_eq!(kernels, 2 * 12 + 3 * (4 + 2));
-    // Compiled once per process: the second call is the same files.
-    assert!(std::sync::Arc::ptr_eq(&files, &compiled("sm_90").unwrap()));
+    // Through the kernel cache (HRNET_KERNEL_CACHE, target/kernel-cache under
+    // scripts/test, where the emulated engine's processes have filled it by now): the same
+    // machine code and report. Then compiled once per process: the second call is the same.
+    let through = compiled("sm_90").unwrap();
+    let cached = through.iter().filter(|f| f.cached).count();
+    println!(
+        "kernel cache {:?}: {cached} of {} programs from it",
+        hrnet::cuda::cache::dir(),
+        through.len()
+    );
+    for (fresh, kept) in files.iter().zip(through.iter()) {
+        assert_eq!(fresh.name(), kept.name());
+        assert!(
+            fresh.cubin == kept.cubin,
+            "{}: the cache's machine code differs",
+            kept.name()
+        );
+        assert_eq!(fresh.kernels, kept.kernels, "{}", kept.name());
+    }
+    assert!(std::sync::Arc::ptr_eq(
+        &through,
+        &compiled("sm_90").unwrap()
+    ));
 }

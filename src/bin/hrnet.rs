@@ -1011,21 +1011,33 @@ fn doctor(arch: Option<String>, cubin_dir: Option<&std::path::Path>) -> Result<(
     };
     let start = Instant::now();
     let files = compiled(&arch)?;
+    let cached = files.iter().filter(|f| f.cached).count();
     println!(
-        "compiled {} kernel files for {arch} in {:.2} s",
+        "cache    {}",
+        hrnet::cuda::cache::dir().map_or_else(
+            || format!("off ({} is off)", hrnet::cuda::cache::ENV),
+            |d| format!(
+                "{} ({cached} of {} programs from it)",
+                d.display(),
+                files.len()
+            )
+        )
+    );
+    println!(
+        "compiled {} kernel programs for {arch} in {:.2} s",
         files.len(),
         start.elapsed().as_secs_f64()
     );
     println!();
     println!(
         "{:<16} {:<18} {:>9} {:>12} {:>12} {:>13} {:>12}",
-        "file", "kernel", "registers", "shared (B)", "stack (B)", "spill st (B)", "spill ld (B)"
+        "program", "kernel", "registers", "shared (B)", "stack (B)", "spill st (B)", "spill ld (B)"
     );
     for f in files.iter() {
         for k in &f.kernels {
             println!(
                 "{:<16} {:<18} {:>9} {:>12} {:>12} {:>13} {:>12}",
-                format!("{}.cu", f.file),
+                f.name(),
                 k.name,
                 k.registers,
                 k.shared,
@@ -1035,7 +1047,7 @@ fn doctor(arch: Option<String>, cubin_dir: Option<&std::path::Path>) -> Result<(
             );
         }
         if let Some(dir) = cubin_dir {
-            let path = dir.join(format!("{}.{arch}.cubin", f.file));
+            let path = dir.join(format!("{}.{arch}.cubin", f.name()));
             std::fs::write(&path, &f.cubin).map_err(|e| Error::io(&path, e))?;
         }
     }

@@ -1,13 +1,18 @@
 //! Compiling the embedded kernel files with NVRTC to CUBIN for one architecture, once
-//! per process, and reading back what ptxas reports for each kernel.
+//! per process (and, through [`super::cache`], once per machine), and reading back what
+//! ptxas reports for each kernel. A file that defines `HRNET_PARTS n` is compiled as n
+//! programs side by side, `HRNET_PART` set to 0..n in each, so that its compile time is
+//! spread over the cores.
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 
-use super::probe::{Headers, headers, require_nvrtc};
+use super::cache;
+use super::probe::{headers, nvrtc_version, require_nvrtc};
 use crate::error::{Error, Result};
 
 mod embedded {
@@ -37,11 +42,15 @@ pub struct KernelInfo {
     pub spill_loads: u32,
 }
 
-/// One kernel file compiled for one architecture.
+/// One kernel file (or one part of it) compiled for one architecture.
 #[derive(Clone, Debug)]
 pub struct CompiledFile {
     /// The file's stem (`conv` for kernels/conv.cu).
     pub file: &'static str,
+    /// Which of the file's `HRNET_PARTS` programs, for a file compiled in parts.
+    pub part: Option<u32>,
+    /// Whether the machine code came from the kernel cache rather than NVRTC.
+    pub cached: bool,
     /// The target, e.g. `sm_90`.
     pub arch: String,
     /// Machine code for that target.
@@ -52,16 +61,76 @@ pub struct CompiledFile {
     pub log: String,
 }
 
-/// NVRTC options: the target, the headers, line info for compute-sanitizer, and
-/// ptxas's verbose resource report.
-fn options(arch: &str, h: &Headers) -> Vec<String> {
-    vec![
+impl CompiledFile {
+    /// The program's name: the file's stem, and its part if it has parts (`conv_tc.2`).
+    #[must_use]
+    pub fn name(&self) -> String {
+        program_name(self.file, self.part)
+    }
+}
+
+fn program_name(file: &str, part: Option<u32>) -> String {
+    part.map_or_else(|| file.to_string(), |p| format!("{file}.{p}"))
+}
+
+/// How many programs a kernel file is compiled as: its `#define HRNET_PARTS n`, else 1.
+#[must_use]
+pub fn parts(source: &str) -> u32 {
+    source
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("#define HRNET_PARTS "))
+        .and_then(|n| n.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
+/// NVRTC options: the target, line info for compute-sanitizer, ptxas's verbose resource
+/// report, the part, and last the headers (the only option that names a place on this
+/// machine, and so the only one the kernel cache does not compare).
+fn options(arch: &str, part: Option<u32>, include: &Path) -> Vec<String> {
+    let mut o = vec![
         format!("--gpu-architecture={arch}"),
-        format!("--include-path={}", h.include.display()),
         "--std=c++17".into(),
         "--generate-line-info".into(),
         "--ptxas-options=-v".into(),
-    ]
+    ];
+    o.extend(part.map(|p| format!("-DHRNET_PART={p}")));
+    o.push(format!("--include-path={}", include.display()));
+    o
+}
+
+/// The program NVRTC compiles for a file: `common.cuh`, then the file.
+fn program_text(file: &str, source: &str) -> String {
+    format!("{}\n#line 1 \"{file}.cu\"\n{source}", embedded::COMMON)
+}
+
+/// A checksum of the CUDA headers the kernels include (`common.cuh` includes
+/// `cuda_fp16.h`, which includes `cuda_fp16.hpp`), once per process.
+fn header_checksum(include: &Path) -> u32 {
+    static SUM: OnceLock<u32> = OnceLock::new();
+    *SUM.get_or_init(|| {
+        let mut h = crc32fast::Hasher::new();
+        for name in ["cuda_fp16.h", "cuda_fp16.hpp"] {
+            h.update(name.as_bytes());
+            h.update(&std::fs::read(include.join(name)).unwrap_or_default());
+        }
+        h.finalize()
+    })
+}
+
+/// What a program's machine code is made from, as the kernel cache compares it.
+fn material(text: &str, options: &[String], include: &Path) -> Result<Vec<u8>> {
+    let (major, minor) = nvrtc_version()?;
+    let mut m = format!(
+        "nvrtc {major}.{minor}\nheaders {:08x}\n",
+        header_checksum(include)
+    );
+    for o in &options[..options.len() - 1] {
+        m.push_str(o);
+        m.push('\n');
+    }
+    m.push_str(text);
+    Ok(m.into_bytes())
 }
 
 fn nvrtc_err(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -80,24 +149,30 @@ fn cstr_lossy(chars: &[std::ffi::c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Compiles one kernel file (with `common.cuh` in front) for `arch` (e.g. `sm_90`).
-pub fn compile_file(file: &'static str, source: &str, arch: &str) -> Result<CompiledFile> {
+/// Compiles one kernel file (with `common.cuh` in front), or one part of it, for `arch`
+/// (e.g. `sm_90`) with NVRTC.
+pub fn compile_file(
+    file: &'static str,
+    source: &str,
+    part: Option<u32>,
+    arch: &str,
+) -> Result<CompiledFile> {
     require_nvrtc()?;
     let h = headers()?;
-    let text = format!("{}\n#line 1 \"{file}.cu\"\n{source}", embedded::COMMON);
-    let src = CString::new(text).map_err(|_| nvrtc_err("kernel source", "NUL byte"))?;
+    let src = CString::new(program_text(file, source))
+        .map_err(|_| nvrtc_err("kernel source", "NUL byte"))?;
     let name =
         CString::new(format!("{file}.cu")).map_err(|_| nvrtc_err("kernel name", "NUL byte"))?;
     let prog = nvrtc::create_program(&src, Some(name.as_c_str()))
         .map_err(|e| nvrtc_err("nvrtcCreateProgram", e))?;
     // SAFETY: `prog` was just created and is destroyed exactly once, below, after its last use.
-    let compiled = unsafe { nvrtc::compile_program(prog, &options(arch, &h)) };
+    let compiled = unsafe { nvrtc::compile_program(prog, &options(arch, part, &h.include)) };
     // SAFETY: as above; the log is readable whether or not compilation succeeded.
     let log = unsafe { nvrtc::get_program_log(prog) }
         .map(|l| cstr_lossy(&l))
         .unwrap_or_default();
     let cubin = compiled.map_err(|_| Error::KernelCompile {
-        file: file.to_string(),
+        file: program_name(file, part),
         arch: arch.to_string(),
         log: log.trim().to_string(),
     });
@@ -118,11 +193,48 @@ pub fn compile_file(file: &'static str, source: &str, arch: &str) -> Result<Comp
     unsafe { nvrtc::destroy_program(prog) }.map_err(|e| nvrtc_err("nvrtcDestroyProgram", e))?;
     Ok(CompiledFile {
         file,
+        part,
+        cached: false,
         arch: arch.to_string(),
         cubin: cubin?,
         kernels: parse_ptxas(&log),
         log,
     })
+}
+
+/// [`compile_file`] through the kernel cache: the stored machine code if an entry holds
+/// this very program, else NVRTC's, then stored (a folder that cannot be written to only
+/// means the next process compiles again).
+fn compile_cached(
+    file: &'static str,
+    source: &str,
+    part: Option<u32>,
+    arch: &str,
+) -> Result<CompiledFile> {
+    let Some(dir) = cache::dir() else {
+        return compile_file(file, source, part, arch);
+    };
+    let h = headers()?;
+    let material = material(
+        &program_text(file, source),
+        &options(arch, part, &h.include),
+        &h.include,
+    )?;
+    let name = program_name(file, part);
+    if let Some((cubin, log)) = cache::load(&dir, &name, arch, &material) {
+        return Ok(CompiledFile {
+            file,
+            part,
+            cached: true,
+            arch: arch.to_string(),
+            cubin,
+            kernels: parse_ptxas(&log),
+            log,
+        });
+    }
+    let compiled = compile_file(file, source, part, arch)?;
+    let _ = cache::store(&dir, &name, arch, &material, &compiled.cubin, &compiled.log);
+    Ok(compiled)
 }
 
 /// Reads ptxas's `-v` report: per kernel, "Function properties for NAME" followed by the
@@ -170,20 +282,44 @@ pub fn parse_ptxas(log: &str) -> Vec<KernelInfo> {
     kernels
 }
 
-/// Every kernel file compiled for `arch`, compiled on first use and then shared for the
-/// rest of the process.
+/// Every kernel program (each file, or each part of one) compiled for `arch` on first use,
+/// through the kernel cache, and then shared for the rest of the process.
 pub fn compiled(arch: &str) -> Result<Arc<Vec<CompiledFile>>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Vec<CompiledFile>>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(arch) {
+    static COMPILED: OnceLock<Mutex<HashMap<String, Arc<Vec<CompiledFile>>>>> = OnceLock::new();
+    let done = COMPILED.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = done.lock().unwrap_or_else(|p| p.into_inner()).get(arch) {
         return Ok(hit.clone());
     }
-    // One NVRTC program per file, compiled side by side (NVRTC is thread-safe across
-    // programs): the first GPU call of a process waits for the slowest file, not the sum.
-    let files: Vec<CompiledFile> = std::thread::scope(|scope| {
-        let jobs: Vec<_> = kernel_files()
+    let files = Arc::new(compile_all(arch, compile_cached)?);
+    done.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(arch.to_string(), files.clone());
+    Ok(files)
+}
+
+/// Every kernel program compiled for `arch` by NVRTC now, neither from nor into the kernel
+/// cache (what [`compiled`] would load must equal this).
+pub fn compile_fresh(arch: &str) -> Result<Vec<CompiledFile>> {
+    compile_all(arch, compile_file)
+}
+
+/// One NVRTC program per file or part, compiled side by side (NVRTC is thread-safe across
+/// programs): the first GPU call of a process waits for the slowest program, not the sum.
+fn compile_all(
+    arch: &str,
+    compile: fn(&'static str, &str, Option<u32>, &str) -> Result<CompiledFile>,
+) -> Result<Vec<CompiledFile>> {
+    let programs: Vec<(&'static str, &'static str, Option<u32>)> = kernel_files()
+        .iter()
+        .flat_map(|&(file, source)| match parts(source) {
+            1 => vec![(file, source, None)],
+            n => (0..n).map(|p| (file, source, Some(p))).collect(),
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        let jobs: Vec<_> = programs
             .iter()
-            .map(|&(file, source)| scope.spawn(move || compile_file(file, source, arch)))
+            .map(|&(file, source, part)| scope.spawn(move || compile(file, source, part, arch)))
             .collect();
         jobs.into_iter()
             .map(|j| {
@@ -194,14 +330,8 @@ pub fn compiled(arch: &str) -> Result<Arc<Vec<CompiledFile>>> {
                     ))
                 })
             })
-            .collect::<Result<_>>()
-    })?;
-    let files = Arc::new(files);
-    cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(arch.to_string(), files.clone());
-    Ok(files)
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -251,5 +381,16 @@ mod tests {
             assert!(names.contains(&f), "{f}");
         }
         assert!(embedded::COMMON.contains("HRNET_F32_F16"));
+    }
+
+    #[test]
+    fn files_name_their_parts() {
+        assert_eq!(parts("__global__ void k() {}"), 1);
+        assert_eq!(parts("// x\n#define HRNET_PARTS 6\n"), 6);
+        assert_eq!(parts("#define HRNET_PARTS 0\n"), 1);
+        let tc = kernel_files().iter().find(|f| f.0 == "conv_tc").unwrap().1;
+        assert!(parts(tc) > 1, "conv_tc.cu is compiled in parts");
+        assert_eq!(program_name("conv_tc", Some(2)), "conv_tc.2");
+        assert_eq!(program_name("conv", None), "conv");
     }
 }

@@ -2,6 +2,7 @@
 //! for the GPU's own architecture, and the executor that runs the graph with them.
 //! Everything here checks for the driver, NVRTC and a GPU before its first CUDA call.
 
+pub mod cache;
 pub mod compile;
 mod engine;
 mod exchange_bench;
@@ -10,7 +11,7 @@ pub mod probe;
 mod schedule;
 mod tc;
 
-pub use compile::{CompiledFile, KernelInfo, compiled, kernel_files};
+pub use compile::{CompiledFile, KernelInfo, compile_fresh, compiled, kernel_files};
 pub use engine::{CudaEngine, GpuElem, Kernels, Precision};
 pub use exchange_bench::{ExchangeTiming, time_exchange_units};
 pub use ops::{CudaOps, TcSource};
