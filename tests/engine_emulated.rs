@@ -110,6 +110,9 @@ fn driver() -> &'static Result<(PathBuf, Option<PathBuf>), String> {
         let dir: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated-driver");
         build_driver(&dir, asan.is_some())
             .unwrap_or_else(|e| panic!("building the emulated driver failed:\n{e}"));
+        // The emulated GPU is an sm_90: compiled here once, into the kernel cache (if there
+        // is one), the kernels are loaded by both children rather than compiled by each.
+        hrnet::cuda::compiled("sm_90").unwrap_or_else(|e| panic!("{e}"));
         Ok((dir, asan))
     })
 }
