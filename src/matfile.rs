@@ -465,12 +465,16 @@ mod tests {
     }
 
     impl Writer {
-        fn u32(&self, v: u32) -> [u8; 4] {
-            if self.little {
-                v.to_le_bytes()
-            } else {
-                v.to_be_bytes()
+        /// Little-endian bytes in the file's byte order.
+        fn ordered<const N: usize>(&self, mut le: [u8; N]) -> [u8; N] {
+            if !self.little {
+                le.reverse();
             }
+            le
+        }
+
+        fn u32(&self, v: u32) -> [u8; 4] {
+            self.ordered(v.to_le_bytes())
         }
 
         /// A data element, small (type and size in one word) when it fits in 4 bytes.
@@ -515,13 +519,7 @@ mod tests {
         fn doubles(&self, v: &[f64]) -> Vec<u8> {
             let bytes: Vec<u8> = v
                 .iter()
-                .flat_map(|x| {
-                    if self.little {
-                        x.to_le_bytes()
-                    } else {
-                        x.to_be_bytes()
-                    }
-                })
+                .flat_map(|x| self.ordered(x.to_le_bytes()))
                 .collect();
             self.element(MI_DOUBLE, &bytes)
         }
@@ -529,13 +527,7 @@ mod tests {
         fn text(&self, name: &str, s: &str) -> Vec<u8> {
             let units: Vec<u8> = s
                 .encode_utf16()
-                .flat_map(|u| {
-                    if self.little {
-                        u.to_le_bytes()
-                    } else {
-                        u.to_be_bytes()
-                    }
-                })
+                .flat_map(|u| self.ordered(u.to_le_bytes()))
                 .collect();
             let n = s.encode_utf16().count() as i32;
             self.matrix(MX_CHAR, 0, &[1, n], name, &self.element(MI_UINT16, &units))

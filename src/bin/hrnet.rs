@@ -573,7 +573,6 @@ fn run(command: Command) -> Result<ExitCode> {
                 output: &output,
                 draw: draw.as_deref(),
                 oks_nms,
-                threads,
             };
             return match (detections, annotations) {
                 (Some(det), _) => job.coco_folder(
@@ -1062,8 +1061,6 @@ struct PoseJob<'a> {
     output: &'a std::path::Path,
     draw: Option<&'a std::path::Path>,
     oks_nms: Option<f64>,
-    /// Threads that decode a step's images.
-    threads: usize,
 }
 
 /// The poses found in one image, by the image's index in the job.
@@ -1187,9 +1184,11 @@ impl PoseJob<'_> {
             .step_by(IMAGES_PER_STEP)
             .zip(images.chunks(IMAGES_PER_STEP))
         {
-            let read = hrnet::parallel::map(step.iter().collect(), self.threads, |(key, _)| {
-                locate(key).and_then(|p| load_image(&p).map(|img| (p, img)))
-            });
+            let read = hrnet::parallel::map(
+                step.iter().collect(),
+                self.estimator.threads(),
+                |(key, _)| locate(key).and_then(|p| load_image(&p).map(|img| (p, img))),
+            );
             let mut loaded = Vec::with_capacity(step.len());
             for ((i, (key, people)), read) in (first..).zip(step).zip(read) {
                 match read {

@@ -269,6 +269,12 @@ impl PoseEstimator {
         self
     }
 
+    /// CPU threads that cut the crops.
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// The joints the model predicts.
     #[must_use]
     pub fn joints(&self) -> &'static JointSet {
