@@ -96,8 +96,9 @@ fn convs(c: &mut Criterion) {
         });
         let tc = CudaOps::<half::f16>::open().expect("GPU kernels load");
         // As the engine runs them (K split where the shape gives too few tiles), with
-        // split K off, with activations through L1, and launched programmatically (each
-        // launch overlapping the end of the one before).
+        // split K off, with activations through L1, launched programmatically (each
+        // launch overlapping the end of the one before), and with the 8-stage pipeline in
+        // the 32×32 tile (the batch-1 launches).
         for (name, tuning) in [
             ("f16_tensor_core", TcTuning::default()),
             (
@@ -118,6 +119,13 @@ fn convs(c: &mut Criterion) {
                 "f16_tensor_core_programmatic",
                 TcTuning {
                     programmatic_launch: true,
+                    ..TcTuning::default()
+                },
+            ),
+            (
+                "f16_tensor_core_deep",
+                TcTuning {
+                    deep_pipeline: true,
                     ..TcTuning::default()
                 },
             ),

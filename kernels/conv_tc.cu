@@ -35,8 +35,8 @@
 // of each 4-float block, and the bf16 fragment's pairs are formed from two such matrices,
 // columns c and c + 4. The 16 floats of a slice thus enter the mma in another order than
 // they lie in memory, the same order for both operands, which leaves the sum unchanged.
-// K advances in slices of 64 bytes (32 halves or 16 floats) through a 3-stage cp.async
-// pipeline (16-byte copies, zero fill for padding and out-of-range rows); shared rows are
+// K advances in slices of 64 bytes (32 halves or 16 floats) through a cp.async pipeline of
+// 3 stages, 8 in the deep variant below (16-byte copies, zero fill for padding and out-of-range rows); shared rows are
 // 80 bytes apart so that the 8 rows of each ldmatrix phase fall in distinct banks. Weights
 // are copied through L2 only; the sources through L1 too when `l1_a` is set (a 3×3 conv
 // reads each input pixel for 9 taps, mostly within one block: whether L1 serves the
@@ -52,15 +52,23 @@
 // atomic per tile (`count`, zero before the launch and left zero after it), adds all the
 // partial sums in split order (in f64 for f32) and applies the epilogue: one launch, and
 // a result that does not depend on which block came last.
-// Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32}_f16 and
-// conv_tc_k{3s1,3s2,1s1}_{64x32,32x32}_f32 (K, S, BM × BN; the f64 totals leave no
-// registers for the larger f32 tiles). Launch: 128 threads, grid (ceil(M / BM),
-// ceil(Cout / BN), splits); the host picks the tile and the splits.
+// Deep pipeline: at batch 1 every conv of W32 runs in 32×32 tiles, about one block per SM,
+// each block's K loop 4 to 9 slices long (split K sees to that). With 3 stages a block has
+// one slice's copies in flight while it multiplies the one before, so it waits on L2 and
+// memory latency slice after slice. The `_deep` 32×32 kernels have 8 stages (40 KB of
+// shared memory, 5 blocks an SM where the 3-stage one fits 9): 7 slices in flight, about
+// a whole split at once. Same arithmetic, bitwise the same results; the host takes them
+// when told to (`TcTuning::deep_pipeline`).
+// Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32,32x32_deep}_f16 and
+// conv_tc_k{3s1,3s2,1s1}_{64x32,32x32,32x32_deep}_f32 (K, S, BM × BN; the f64 totals leave
+// no registers for the larger f32 tiles). Launch: 128 threads, grid (ceil(M / BM),
+// ceil(Cout / BN), splits); the host picks the tile, the variant and the splits.
 
 #define TC_THREADS 128
 #define TC_ROW_BYTES 64   // one K slice of a row: 32 halves or 16 floats
 #define TC_PAD_BYTES 16   // shared rows 80 bytes apart
-#define TC_STAGES 3
+#define TC_STAGES 3        // the pipeline's depth, but for the deep variant
+#define TC_DEEP_STAGES 8   // the deep 32×32 variant's (40 KB of shared memory)
 #define TC_MAX_SRC 4
 #define TC_MAX_TERMS 3
 
@@ -177,7 +185,7 @@ __device__ __forceinline__ void bf16_split(unsigned lo, unsigned hi, unsigned& p
     p2 = bf16x2_bits(l, h);
 }
 
-template <typename E, int KS, int S, int BM, int BN>
+template <typename E, int KS, int S, int BM, int BN, int ST>
 __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     constexpr bool SPLIT = TcElem<E>::split;
     typedef typename TcElem<E>::total total_t;
@@ -190,8 +198,9 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     constexpr int MT = WTM / 16, NT = WTN / 8;
     constexpr int AROWS = BM / 32, BROWS = BN / 32;  // rows each thread copies per stage
     static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0 && AROWS >= 1 && BROWS >= 1, "tile shape");
-    __shared__ __align__(16) E As[TC_STAGES][BM][LDS];
-    __shared__ __align__(16) E Bs[TC_STAGES][BN][LDS];
+    static_assert(ST >= 3, "the loop refills the stage read one iteration before");
+    __shared__ __align__(16) E As[ST][BM][LDS];
+    __shared__ __align__(16) E Bs[ST][BN][LDS];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
@@ -278,27 +287,27 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     // of activations, every write and the split-K scratch must follow. (The weight copies
     // join the first commit group, so slice 0 still waits for them.)
 #pragma unroll
-    for (int s = 0; s < TC_STAGES - 1; ++s)
+    for (int s = 0; s < ST - 1; ++s)
         if (s < KT) load_b(s, kt0 + s);
     grid_dependency_wait();
 #pragma unroll
-    for (int s = 0; s < TC_STAGES - 1; ++s) {
+    for (int s = 0; s < ST - 1; ++s) {
         if (s < KT) load_a(s, kt0 + s);
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
-        // Slice kt has landed (at most STAGES − 2 younger groups pending) for every thread.
-        cp_async_wait<TC_STAGES - 2>();
+        // Slice kt has landed (at most ST − 2 younger groups pending) for every thread.
+        cp_async_wait<ST - 2>();
         __syncthreads();
         // Refill the stage every warp finished reading in the previous iteration.
-        const int next = kt + TC_STAGES - 1;
+        const int next = kt + ST - 1;
         if (next < KT) {
-            load_a(next % TC_STAGES, kt0 + next);
-            load_b(next % TC_STAGES, kt0 + next);
+            load_a(next % ST, kt0 + next);
+            load_b(next % ST, kt0 + next);
         }
         cp_async_commit();
 
-        const int st = kt % TC_STAGES;
+        const int st = kt % ST;
         // The A and B fragments at K offset ks of stage st: for f16 one m16n8k16 step's, for
         // f32 (ldmatrix reading 8 × 4 floats as 8 × 8 b16) one float per register.
         auto fragments = [&](int ks, unsigned (&af)[MT][4], unsigned (&bf)[NT][2]) {
@@ -467,19 +476,21 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     }
 }
 
-#define CONV_TC(E, SUFFIX, KS, S, BM, BN)                                                                 \
+#define CONV_TC(E, SUFFIX, KS, S, BM, BN, ST, DEEP)                                                       \
     extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)                                         \
-        conv_tc_k##KS##s##S##_##BM##x##BN##_##SUFFIX(const TcArgs<E> a) {                                \
-        conv_tc_body<E, KS, S, BM, BN>(a);                                                              \
+        conv_tc_k##KS##s##S##_##BM##x##BN##DEEP##_##SUFFIX(const TcArgs<E> a) {                          \
+        conv_tc_body<E, KS, S, BM, BN, ST>(a);                                                          \
     }
-#define CONV_TC_F16(KS, S)               \
-    CONV_TC(__half, f16, KS, S, 128, 64) \
-    CONV_TC(__half, f16, KS, S, 64, 64)  \
-    CONV_TC(__half, f16, KS, S, 64, 32)  \
-    CONV_TC(__half, f16, KS, S, 32, 32)
-#define CONV_TC_F32(KS, S)              \
-    CONV_TC(float, f32, KS, S, 64, 32)  \
-    CONV_TC(float, f32, KS, S, 32, 32)
+#define CONV_TC_F16(KS, S)                                     \
+    CONV_TC(__half, f16, KS, S, 128, 64, TC_STAGES, )          \
+    CONV_TC(__half, f16, KS, S, 64, 64, TC_STAGES, )           \
+    CONV_TC(__half, f16, KS, S, 64, 32, TC_STAGES, )           \
+    CONV_TC(__half, f16, KS, S, 32, 32, TC_STAGES, )           \
+    CONV_TC(__half, f16, KS, S, 32, 32, TC_DEEP_STAGES, _deep)
+#define CONV_TC_F32(KS, S)                                    \
+    CONV_TC(float, f32, KS, S, 64, 32, TC_STAGES, )           \
+    CONV_TC(float, f32, KS, S, 32, 32, TC_STAGES, )           \
+    CONV_TC(float, f32, KS, S, 32, 32, TC_DEEP_STAGES, _deep)
 
 // NVRTC takes tens of seconds for all of these in one program, so src/cuda/compile.rs
 // compiles this file as HRNET_PARTS programs side by side, HRNET_PART = 0..5 in each: one

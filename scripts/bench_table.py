@@ -46,6 +46,8 @@ def main():
                     r["name"] += ", L1"
                 if r.get("programmatic_launch", False):
                     r["name"] += ", PDL"
+                if r.get("deep_pipeline", False):
+                    r["name"] += ", deep"
                 if not r.get("graphs", True):
                     r["name"] += ", no graph"
         else:

@@ -1,10 +1,12 @@
 //! kernels/conv_tc.cu run on the CPU: tests/emulate/conv_tc_host.cpp compiles the kernel
 //! source with host stand-ins for its PTX instructions (a 32-lane warp emulator following
 //! the PTX ISA's ldmatrix and mma.m16n8k16 f16 and bf16 fragment layouts, and
-//! cvt.rn.bf16x2's rounding) and checks every tile and kernel shape of both element types,
-//! several summed sources, upsampled terms, split K and NCHW output against a direct
-//! convolution in double (f16 within 2e-3, f32 within 2e-7). It catches indexing and fragment-layout mistakes without a
-//! GPU; the pipeline's timing and the real instructions are the GPU parity tests' job.
+//! cvt.rn.bf16x2's rounding, and cp.async copies that land at once or only at their wait, at
+//! random) and checks every tile and kernel shape of both element types, the 3- and
+//! 8-stage pipelines, several summed sources, upsampled terms, split K and NCHW output
+//! against a direct convolution in double (f16 within 2e-3, f32 within 2e-7). It catches
+//! indexing, fragment-layout and pipeline-ordering mistakes without a GPU; timing and the
+//! real instructions are the GPU parity tests' job.
 //! Needs a C++20 compiler (`CXX`, else `c++`); scripts/test makes it mandatory
 //! (HRNET_REQUIRE_CXX=1).
 
@@ -43,5 +45,5 @@ fn tensor_core_kernel_matches_a_direct_conv_under_warp_emulation() {
         run.status.success(),
         "the emulated kernel disagrees:\n{out}"
     );
-    assert!(out.contains("PASS: 0 of 108 cases failed"), "{out}");
+    assert!(out.contains("PASS: 0 of 168 cases failed"), "{out}");
 }

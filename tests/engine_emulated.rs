@@ -336,7 +336,8 @@ fn network(model: &Model, precision: Precision) {
 /// batches (the emulated GPU has 132 SMs); unsplit, it meets the same bound, and the
 /// split result came from blocks run in a random order, so the bitwise repeats of the
 /// caller check that it does not depend on which block finished a tile. Activations
-/// through L1 and programmatic launches (each block must wait) change no bits.
+/// through L1, programmatic launches (each block must wait) and the deep pipeline change
+/// no bits.
 fn split_k_off(gpu: &mut CudaEngine, x: &Tensor, split: &Tensor, reference: &[f64], bound: f64) {
     let n = x.shape().n;
     let launches = gpu.split_k_launches(n);

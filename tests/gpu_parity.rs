@@ -188,8 +188,9 @@ both_precisions!(conv_matches_cpu_on_every_hrnet_shape, conv_parity);
 
 /// The tensor-core kernels (kernels/conv_tc.cu, every tile) on every HRNet conv shape,
 /// the residual as an epilogue term, written NHWC and NCHW, K split as the engine splits
-/// it (the deep branches at small batches) and unsplit; activations copied through L1 and
-/// programmatic launches give the same bits. f16, and f32 (three bf16 parts, f64 totals) within
+/// it (the deep branches at small batches) and unsplit; activations copied through L1,
+/// programmatic launches and the deep pipeline (the 8-stage 32×32 kernels) give the same
+/// bits. f16, and f32 (three bf16 parts, f64 totals) within
 /// f32's own tolerance.
 fn tensor_core_conv_parity<T: GpuElem>() {
     let gpu = ops::<T>();
@@ -213,6 +214,7 @@ fn tensor_core_conv_parity<T: GpuElem>() {
                         split_k,
                         l1_activations: false,
                         programmatic_launch: false,
+                        deep_pipeline: false,
                     };
                     let run = |tuning| {
                         gpu.conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw, tuning)
@@ -224,11 +226,12 @@ fn tensor_core_conv_parity<T: GpuElem>() {
                     let other_path = run(TcTuning {
                         l1_activations: true,
                         programmatic_launch: true,
+                        deep_pipeline: true,
                         ..tuning
                     });
                     assert_eq!(
                         got, other_path,
-                        "{} {s} n={n}: L1 and programmatic launch changed bits",
+                        "{} {s} n={n}: L1, programmatic launch and the deep pipeline changed bits",
                         layer.name
                     );
                     assert_eq!(got.shape(), out_shape(&layer, &x));
@@ -325,6 +328,7 @@ fn fused_exchange_parity<T: GpuElem>() {
                             split_k,
                             l1_activations: split_k,
                             programmatic_launch: split_k,
+                            deep_pipeline: split_k,
                         };
                         let got = gpu.conv_tc(&sources, &terms, true, false, tuning).unwrap();
                         check(

@@ -200,6 +200,10 @@ enum Command {
         /// (`on`; sm_90 and newer), plainly (`off`), or time both (`off,on`).
         #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
         programmatic_launch: Vec<Switch>,
+        /// Run the launches in the smallest tile (32×32: all of batch 1) with the 8-stage
+        /// copy pipeline (`on`), the 3-stage one (`off`), or time both (`off,on`).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+        deep_pipeline: Vec<Switch>,
         /// Time every exchange unit instead, fused (tensor-core, f16) against the unfused
         /// sequence (conv, BN, ReLU, upsample, add, ReLU as separate kernels).
         #[arg(long)]
@@ -502,6 +506,7 @@ fn run(command: Command) -> Result<ExitCode> {
             split_k,
             l1_activations,
             programmatic_launch,
+            deep_pipeline,
             exchange: false,
             batch,
             runs,
@@ -510,7 +515,12 @@ fn run(command: Command) -> Result<ExitCode> {
             &bench_model(&model, weights.as_deref())?,
             &precision,
             &kernels,
-            &tunings(&split_k, &l1_activations, &programmatic_launch),
+            &tunings(
+                &split_k,
+                &l1_activations,
+                &programmatic_launch,
+                &deep_pipeline,
+            ),
             &batch,
             (runs.max(1), warmup),
         )?,
@@ -880,20 +890,32 @@ fn bench_exchange(
 }
 
 /// Every combination of the tensor-core switches asked for.
-fn tunings(split_k: &[Switch], l1: &[Switch], programmatic: &[Switch]) -> Vec<TcTuning> {
-    let mut all = Vec::new();
-    for &s in split_k {
-        for &l in l1 {
-            for &p in programmatic {
-                all.push(TcTuning {
-                    split_k: s == Switch::On,
-                    l1_activations: l == Switch::On,
-                    programmatic_launch: p == Switch::On,
-                });
-            }
-        }
-    }
-    all
+fn tunings(
+    split_k: &[Switch],
+    l1: &[Switch],
+    programmatic: &[Switch],
+    deep: &[Switch],
+) -> Vec<TcTuning> {
+    type Set = fn(&mut TcTuning, bool);
+    let fields: [(&[Switch], Set); 4] = [
+        (split_k, |t, on| t.split_k = on),
+        (l1, |t, on| t.l1_activations = on),
+        (programmatic, |t, on| t.programmatic_launch = on),
+        (deep, |t, on| t.deep_pipeline = on),
+    ];
+    fields
+        .iter()
+        .fold(vec![TcTuning::default()], |all, &(switches, set)| {
+            all.iter()
+                .flat_map(|&t| {
+                    switches.iter().map(move |&s| {
+                        let mut t = t;
+                        set(&mut t, s == Switch::On);
+                        t
+                    })
+                })
+                .collect()
+        })
 }
 
 /// `hrnet bench`: one JSON line per configuration and batch. `runs` is (timed, warm-up).
@@ -936,6 +958,7 @@ fn bench(
             split_k: false,
             l1_activations: false,
             programmatic_launch: false,
+            deep_pipeline: false,
         });
         for &n in batches {
             let x = Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand_seed());
@@ -945,13 +968,14 @@ fn bench(
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
             let (launches, path) = engine.launches();
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"graphs\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
                 t.split_k,
                 engine.split_k_launches(n),
                 t.l1_activations,
                 t.programmatic_launch,
+                t.deep_pipeline,
                 engine.graph_fallback().is_none(),
                 n as f64 * 1000.0 / median,
                 engine.gpu().name
@@ -1302,5 +1326,27 @@ mod tests {
         assert!(Cli::try_parse_from(["hrnet", "summary"]).is_err());
         assert!(Cli::try_parse_from(["hrnet", "forward", "--device", "tpu"]).is_err());
         assert!(Cli::try_parse_from(["hrnet", "doctor", "--arch", "sm_90"]).is_ok());
+    }
+
+    #[test]
+    fn bench_times_every_combination_of_the_switches() {
+        use Switch::{Off, On};
+        let all = tunings(&[On, Off], &[Off], &[Off, On], &[On]);
+        assert_eq!(all.len(), 4);
+        for split_k in [true, false] {
+            for programmatic_launch in [false, true] {
+                let t = TcTuning {
+                    split_k,
+                    l1_activations: false,
+                    programmatic_launch,
+                    deep_pipeline: true,
+                };
+                assert_eq!(all.iter().filter(|&&x| x == t).count(), 1, "{t}");
+            }
+        }
+        assert_eq!(
+            tunings(&[On], &[Off], &[Off], &[Off]),
+            [TcTuning::default()]
+        );
     }
 }

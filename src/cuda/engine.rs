@@ -173,7 +173,7 @@ pub(crate) struct Gpu<T> {
     upsample_nhwc: CudaFunction,
     add: CudaFunction,
     relu: CudaFunction,
-    /// kernels/conv_tc.cu in `tc::SHAPES` × `T::TC_TILES` order.
+    /// kernels/conv_tc.cu in `tc::kernel_names` order.
     pub(crate) tc: Vec<CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
     _elem: std::marker::PhantomData<T>,

@@ -64,6 +64,11 @@ pub struct TcTuning {
     /// ignored before): its launch and prologue overlap the end of the kernel before it on
     /// its stream. Bitwise the same results. Default off.
     pub programmatic_launch: bool,
+    /// Run the launches that take the smallest tile (32×32: every convolution at batch 1)
+    /// with the 8-stage copy pipeline instead of the 3-stage one, so that a block has most
+    /// of its K slices in flight at once rather than one ahead. Bitwise the same results.
+    /// Default off.
+    pub deep_pipeline: bool,
 }
 
 impl Default for TcTuning {
@@ -72,6 +77,7 @@ impl Default for TcTuning {
             split_k: true,
             l1_activations: false,
             programmatic_launch: false,
+            deep_pipeline: false,
         }
     }
 }
@@ -81,10 +87,11 @@ impl std::fmt::Display for TcTuning {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "split K {}, activations through L1 {}, programmatic launch {}",
+            "split K {}, activations through L1 {}, programmatic launch {}, deep pipeline {}",
             on(self.split_k),
             on(self.l1_activations),
-            on(self.programmatic_launch)
+            on(self.programmatic_launch),
+            on(self.deep_pipeline)
         )
     }
 }
@@ -96,16 +103,42 @@ const SLICE_BYTES: usize = 64;
 /// The (kernel, stride) shapes compiled.
 pub(crate) const SHAPES: [(usize, usize); 3] = [(3, 1), (3, 2), (1, 1)];
 
-/// The kernel names of element type `T`, in `SHAPES` × `T::TC_TILES` order.
+/// The tile that also comes with a deep (8-stage) copy pipeline: the last, smallest, of
+/// every element type's `TC_TILES`.
+pub(crate) const DEEP_TILE: (usize, usize) = (32, 32);
+
+/// The kernels of one shape: `T::TC_TILES`, then the deep variant of `DEEP_TILE`.
+fn kernels_per_shape<T: GpuElem>() -> usize {
+    T::TC_TILES.len() + 1
+}
+
+/// The kernel names of element type `T`: for each of `SHAPES`, one per `T::TC_TILES`,
+/// then `DEEP_TILE`'s deep variant.
 pub(crate) fn kernel_names<T: GpuElem>() -> Vec<String> {
     SHAPES
         .iter()
         .flat_map(|&(k, s)| {
+            let (dm, dn) = DEEP_TILE;
             T::TC_TILES
                 .iter()
                 .map(move |&(bm, bn)| format!("conv_tc_k{k}s{s}_{bm}x{bn}{}", T::SUFFIX))
+                .chain(std::iter::once(format!(
+                    "conv_tc_k{k}s{s}_{dm}x{dn}_deep{}",
+                    T::SUFFIX
+                )))
         })
         .collect()
+}
+
+/// Where in `kernel_names::<T>()` the kernel of `shape` (an index into `SHAPES`) and
+/// `plan` is: the deep variant when `deep` and the plan's tile has one.
+pub(crate) fn kernel_index<T: GpuElem>(shape: usize, plan: &LaunchPlan, deep: bool) -> usize {
+    let variant = if deep && plan.shape == DEEP_TILE {
+        T::TC_TILES.len()
+    } else {
+        plan.tile
+    };
+    shape * kernels_per_shape::<T>() + variant
 }
 
 /// Of `tiles` (largest first), the tile for an `m × cout` GEMM on `sms` multiprocessors:
@@ -545,7 +578,7 @@ pub(crate) fn launch_conv<T: GpuElem>(
     let m = n * out.h * out.w;
     dim_i32(n * c.input.h * c.input.w)?;
     let plan = c.plan(n, gpu.info.multiprocessors, how.tuning.split_k);
-    let f: &CudaFunction = &gpu.tc[c.shape * T::TC_TILES.len() + plan.tile];
+    let f: &CudaFunction = &gpu.tc[kernel_index::<T>(c.shape, &plan, how.tuning.deep_pipeline)];
     let (bm, bn) = plan.shape;
     let (part, count) = if plan.splits > 1 {
         let room = how.scratch.map(|s| s.room).unwrap_or_default();
@@ -684,11 +717,31 @@ mod tests {
         assert_eq!(pick(32 * 3072, 64), (128, 64));
         // 17 heatmap channels: never a 64-wide tile.
         assert_eq!(pick(64 * 3072, 17).1, 32);
+        let names = kernel_names::<half::f16>();
+        assert_eq!(names.len(), SHAPES.len() * (tiles.len() + 1));
+        assert!(names.contains(&"conv_tc_k3s2_64x32_f16".to_string()));
+        // Every type's smallest tile is the one with a deep variant, found where it is named.
+        assert_eq!(tiles.last(), Some(&DEEP_TILE));
+        assert_eq!(<f32 as GpuElem>::TC_TILES.last(), Some(&DEEP_TILE));
+        let batch1 = LaunchPlan::new::<half::f16>(3072, 32, 288, 132, true);
+        let wide = LaunchPlan::new::<half::f16>(32 * 3072, 64, 576, 132, true);
+        for (shape, &(k, s)) in SHAPES.iter().enumerate() {
+            let name =
+                |plan: &LaunchPlan, deep| &names[kernel_index::<half::f16>(shape, plan, deep)];
+            assert_eq!(name(&batch1, false), &format!("conv_tc_k{k}s{s}_32x32_f16"));
+            assert_eq!(
+                name(&batch1, true),
+                &format!("conv_tc_k{k}s{s}_32x32_deep_f16")
+            );
+            // A tile without a deep variant keeps its kernel.
+            assert_eq!(name(&wide, true), &format!("conv_tc_k{k}s{s}_128x64_f16"));
+        }
+        let f32_names = kernel_names::<f32>();
+        let f32_batch1 = LaunchPlan::new::<f32>(48, 256, 9 * 256, 132, true);
         assert_eq!(
-            kernel_names::<half::f16>().len(),
-            SHAPES.len() * tiles.len()
+            f32_names[kernel_index::<f32>(2, &f32_batch1, true)],
+            "conv_tc_k1s1_32x32_deep_f32"
         );
-        assert!(kernel_names::<half::f16>().contains(&"conv_tc_k3s2_64x32_f16".to_string()));
         // f32 has the two smaller tiles; its K slices are 16 elements, so twice as many.
         let f32_tiles = <f32 as GpuElem>::TC_TILES;
         assert_eq!(

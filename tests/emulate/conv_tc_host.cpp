@@ -4,8 +4,9 @@
 // kernel's indexing (implicit GEMM addressing, padding, sources, tiles, epilogue terms,
 // strides) and its use of the ldmatrix and mma.sync fragment layouts, as the PTX ISA
 // defines them (section "Matrix Fragments for mma.m16n8k16 with floating point type" and
-// "ldmatrix"). cp.async is emulated as a synchronous copy, so the pipeline's ordering is
-// not tested here; the parity tests on the GPU do that. Split K runs its blocks in a
+// "ldmatrix"), and the ordering of its cp.async pipeline: each copy lands at once or only
+// at its wait, at random (warp.h), so reading a stage too early or refilling one too soon
+// gives wrong outputs. Split K runs its blocks in a
 // random order, twice: the result must not depend on which block of a tile came last, and
 // the tile counters must be back at zero.
 //
@@ -33,18 +34,20 @@
 // ---- the harness ----
 template <typename E> struct Tile {
     typedef void (*Kernel)(const TcArgs<E>);
-    int bm, bn;
+    int bm, bn, stages;
     Kernel k3s1, k3s2, k1s1;
 };
 static const Tile<__half> TILES_F16[] = {
-    {128, 64, conv_tc_k3s1_128x64_f16, conv_tc_k3s2_128x64_f16, conv_tc_k1s1_128x64_f16},
-    {64, 64, conv_tc_k3s1_64x64_f16, conv_tc_k3s2_64x64_f16, conv_tc_k1s1_64x64_f16},
-    {64, 32, conv_tc_k3s1_64x32_f16, conv_tc_k3s2_64x32_f16, conv_tc_k1s1_64x32_f16},
-    {32, 32, conv_tc_k3s1_32x32_f16, conv_tc_k3s2_32x32_f16, conv_tc_k1s1_32x32_f16},
+    {128, 64, TC_STAGES, conv_tc_k3s1_128x64_f16, conv_tc_k3s2_128x64_f16, conv_tc_k1s1_128x64_f16},
+    {64, 64, TC_STAGES, conv_tc_k3s1_64x64_f16, conv_tc_k3s2_64x64_f16, conv_tc_k1s1_64x64_f16},
+    {64, 32, TC_STAGES, conv_tc_k3s1_64x32_f16, conv_tc_k3s2_64x32_f16, conv_tc_k1s1_64x32_f16},
+    {32, 32, TC_STAGES, conv_tc_k3s1_32x32_f16, conv_tc_k3s2_32x32_f16, conv_tc_k1s1_32x32_f16},
+    {32, 32, TC_DEEP_STAGES, conv_tc_k3s1_32x32_deep_f16, conv_tc_k3s2_32x32_deep_f16, conv_tc_k1s1_32x32_deep_f16},
 };
 static const Tile<float> TILES_F32[] = {
-    {64, 32, conv_tc_k3s1_64x32_f32, conv_tc_k3s2_64x32_f32, conv_tc_k1s1_64x32_f32},
-    {32, 32, conv_tc_k3s1_32x32_f32, conv_tc_k3s2_32x32_f32, conv_tc_k1s1_32x32_f32},
+    {64, 32, TC_STAGES, conv_tc_k3s1_64x32_f32, conv_tc_k3s2_64x32_f32, conv_tc_k1s1_64x32_f32},
+    {32, 32, TC_STAGES, conv_tc_k3s1_32x32_f32, conv_tc_k3s2_32x32_f32, conv_tc_k1s1_32x32_f32},
+    {32, 32, TC_DEEP_STAGES, conv_tc_k3s1_32x32_deep_f32, conv_tc_k3s2_32x32_deep_f32, conv_tc_k1s1_32x32_deep_f32},
 };
 
 static std::mt19937_64 rng(std::random_device{}());
@@ -201,13 +204,14 @@ template <typename E> static bool check(const Case& c, const Tile<E>& tile, int 
                 }
     const double rel = std::sqrt(err2 / ref2);
     const bool ok = rel < bound;
-    std::printf("%s %s k%ds%d tile %3dx%-2d split %d n=%d %2dx%-2d sources=%d terms=%d cout=%-3d %s: rel L2 %.2e%s\n",
-                ok ? "ok  " : "FAIL", type_name<E>(), c.ks, c.stride, tile.bm, tile.bn, splits, c.n, c.h, c.w,
+    std::printf("%s %s k%ds%d tile %3dx%-2d %d stages split %d n=%d %2dx%-2d sources=%d terms=%d cout=%-3d %s: rel L2 %.2e%s\n",
+                ok ? "ok  " : "FAIL", type_name<E>(), c.ks, c.stride, tile.bm, tile.bn, tile.stages, splits, c.n, c.h, c.w,
                 nsrc, (int)c.factors.size(), c.cout, c.nchw ? "NCHW" : "NHWC", rel, label);
     return ok;
 }
 
 int main() {
+    cp_async_seed(rng());
     const Case cases[] = {
         // the stem's first conv: 3 channels padded to 8, stride 2, K = 72 (not a multiple of 32)
         {3, 2, 1, 16, 12, 64, {8}, {}, true, false},
@@ -222,6 +226,9 @@ int main() {
         {1, 1, 3, 4, 6, 96, {48}, {}, false, false},
         // the head: 17 heatmaps written NCHW
         {1, 1, 2, 8, 6, 17, {32}, {}, false, true},
+        // a deep branch's conv: K = 1152, 36 f16 or 72 f32 slices, so that even split 5 ways
+        // the 8-stage pipeline refills stages (and the 3-stage one many times)
+        {3, 1, 1, 8, 6, 32, {128}, {1}, true, false},
     };
     // Unsplit; split in 2 and 5 (the stem's K has 3 f16 slices: two of its 5 splits are
     // empty). f16 output rounds at 2⁻¹¹; the f32 path (three bf16 parts, f64 totals) must stay

@@ -20,7 +20,10 @@
 //   limits; a module serves only the kernels its image names.
 // - Memcheck: built with -fsanitize=address (and libasan preloaded), every kernel access
 //   outside an allocation, or into one already freed, stops the process with a report.
-// Not emulated: timing (events give host times) and the cp.async pipeline's asynchrony.
+// - cp.async: each copy lands at once or only when its group is waited for, at random
+//   (warp.h), so a pipeline that reads a stage early or refills one too soon gives wrong
+//   results.
+// Not emulated: timing (events give host times).
 //
 // Build: c++ -std=c++20 -O2 -march=native [-fsanitize=address] -pthread -shared -fPIC
 //        -fvisibility=hidden -I kernels -I tests/emulate tests/emulate/cuda_driver.cpp
@@ -152,8 +155,10 @@ std::pair<std::function<void()>, std::function<void()>> bind_kernel(const char* 
         KERNEL(conv_tc_k##KS##s##S##_64x64_f16, TC_THREADS, true),    \
         KERNEL(conv_tc_k##KS##s##S##_64x32_f16, TC_THREADS, true),    \
         KERNEL(conv_tc_k##KS##s##S##_32x32_f16, TC_THREADS, true),    \
+        KERNEL(conv_tc_k##KS##s##S##_32x32_deep_f16, TC_THREADS, true), \
         KERNEL(conv_tc_k##KS##s##S##_64x32_f32, TC_THREADS, true),    \
-        KERNEL(conv_tc_k##KS##s##S##_32x32_f32, TC_THREADS, true)
+        KERNEL(conv_tc_k##KS##s##S##_32x32_f32, TC_THREADS, true),    \
+        KERNEL(conv_tc_k##KS##s##S##_32x32_deep_f32, TC_THREADS, true)
 
 const Kernel KERNELS[] = {
     KERNEL_F32_F16(argmax, ARGMAX_THREADS, true),
@@ -400,6 +405,7 @@ void init_once() {
     initialised = true;
     const char* seed = std::getenv("HRNET_EMULATION_SEED");
     rng.seed(seed ? std::strtoull(seed, nullptr, 10) : std::random_device{}());
+    cp_async_seed(rng());
     if (const char* m = std::getenv("HRNET_EMULATED_MEMORY")) limit = std::strtoull(m, nullptr, 10);
     streams.insert(&legacy);
 }

@@ -122,12 +122,16 @@ inline void barrier_wait(FiberBarrier& b, unsigned count) {
     while (b.phase == phase) fiber_yield();
 }
 
+// Called as each fiber's thread returns from the kernel (warp.h drops its copies in flight).
+inline void (*thread_exit_hook)() = nullptr;
+
 [[noreturn]] inline void fiber_main() {
 #if defined(__SANITIZE_ADDRESS__)
     __sanitizer_finish_switch_fiber(nullptr, &running_block->scheduler_bottom, &running_block->scheduler_size);
 #endif
     BlockRun& r = *running_block;
     r.call(r.body);
+    if (thread_exit_hook) thread_exit_hook();
     r.fibers[r.current].done = true;
     --r.alive;
     ++r.progress;

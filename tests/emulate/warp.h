@@ -1,13 +1,19 @@
 // warp.h: host versions of the PTX wrappers of kernels/conv_tc.cu: a 32-lane warp
 // emulator for ldmatrix and mma.sync following the PTX ISA's fragment layouts (sections
 // "Matrix Fragments for mma.m16n8k16 with floating point type" and "ldmatrix"), and
-// cp.async as a synchronous copy (so the pipeline's ordering is not tested; the GPU parity
-// tests do that). Every lane of a warp is a fiber (device.h); the lanes meet at the warp's
-// barrier to exchange their registers. Misaligned addresses abort, as the GPU faults.
+// cp.async as the asynchronous copy it is: each copy lands in shared memory either at once
+// or as late as the PTX ISA allows (when a cp.async.wait_group of its thread retires its
+// group), chosen at random per copy. A read of a pipeline stage before its copies were
+// waited for then sees the stage's old contents, and a refill of a stage that another warp
+// has not finished reading overwrites it under that warp: both change the result. Every
+// lane of a warp is a fiber (device.h); the lanes meet at the warp's barrier to exchange
+// their registers. Misaligned addresses abort, as the GPU faults.
 // Include after device.h and before kernels/conv_tc.cu, with HRNET_WARP_EMULATION defined.
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <vector>
 
 #include "cuda_fp16.h"
 #include "device.h"
@@ -25,24 +31,73 @@ static inline void require_aligned16(const void* p, const char* what) {
     if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) emulation_abort(what);
 }
 
+// One thread's copies in flight: the group being filled (`open`) and the committed groups,
+// oldest first.
+struct CpAsyncCopy {
+    void* dst;
+    unsigned char bytes[16];
+};
+struct CpAsyncThread {
+    std::vector<CpAsyncCopy> open;
+    std::deque<std::vector<CpAsyncCopy>> committed;
+};
+inline CpAsyncThread cp_async_threads[1024];
+// Whether a copy lands at once or at its group's wait: xorshift64, reseeded by the harness.
+inline std::uint64_t cp_async_rng = 0x9e3779b97f4a7c15ull;
+static inline void cp_async_seed(std::uint64_t seed) { cp_async_rng = seed | 1; }
+static inline bool cp_async_lands_now() {
+    cp_async_rng ^= cp_async_rng << 13;
+    cp_async_rng ^= cp_async_rng >> 7;
+    cp_async_rng ^= cp_async_rng << 17;
+    return cp_async_rng >> 63;
+}
+static inline CpAsyncThread& cp_async_thread() {
+    return cp_async_threads[threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)];
+}
+
+// The source is read at issue (no kernel writes what cp.async reads while it runs); the
+// destination is written now or when the group is waited for.
 static inline void cp_async16(void* smem, const void* gmem, int bytes, bool /* through L1 */) {
     require_aligned16(smem, "cp.async: shared address not 16-byte aligned");
     require_aligned16(gmem, "cp.async: global address not 16-byte aligned");
+    CpAsyncCopy c{smem, {}};
     if (bytes == 16)
-        std::memcpy(smem, gmem, 16);
-    else if (bytes == 0)
-        std::memset(smem, 0, 16);
-    else
+        std::memcpy(c.bytes, gmem, 16);
+    else if (bytes != 0)
         emulation_abort("cp.async: source size other than 0 or 16 bytes");
+    if (cp_async_lands_now())
+        std::memcpy(smem, c.bytes, 16);
+    else
+        cp_async_thread().open.push_back(c);
 }
+static inline void cp_async_commit() {
+    CpAsyncThread& t = cp_async_thread();
+    t.committed.push_back(std::move(t.open));
+    t.open.clear();
+}
+// cp.async.wait_group N: every committed group but the N most recent has landed.
+template <int N> static inline void cp_async_wait() {
+    CpAsyncThread& t = cp_async_thread();
+    while (t.committed.size() > (size_t)N) {
+        for (const CpAsyncCopy& c : t.committed.front()) std::memcpy(c.dst, c.bytes, 16);
+        t.committed.pop_front();
+    }
+}
+// A thread that exits with copies in flight: they would land in a shared memory that no one
+// reads any more; dropped, so that the next block starts with none.
+static inline void cp_async_thread_exit() {
+    CpAsyncThread& t = cp_async_thread();
+    t.open.clear();
+    t.committed.clear();
+}
+inline const bool cp_async_exit_hooked = (thread_exit_hook = cp_async_thread_exit, true);
+
 // Programmatic dependent launch: the emulated driver runs kernels one after another, so
 // the wait has nothing to wait for; it records that the kernel waited, which the driver
 // requires of a kernel launched with programmatic stream serialization.
 inline bool grid_dependency_waited = false;
 static inline void grid_dependency_wait() { grid_dependency_waited = true; }
 static inline void grid_dependents_launch() {}
-static inline void cp_async_commit() {}
-template <int N> static inline void cp_async_wait() {}
 
 static inline uint16_t bits(const void* p, int i) {
     uint16_t v;
