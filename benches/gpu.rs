@@ -4,8 +4,13 @@
 //! each tuning switch); W32's exchange units, fused against the unfused sequence, summed
 //! over all units; and the whole W32 256×192 network at batch 1, 8, 32 and 64, direct and
 //! tensor-core in f32 and f16.
+//! Beside criterion's report, one line per measurement with the median device time: for
+//! the convolutions also TFLOP/s and the fraction of the measured fp16 matrix-product rate
+//! (`HRNET_PEAK_TFLOPS`, which scripts/device-validate measures with PyTorch first), for
+//! the network also images/s and device memory (weights and activation arena).
 //! Without a GPU it prints one skip line.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::time::Duration;
 
@@ -34,9 +39,34 @@ fn gpu_present() -> bool {
     })
 }
 
-/// Sums `iters` device times of `time` (milliseconds per run) into criterion's duration.
-fn device_time(iters: u64, time: impl FnOnce(usize) -> Vec<f64>) -> Duration {
-    Duration::from_secs_f64(time(iters as usize).iter().sum::<f64>() / 1000.0)
+/// Sums `iters` device times of `time` (milliseconds per run) into criterion's duration,
+/// keeping each run's time in `all`.
+fn device_time(
+    iters: u64,
+    all: &RefCell<Vec<f64>>,
+    time: impl FnOnce(usize) -> Vec<f64>,
+) -> Duration {
+    let ms = time(iters as usize);
+    let total = ms.iter().sum::<f64>();
+    all.borrow_mut().extend(ms);
+    Duration::from_secs_f64(total / 1000.0)
+}
+
+/// The median of the runs kept, emptying them for the next measurement.
+fn take_median(all: &RefCell<Vec<f64>>) -> f64 {
+    let mut ms = std::mem::take(&mut *all.borrow_mut());
+    ms.sort_by(f64::total_cmp);
+    ms.get(ms.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The measured fp16 matrix-product rate, TFLOP/s, from `HRNET_PEAK_TFLOPS`.
+fn measured_peak() -> Option<f64> {
+    let v = std::env::var("HRNET_PEAK_TFLOPS").ok()?;
+    let peak = v.trim().parse::<f64>().ok().filter(|p| *p > 0.0);
+    if peak.is_none() {
+        eprintln!("HRNET_PEAK_TFLOPS={v:?} is not a rate in TFLOP/s; fractions of peak left out");
+    }
+    peak
 }
 
 /// A conv runner: device milliseconds of `runs` launches after a warm-up.
@@ -44,6 +74,8 @@ type ConvTimer<'a> = dyn Fn(&Tensor, &ConvLayer, &ConvParams, usize) -> Vec<f64>
 
 fn hot_convs(c: &mut Criterion, name: &str, time: &ConvTimer<'_>) {
     let mut g = c.benchmark_group(format!("gpu_conv3x3_{name}"));
+    let runs = RefCell::new(Vec::new());
+    let peak = measured_peak();
     for (ch, h, w) in [(32, 64, 48), (64, 32, 24), (128, 16, 12), (256, 8, 6)] {
         for n in [1, 32] {
             let layer = ConvLayer {
@@ -68,12 +100,18 @@ fn hot_convs(c: &mut Criterion, name: &str, time: &ConvTimer<'_>) {
                 .into_data(),
                 bias: vec![0.1; ch],
             };
-            g.throughput(Throughput::Elements(
-                2 * (layer.weight_len() * h * w * n) as u64,
-            ));
-            g.bench_function(format!("{ch}ch_{h}x{w}_batch{n}"), |b| {
-                b.iter_custom(|iters| device_time(iters, |runs| time(&x, &layer, &p, runs)));
+            let flop = 2 * (layer.weight_len() * h * w * n) as u64;
+            g.throughput(Throughput::Elements(flop));
+            let id = format!("{ch}ch_{h}x{w}_batch{n}");
+            g.bench_function(&id, |b| {
+                b.iter_custom(|iters| device_time(iters, &runs, |r| time(&x, &layer, &p, r)));
             });
+            let median = take_median(&runs);
+            let tflops = flop as f64 / median / 1e9;
+            let of_peak = peak
+                .map(|p| format!(", {:.1}% of the measured {p:.0}", 100.0 * tflops / p))
+                .unwrap_or_default();
+            println!("hot conv {name} {id}: median {median:.4} ms, {tflops:.1} TFLOP/s{of_peak}");
         }
     }
     g.finish();
@@ -183,9 +221,18 @@ fn network(c: &mut Criterion) {
             let x =
                 Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand::random());
             g.throughput(Throughput::Elements(n as u64));
+            let runs = RefCell::new(Vec::new());
             g.bench_function(format!("batch{n}"), |b| {
-                b.iter_custom(|iters| device_time(iters, |runs| engine.time(&x, 3, runs).unwrap()));
+                b.iter_custom(|iters| {
+                    device_time(iters, &runs, |r| engine.time(&x, 3, r).unwrap())
+                });
             });
+            let median = take_median(&runs);
+            println!(
+                "network w32-256x192 {precision} {kernels} batch {n}: median {median:.4} ms, {:.1} images/s, {:.1} MiB of device memory",
+                n as f64 * 1000.0 / median,
+                (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0
+            );
         }
         g.finish();
     }

@@ -285,7 +285,7 @@ def peaks(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", required=True)
+    ap.add_argument("--weights", help="the safetensors both engines load (all but --peaks need it)")
     ap.add_argument("--input")
     ap.add_argument("--reference")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -301,6 +301,10 @@ def main():
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
     a = ap.parse_args()
+    if not a.weights and (a.time or a.reference or a.accuracy):
+        ap.error("--weights is needed to check or time the network")
+    if not (a.peaks or a.time or (a.input and (a.reference or a.accuracy))):
+        ap.error("nothing to do: give --peaks, --time, or --input with --reference or --accuracy")
     status = 0
     if a.input and a.reference:
         status |= check(a)
