@@ -2,7 +2,7 @@
 //! into a `libcuda.so` that runs the kernels' own source as host C++ (NVRTC still compiles
 //! them to sm_90 machine code, which the emulator checks is a cubin naming each kernel),
 //! and this test re-runs itself in a child process that loads it. The child drives the real
-//! `CudaEngine` (arena, branch streams and events, CUDA graphs, tensor-core program, peaks,
+//! `CudaEngine` (arena, streams and events, CUDA graphs, tensor-core program, peaks,
 //! flip merge, out of memory) on small networks and checks it against the CPU reference
 //! and the official model. The emulated streams run their work in a random order that
 //! respects the dependencies, so a missing wait shows as a changed result; and where the

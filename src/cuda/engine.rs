@@ -156,7 +156,7 @@ pub(crate) struct Gpu<T> {
     pub(crate) info: GpuInfo,
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
-    /// One stream per branch for concurrent launches; `streams[0]` is `stream`.
+    /// The streams steps are spread over (`schedule::STREAMS`); `streams[0]` is `stream`.
     streams: Vec<Arc<CudaStream>>,
     /// The stream kernels are launched on now (an index into `streams`).
     current: std::cell::Cell<usize>,
@@ -617,58 +617,6 @@ pub(crate) fn nhwc_padded<T: GpuElem>(input: &Tensor, align: usize) -> Vec<T> {
     out
 }
 
-/// Assigns every value to an arena slot, given the steps as (inputs, output) in execution
-/// order, each value's last reader and per-image length: a value takes the smallest free
-/// slot that fits (else a new one) and frees its inputs' slots after their last reader,
-/// never before its own slot is taken, so a step never reads and writes the same slot.
-/// With `pools` (a pool per value: its stream), a freed slot goes to the pool of the step
-/// that last read it and a value takes slots from its own pool only, so that branches on
-/// different streams rarely wait on each other to reuse memory.
-/// Returns the slot of each value and each slot's per-image length.
-pub(crate) fn plan_slots(
-    steps: &[(Vec<ValueId>, ValueId)],
-    last: &[usize],
-    value_len: &[usize],
-    pools: Option<&[usize]>,
-) -> (Vec<usize>, Vec<usize>) {
-    let pool = |v: ValueId| pools.map_or(0, |p| p[v.0]);
-    let n_pools = pools.and_then(|p| p.iter().max()).map_or(1, |m| m + 1);
-    let mut slot_of = vec![usize::MAX; value_len.len()];
-    let mut len: Vec<usize> = Vec::new();
-    let mut free: Vec<Vec<usize>> = vec![Vec::new(); n_pools];
-    let take = |need: usize, len: &mut Vec<usize>, free: &mut Vec<usize>| -> usize {
-        let fit = free
-            .iter()
-            .enumerate()
-            .filter(|&(_, &s)| len[s] >= need)
-            .min_by_key(|&(_, &s)| len[s])
-            .map(|(i, _)| i);
-        match fit.or_else(|| (!free.is_empty()).then(|| free.len() - 1)) {
-            Some(i) => {
-                let s = free.swap_remove(i);
-                len[s] = len[s].max(need);
-                s
-            }
-            None => {
-                len.push(need);
-                len.len() - 1
-            }
-        }
-    };
-    let input = Graph::INPUT;
-    slot_of[input.0] = take(value_len[input.0], &mut len, &mut free[pool(input)]);
-    for (i, (inputs, out)) in steps.iter().enumerate() {
-        slot_of[out.0] = take(value_len[out.0], &mut len, &mut free[pool(*out)]);
-        for &v in inputs {
-            let s = slot_of[v.0];
-            if last[v.0] == i && !free.iter().any(|f| f.contains(&s)) {
-                free[pool(*out)].push(s);
-            }
-        }
-    }
-    (slot_of, len)
-}
-
 /// Records the launches `work` makes on `stream` into a CUDA graph, ready to replay.
 pub(crate) fn capture(
     stream: &Arc<CudaStream>,
@@ -801,13 +749,9 @@ impl<T: GpuElem> Net<T> {
                 (Program::TensorCore(tc), io, last, len)
             }
         };
-        use super::schedule::{Schedule, stream_of_value};
-        let pools: Vec<usize> = (0..graph.values.len())
-            .map(|v| stream_of_value(graph, ValueId(v)))
-            .collect();
-        let (slot_of, slot_len) = plan_slots(&steps_io, &last, &value_len, Some(&pools));
-        let streams = steps_io.iter().map(|s| pools[s.1.0]).collect();
-        let schedule = Schedule::new(&steps_io, &slot_of, streams);
+        use super::schedule::{Schedule, plan_slots};
+        let (slot_of, slot_len) = plan_slots(&steps_io, &last, &value_len);
+        let schedule = Schedule::new(&steps_io, &slot_of);
         let mut waited_on = vec![false; steps_io.len()];
         for &w in schedule.waits.iter().flatten() {
             waited_on[w] = true;
@@ -1059,10 +1003,10 @@ impl<T: GpuElem> Net<T> {
     }
 
     /// Launches every step of the program on the batch of `n` already uploaded, each on
-    /// its branch's stream after the steps it depends on (`schedule`), each output first
+    /// its stream after the steps it depends on (`schedule`), each output first
     /// filled with NaN when poisoning; the main stream waits for all of it at the end.
     fn launch_all(&mut self, n: usize) -> Result<()> {
-        let err = |e| driver_err("ordering the branch streams")(e);
+        let err = |e| driver_err("ordering the streams")(e);
         let streams = self.gpu.streams.clone();
         let start = streams[0].record_event(None).map_err(err)?;
         for s in &streams[1..] {
@@ -1403,7 +1347,7 @@ mod tests {
 
     /// No two values alive at once share a slot, and every slot holds its values.
     fn check_slots(io: &[(Vec<ValueId>, ValueId)], last: &[usize], len: &[usize]) -> usize {
-        let (slot_of, slot_len) = plan_slots(io, last, len, None);
+        let (slot_of, slot_len) = crate::cuda::schedule::plan_slots(io, last, len);
         let mut born = vec![usize::MAX; len.len()];
         born[Graph::INPUT.0] = 0;
         for (i, (_, out)) in io.iter().enumerate() {

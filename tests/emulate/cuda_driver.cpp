@@ -1,5 +1,5 @@
 // cuda_driver.cpp: a CPU stand-in for the CUDA driver (libcuda.so), so that the whole GPU
-// engine (src/cuda: arena, branch streams and events, CUDA graph capture and replay, the
+// engine (src/cuda: arena, streams and events, CUDA graph capture and replay, the
 // tensor-core program, peaks, flip merge, out-of-memory handling) runs on a machine
 // without a GPU and is checked against the CPU reference (tests/engine_emulated.rs).
 //
