@@ -19,7 +19,7 @@
 //! steps, such as the 1×1 convolutions an exchange unit upsamples, queued behind its main
 //! chain.
 
-use crate::graph::ValueId;
+use crate::graph::{Graph, ValueId};
 
 /// The streams steps are spread over. HRNet has four branches, each with side steps
 /// beside its main chain, and an unfused exchange unit has up to 12 steps side by side:
@@ -76,9 +76,9 @@ pub(crate) fn plan_slots(
     let ancestry = Ancestry::new(steps, value_len.len());
     let mut slot_of = vec![usize::MAX; value_len.len()];
     // Per slot: its length, and the steps that wrote or read its latest value.
-    let mut len = vec![value_len[crate::graph::Graph::INPUT.0]];
+    let mut len = vec![value_len[Graph::INPUT.0]];
     let mut users: Vec<Vec<usize>> = vec![Vec::new()];
-    slot_of[crate::graph::Graph::INPUT.0] = 0;
+    slot_of[Graph::INPUT.0] = 0;
     let mut free: Vec<usize> = Vec::new();
     for (i, (inputs, out)) in steps.iter().enumerate() {
         let need = value_len[out.0];
@@ -220,7 +220,6 @@ mod tests {
     use super::*;
     use crate::config::HrnetConfig;
     use crate::graph::Chw;
-    use crate::graph::Graph;
     use crate::graph::fused::FusedPlan;
 
     /// Every pair of steps that touch one slot (at least one writing) or pass a value is
