@@ -310,7 +310,7 @@ fn network(model: &Model, precision: Precision) {
             }
             let bytes = gpu.arena_bytes();
             assert_eq!(gpu.forward(&x).unwrap(), out, "repeated run differs");
-            // Unpoisoned runs follow one on other data: a step that read a slot too early
+            // Unpoisoned runs follow one on other data: a step that read its memory too early
             // would find that data there, not a copy of the right answer.
             let other = input(model, n);
             gpu.set_poison(false);

@@ -1,7 +1,8 @@
 //! The GPU executor: the graph run with the hand-written kernels. Weights are uploaded
-//! once; activations live in a preallocated arena of slots (a value takes a free slot and
-//! gives it back after its last reader), so a forward at a batch size already seen
-//! allocates nothing; one stream; results are copied back only at the end. The launches of
+//! once; activations live in one preallocated arena, each value at an offset planned once
+//! (`schedule::plan_arena`: values share memory where the data orders their uses), so a
+//! forward at a batch size already seen allocates nothing; results are copied back only
+//! at the end. The launches of
 //! a forward are captured once per batch size into a CUDA graph and replayed.
 
 use std::sync::Arc;
@@ -292,9 +293,18 @@ impl<T: GpuElem> Gpu<T> {
     }
 
     pub(crate) fn download<U: DeviceRepr>(&self, s: &CudaSlice<U>, len: usize) -> Result<Vec<U>> {
+        self.download_at(s, 0..len)
+    }
+
+    /// Copies `s[at]` to the host.
+    pub(crate) fn download_at<U: DeviceRepr>(
+        &self,
+        s: &CudaSlice<U>,
+        at: std::ops::Range<usize>,
+    ) -> Result<Vec<U>> {
         let v = self
             .stream
-            .clone_dtoh(&s.slice(0..len))
+            .clone_dtoh(&s.slice(at))
             .map_err(driver_err("copying from the GPU"))?;
         self.sync()?;
         Ok(v)
@@ -702,9 +712,10 @@ struct Net<T> {
     schedule: super::schedule::Schedule,
     /// Whether a step of another stream waits for step i (so it records an event).
     waited_on: Vec<bool>,
-    slot_of: Vec<usize>,
-    slot_len: Vec<usize>,
-    slots: Vec<CudaSlice<T>>,
+    /// Where each value lives in `arena`.
+    plan: super::schedule::ArenaPlan,
+    /// Every value of a batch of up to `capacity` images (`plan` says where).
+    arena: CudaSlice<T>,
     /// Split-K scratch, one per stream (tensor-core program), sized with the arena.
     split: Vec<super::tc::SplitScratch>,
     /// How the tensor-core convolutions are launched.
@@ -749,15 +760,20 @@ impl<T: GpuElem> Net<T> {
                 (Program::TensorCore(tc), io, last, len)
             }
         };
-        use super::schedule::{Schedule, plan_slots};
-        let (slot_of, slot_len) = plan_slots(&steps_io, &last, &value_len);
-        let schedule = Schedule::new(&steps_io, &slot_of);
+        use super::schedule::{Schedule, plan_arena};
+        let plan = plan_arena(&steps_io, &last, &value_len);
+        let schedule = Schedule::new(&steps_io, &plan);
         let mut waited_on = vec![false; steps_io.len()];
         for &w in schedule.waits.iter().flatten() {
             waited_on[w] = true;
         }
-        let (xy, score, merged, partner) =
-            (gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?, gpu.alloc(0)?);
+        let (arena, xy, score, merged, partner) = (
+            gpu.alloc(0)?,
+            gpu.alloc(0)?,
+            gpu.alloc(0)?,
+            gpu.alloc(0)?,
+            gpu.alloc(0)?,
+        );
         Ok(Net {
             gpu,
             graph: graph.clone(),
@@ -765,9 +781,8 @@ impl<T: GpuElem> Net<T> {
             steps_io,
             schedule,
             waited_on,
-            slot_of,
-            slot_len,
-            slots: Vec::new(),
+            plan,
+            arena,
             split: Vec::new(),
             tuning: super::tc::TcTuning::default(),
             xy,
@@ -785,7 +800,7 @@ impl<T: GpuElem> Net<T> {
     /// Bytes of arena, split-K scratch and peak buffers for `n` images (None if that
     /// overflows).
     fn bytes_for(&self, n: usize) -> Option<usize> {
-        let elems = self.slot_len.iter().sum::<usize>().checked_mul(n)?;
+        let elems = self.plan.total.checked_mul(n)?;
         let peaks = n
             .checked_mul(self.graph.output_shape().c)?
             .checked_mul(3 * std::mem::size_of::<f32>())?;
@@ -835,7 +850,7 @@ impl<T: GpuElem> Net<T> {
             return Ok(());
         }
         self.graphs.clear();
-        self.slots.clear();
+        self.arena = self.gpu.alloc(0)?;
         self.split.clear();
         self.capacity = 0;
         // The old arena's frees are stream-ordered: the pool holds that memory until a
@@ -854,11 +869,7 @@ impl<T: GpuElem> Net<T> {
                 available,
             });
         }
-        let slots = self
-            .slot_len
-            .iter()
-            .map(|&len| self.gpu.alloc(n * len))
-            .collect::<Result<Vec<_>>>()?;
+        let arena = self.gpu.alloc(n * self.plan.total)?;
         let split = self
             .split_room(n)
             .into_iter()
@@ -866,7 +877,7 @@ impl<T: GpuElem> Net<T> {
             .collect::<Result<Vec<_>>>()?;
         let maps = n * self.graph.output_shape().c;
         let (xy, score) = (self.gpu.alloc(2 * maps)?, self.gpu.alloc(maps)?);
-        (self.slots, self.split, self.xy, self.score, self.capacity) = (slots, split, xy, score, n);
+        (self.arena, self.split, self.xy, self.score, self.capacity) = (arena, split, xy, score, n);
         Ok(())
     }
 
@@ -887,15 +898,25 @@ impl<T: GpuElem> Net<T> {
     }
 
     fn arena_bytes(&self) -> usize {
-        self.capacity * self.slot_len.iter().sum::<usize>() * std::mem::size_of::<T>()
+        self.capacity * self.plan.total * std::mem::size_of::<T>()
             + self.split.iter().map(|s| s.bytes()).sum::<usize>()
     }
 
-    fn addr_of(&self, v: crate::graph::ValueId) -> u64 {
-        self.gpu.addr(&self.slots[self.slot_of[v.0]])
+    /// Value `v`'s elements in the arena (for the batch of `n` images).
+    fn range_of(&self, v: ValueId, n: usize) -> std::ops::Range<usize> {
+        let r = self
+            .plan
+            .region(v)
+            .expect("every value a step touches has a place in the arena");
+        r.start * self.capacity..r.start * self.capacity + r.len() * n
     }
 
-    /// Runs every op; the heatmaps stay in the output value's slot.
+    fn addr_of(&self, v: ValueId) -> u64 {
+        let start = self.range_of(v, 0).start;
+        self.gpu.addr(&self.arena) + (start * std::mem::size_of::<T>()) as u64
+    }
+
+    /// Runs every op; the heatmaps stay in the output value's place in the arena.
     fn run(&mut self, input: &Tensor) -> Result<usize> {
         let n = self.upload(input)?;
         self.execute(n)?;
@@ -933,7 +954,7 @@ impl<T: GpuElem> Net<T> {
         capture(&stream, || self.launch_all(n)).map(CapturedForward)
     }
 
-    /// Checks the input, makes room for its batch and copies it into the input's slot.
+    /// Checks the input, makes room for its batch and copies it into the input's place.
     fn upload(&mut self, input: &Tensor) -> Result<usize> {
         self.graph.check_input(input)?;
         let n = input.shape().n;
@@ -942,10 +963,13 @@ impl<T: GpuElem> Net<T> {
             Program::Direct { .. } => input.data().iter().map(|&v| T::from_f32(v)).collect(),
             Program::TensorCore(_) => nhwc_padded(input, 8),
         };
-        let slot = &mut self.slots[self.slot_of[Graph::INPUT.0]];
+        let at = self.range_of(Graph::INPUT, n);
         self.gpu
             .stream
-            .memcpy_htod(&host, &mut slot.slice_mut(0..host.len()))
+            .memcpy_htod(
+                &host,
+                &mut self.arena.slice_mut(at.start..at.start + host.len()),
+            )
             .map_err(driver_err("copying the input to the GPU"))?;
         Ok(n)
     }
@@ -1024,8 +1048,8 @@ impl<T: GpuElem> Net<T> {
             }
             if self.poison {
                 let v = self.step_output(i);
-                let len = n * self.slot_len[self.slot_of[v.0]];
-                self.gpu.fill_nan(self.addr_of(v), len)?;
+                self.gpu
+                    .fill_nan(self.addr_of(v), self.range_of(v, n).len())?;
             }
             self.launch_step(i, n)?;
             if self.waited_on[i] {
@@ -1046,7 +1070,7 @@ impl<T: GpuElem> Net<T> {
         let s = self.graph.output_shape();
         let out = self
             .gpu
-            .download(&self.slots[self.slot_of[self.graph.output.0]], n * s.len())?;
+            .download_at(&self.arena, self.range_of(self.graph.output, n))?;
         Tensor::new(Nchw::batch(n, s), out.into_iter().map(T::to_f32).collect())
     }
 

@@ -326,7 +326,7 @@ enum TcStep<T> {
 /// The fused plan with packed weights on the GPU, in element type `T`.
 pub(crate) struct TcProgram<T> {
     steps: Vec<TcStep<T>>,
-    /// The plan's steps as (inputs, output), for the slot planner.
+    /// The plan's steps as (inputs, output), for the arena planner.
     pub(crate) io: Vec<(Vec<ValueId>, ValueId)>,
     pub(crate) last_uses: Vec<usize>,
     /// Elements per image of each value as stored (the input padded to 8 channels).
