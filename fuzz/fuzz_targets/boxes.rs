@@ -3,6 +3,8 @@
 //! evaluation over whatever annotation or results file the text makes.
 #![no_main]
 
+mod limit;
+
 use std::sync::OnceLock;
 
 use hrnet::pose::coco_eval::{

@@ -1,6 +1,8 @@
 //! The checkpoint loader on arbitrary bytes: parse, derive a configuration, check and fold.
 #![no_main]
 
+mod limit;
+
 use hrnet::{Checkpoint, Model};
 use libfuzzer_sys::fuzz_target;
 

@@ -3,6 +3,8 @@
 //! checks run on the header, before decoding).
 #![no_main]
 
+mod limit;
+
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,6 +2,8 @@
 //! truth and its PCKh.
 #![no_main]
 
+mod limit;
+
 use std::path::Path;
 
 use hrnet::matfile::MatFile;
