@@ -2,8 +2,8 @@
 //! once; activations live in one preallocated arena, each value at an offset planned once
 //! (`schedule::plan_arena`: values share memory where the data orders their uses), so a
 //! forward at a batch size already seen allocates nothing; results are copied back only
-//! at the end. The launches of
-//! a forward are captured once per batch size into a CUDA graph and replayed.
+//! at the end. The launches of a forward are captured once per batch size into a CUDA
+//! graph and replayed.
 
 use std::sync::Arc;
 
