@@ -908,11 +908,12 @@ impl<T: GpuElem> Net<T> {
             .plan
             .region(v)
             .expect("every value a step touches has a place in the arena");
-        r.start * self.capacity..r.start * self.capacity + r.len() * n
+        let start = r.start * self.capacity;
+        start..start + r.len() * n
     }
 
     fn addr_of(&self, v: ValueId) -> u64 {
-        let start = self.range_of(v, 0).start;
+        let start = self.range_of(v, 1).start;
         self.gpu.addr(&self.arena) + (start * std::mem::size_of::<T>()) as u64
     }
 

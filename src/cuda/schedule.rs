@@ -106,22 +106,18 @@ impl ArenaPlan {
 pub(crate) fn plan_arena(steps: &Steps, last: &[usize], value_len: &[usize]) -> ArenaPlan {
     let values = value_len.len();
     let ancestry = Ancestry::new(steps, values);
-    // Per value: the steps that write or read it; `None` for values that are not stored.
+    // Per value: the steps that write or read it (`None` for values that are not stored),
+    // and the step that writes it.
     let mut users: Vec<Option<Vec<usize>>> = vec![None; values];
+    let mut writer: Vec<Option<usize>> = vec![None; values];
     users[Graph::INPUT.0] = Some(Vec::new());
     for (i, (inputs, out)) in steps.iter().enumerate() {
         users[out.0].get_or_insert_with(Vec::new).push(i);
+        writer[out.0] = Some(i);
         for v in inputs {
             users[v.0].get_or_insert_with(Vec::new).push(i);
         }
     }
-    let writer: Vec<Option<usize>> = {
-        let mut w = vec![None; values];
-        for (i, (_, out)) in steps.iter().enumerate() {
-            w[out.0] = Some(i);
-        }
-        w
-    };
     // Whether `b` may take memory that `a` had: `a` is not kept to the end, `b` has a
     // writing step, and every user of `a` is an ancestor of it.
     let after = |a: usize, b: usize| {
@@ -139,14 +135,15 @@ pub(crate) fn plan_arena(steps: &Steps, last: &[usize], value_len: &[usize]) -> 
         )
     });
     let mut offset: Vec<Option<usize>> = vec![None; values];
-    let mut placed: Vec<usize> = Vec::new();
+    // The values placed so far, with their offsets.
+    let mut placed: Vec<(usize, usize)> = Vec::new();
     let mut total = 0;
     for v in order {
         let need = value_len[v].div_ceil(ALIGN) * ALIGN;
         let mut taken: Vec<(usize, usize)> = placed
             .iter()
-            .filter(|&&p| !after(p, v) && !after(v, p))
-            .map(|&p| (offset[p].unwrap_or(0), value_len[p]))
+            .filter(|&&(p, _)| !after(p, v) && !after(v, p))
+            .map(|&(p, start)| (start, value_len[p]))
             .collect();
         taken.sort_unstable();
         let mut at = 0;
@@ -158,7 +155,7 @@ pub(crate) fn plan_arena(steps: &Steps, last: &[usize], value_len: &[usize]) -> 
         }
         offset[v] = Some(at);
         total = total.max(at + need);
-        placed.push(v);
+        placed.push((v, at));
     }
     ArenaPlan {
         offset,
