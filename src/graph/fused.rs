@@ -6,10 +6,16 @@
 //! branch `i`'s, so they are one convolution over the concatenation of their inputs (K is
 //! the sum of their K), and the identity and upsampled terms join its epilogue: one launch
 //! per output branch instead of one per strided step plus the sum. Output branch 0 has no
-//! strided step and stays a plain exchange sum. Every other conv is a step of its own, its
-//! residual being an epilogue term.
+//! strided step and stays a plain exchange sum.
+//!
+//! A block whose shortcut is a convolution (layer1's first Bottleneck: a 1×1 conv and BN
+//! from 64 to 256 channels) likewise sums it with its last conv, which has the same kernel,
+//! stride, output channels and input resolution: the shortcut's result (256 channels at a
+//! quarter of the input's resolution, the largest value after the stem's first conv) is
+//! never stored. Every other conv is a step of its own, its residual being an epilogue
+//! term.
 
-use super::{ExchangeOp, Graph, Op, ValueId};
+use super::{ConvOp, ExchangeOp, Graph, Op, ValueId};
 
 /// One launch of the fused plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,6 +72,8 @@ pub struct FusedPlan {
     pub steps: Vec<Step>,
     /// How many exchange-unit branches became one fused conv.
     pub fused_exchanges: usize,
+    /// How many shortcut convs were summed into their block's last conv.
+    pub fused_shortcuts: usize,
 }
 
 impl FusedPlan {
@@ -99,11 +107,47 @@ impl FusedPlan {
                 _ => None,
             }
         };
+        // A conv whose result is only the residual of `c` (a shortcut) folds into `c`.
+        let shortcut = |c: &ConvOp| -> Option<usize> {
+            let r = c.residual?;
+            let i = producer[r.0]?;
+            let (Op::Conv(d), l) = (&graph.ops[i], &graph.layers[c.layer]) else {
+                return None;
+            };
+            let m = &graph.layers[d.layer];
+            let (sd, sc) = (graph.shape(d.input), graph.shape(c.input));
+            (!d.relu
+                && d.residual.is_none()
+                && readers[r.0] == 1
+                && r != graph.output
+                && (m.kernel, m.stride, m.cout) == (l.kernel, l.stride, l.cout)
+                && (sd.h, sd.w) == (sc.h, sc.w))
+                .then_some(i)
+        };
         let mut folded = vec![false; graph.ops.len()];
         let mut fused: Vec<Option<Step>> = vec![None; graph.ops.len()];
         let mut fused_exchanges = 0;
+        let mut fused_shortcuts = 0;
         for (i, op) in graph.ops.iter().enumerate() {
-            let Op::Exchange(e) = op else { continue };
+            let e = match op {
+                Op::Exchange(e) => e,
+                Op::Conv(c) => {
+                    if let Some(j) = shortcut(c) {
+                        let Op::Conv(d) = &graph.ops[j] else {
+                            unreachable!("shortcut only returns convs")
+                        };
+                        folded[j] = true;
+                        fused[i] = Some(Step::Conv {
+                            sources: vec![(c.input, c.layer), (d.input, d.layer)],
+                            terms: Vec::new(),
+                            relu: c.relu,
+                            output: c.output,
+                        });
+                        fused_shortcuts += 1;
+                    }
+                    continue;
+                }
+            };
             let (convs, rest): (Vec<_>, Vec<_>) =
                 e.terms.iter().partition(|&&(v, f)| folds(v, f).is_some());
             if convs.is_empty() || convs.len() > MAX_SOURCES || rest.len() > MAX_TERMS {
@@ -147,6 +191,7 @@ impl FusedPlan {
         FusedPlan {
             steps,
             fused_exchanges,
+            fused_shortcuts,
         }
     }
 
@@ -250,6 +295,8 @@ mod tests {
         // keeps only branch 0): output branches i > 0 of each exchange unit.
         let expected = 1 + 4 * 2 + 2 * 3;
         assert_eq!(plan.fused_exchanges, expected);
+        // layer1's first Bottleneck: the only block with a conv shortcut.
+        assert_eq!(plan.fused_shortcuts, 1);
         let strided_steps = g
             .ops
             .iter()
@@ -258,12 +305,13 @@ mod tests {
                     && g.layers[c.layer].name.contains("fuse_layers"))
             })
             .count();
-        assert_eq!(plan.steps.len(), g.ops.len() - strided_steps);
+        assert_eq!(plan.steps.len(), g.ops.len() - strided_steps - 1);
         println!(
-            "W32: {} graph ops, {} fused steps ({} exchange branches fused)",
+            "W32: {} graph ops, {} fused steps ({} exchange branches, {} shortcut fused)",
             g.ops.len(),
             plan.steps.len(),
-            plan.fused_exchanges
+            plan.fused_exchanges,
+            plan.fused_shortcuts
         );
         let last = plan.last_uses(g);
         let mut written = vec![false; g.values.len()];
