@@ -13,7 +13,9 @@
 //
 // Terms (up to 3) are the residual of a block (f = 1) or, in an exchange unit, the identity
 // (f = 1) and the low-resolution 1×1 results of coarser branches (f = 2^(j−i)), upsampled
-// on the fly. act = ReLU or none, applied once after the whole sum.
+// on the fly. act = ReLU or none, applied once after the whole sum. A term of factor 1 may
+// be y itself (the executor writes a block's sum over its input): the thread that stores
+// y[n, oy, ox, co] is the only one to read that term element, and reads it first.
 //
 // Layout: sources and terms NHWC with Cin_s a multiple of 8 (the input image is padded to
 // 8 channels); weights [Cout][K], K ordered (source, ky, kx, ci); all in the element type

@@ -14,6 +14,9 @@
 // conv to fuse into). Up to 4 terms; unused ones have a null pointer.
 // Launch: 256 threads per block, one output element per thread,
 // grid ceil(N·C·H·W / 256).
+// In place: y may be a term of factor 1 (the executor writes the sum over an input that
+// nothing reads afterwards), so no pointer is __restrict__: each thread reads that term's
+// element at its own index before storing it.
 
 #define EXCHANGE_THREADS 256
 
@@ -59,16 +62,15 @@ __device__ void exchange_nhwc(const T* t0, int f0, const T* t1, int f1, const T*
     y[i] = store_as<T>(relu_keep_nan(s));
 }
 
-#define EXCHANGE_PARAMS(T)                                                                                 \
-    (const T* __restrict__ t0, int f0, const T* __restrict__ t1, int f1, const T* __restrict__ t2, int f2, \
-     const T* __restrict__ t3, int f3, T* __restrict__ y, u64 total, int h, int w)
+#define EXCHANGE_PARAMS(T) \
+    (const T* t0, int f0, const T* t1, int f1, const T* t2, int f2, const T* t3, int f3, T* y, u64 total, int h, int w)
 #define EXCHANGE_ARGS (t0, f0, t1, f1, t2, f2, t3, f3, y, total, h, w)
 
 HRNET_F32_F16(exchange, EXCHANGE_THREADS, EXCHANGE_PARAMS, EXCHANGE_ARGS)
 
-#define EXCHANGE_NHWC_PARAMS(T)                                                                            \
-    (const T* __restrict__ t0, int f0, const T* __restrict__ t1, int f1, const T* __restrict__ t2, int f2, \
-     const T* __restrict__ t3, int f3, T* __restrict__ y, u64 total, int h, int w, int ch)
+#define EXCHANGE_NHWC_PARAMS(T)                                                                           \
+    (const T* t0, int f0, const T* t1, int f1, const T* t2, int f2, const T* t3, int f3, T* y, u64 total, int h, \
+     int w, int ch)
 #define EXCHANGE_NHWC_ARGS (t0, f0, t1, f1, t2, f2, t3, f3, y, total, h, w, ch)
 
 HRNET_F32_F16(exchange_nhwc, EXCHANGE_THREADS, EXCHANGE_NHWC_PARAMS, EXCHANGE_NHWC_ARGS)

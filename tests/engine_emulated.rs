@@ -310,18 +310,27 @@ fn network(model: &Model, precision: Precision) {
             }
             let bytes = gpu.arena_bytes();
             assert_eq!(gpu.forward(&x).unwrap(), out, "repeated run differs");
-            // Unpoisoned runs follow one on other data: a step that read its memory too early
-            // would find that data there, not a copy of the right answer.
+            assert_eq!(gpu.arena_bytes(), bytes, "reallocated at a seen batch size");
+            // Unpoisoned, the arena is planned with block sums written over their inputs.
+            // Runs follow one on other data: a step that read its memory too early, or an
+            // element left unwritten over its input, would show that data, not the answer.
             let other = input(model, n);
             gpu.set_poison(false);
             gpu.forward(&other).unwrap();
+            let in_place = gpu.arena_bytes();
+            println!("W8 {precision} {kernels}: arena {bytes} B poisoned, {in_place} B in place");
+            assert!(in_place < bytes, "no output written over its input");
             assert_eq!(gpu.forward(&x).unwrap(), out, "without poisoning");
             gpu.set_graphs(false);
             gpu.forward(&other).unwrap();
             assert_eq!(gpu.forward(&x).unwrap(), out, "plain launches");
+            assert_eq!(
+                gpu.arena_bytes(),
+                in_place,
+                "reallocated at a seen batch size"
+            );
             gpu.set_graphs(true);
             gpu.set_poison(true);
-            assert_eq!(gpu.arena_bytes(), bytes, "reallocated at a seen batch size");
         }
         let bad = Tensor::random_normal(
             Nchw {

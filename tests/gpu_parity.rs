@@ -506,6 +506,20 @@ fn whole_network_matches_the_cpu_reference() {
                 bytes,
                 "no reallocation at a batch size already seen"
             );
+            // Unpoisoned (block sums written over their inputs), after a run on other data.
+            gpu.set_poison(false);
+            let other = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
+            gpu.forward(&other).unwrap();
+            assert_eq!(
+                gpu.forward(&x).unwrap(),
+                out,
+                "{name}: unpoisoned, in place, differs"
+            );
+            println!(
+                "{name} n={n}: arena {bytes} B poisoned, {} B in place, same bits",
+                gpu.arena_bytes()
+            );
+            gpu.set_poison(true);
         }
         let bad = Tensor::random_normal(
             Nchw {

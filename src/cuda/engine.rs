@@ -1,8 +1,8 @@
 //! The GPU executor: the graph run with the hand-written kernels. Weights are uploaded
 //! once; activations live in one preallocated arena, each value at an offset planned once
-//! (`schedule::plan_arena`: values share memory where the data orders their uses), so a
-//! forward at a batch size already seen allocates nothing; results are copied back only
-//! at the end. The launches of a forward are captured once per batch size into a CUDA
+//! (`schedule::plan_arena`: values share memory where the data orders their uses, and a
+//! residual sum is written over its input), so a forward at a batch size already seen
+//! allocates nothing; results are copied back only at the end. The launches of a forward are captured once per batch size into a CUDA
 //! graph and replayed.
 
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::compile::compiled;
 use super::probe::{GpuInfo, driver_err, gpus};
+use super::schedule::{ArenaPlan, Schedule, Steps, plan_arena};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::graph::{Chw, ConvLayer, Graph, Op, ValueId};
@@ -709,11 +710,17 @@ struct Net<T> {
     program: Program<T>,
     /// The program's steps as (inputs, output), in launch order.
     steps_io: Vec<(Vec<ValueId>, ValueId)>,
-    schedule: super::schedule::Schedule,
+    /// Per step, the inputs its kernel may write the output over (`plan_arena`), which
+    /// the plan uses unless poisoning: an output filled with NaN would lose its input.
+    over: Vec<Vec<ValueId>>,
+    /// Each value's last reader and per-image length, for the plan.
+    last: Vec<usize>,
+    value_len: Vec<usize>,
+    schedule: Schedule,
     /// Whether a step of another stream waits for step i (so it records an event).
     waited_on: Vec<bool>,
     /// Where each value lives in `arena`.
-    plan: super::schedule::ArenaPlan,
+    plan: ArenaPlan,
     /// Every value of a batch of up to `capacity` images (`plan` says where).
     arena: CudaSlice<T>,
     /// Split-K scratch, one per stream (tensor-core program), sized with the arena.
@@ -725,18 +732,48 @@ struct Net<T> {
     merged: CudaSlice<f32>,
     partner: CudaSlice<i32>,
     capacity: usize,
-    /// CUDA graphs of the forward by (batch, poison); valid while the arena stays.
-    graphs: std::collections::HashMap<(usize, bool), CapturedForward>,
+    /// CUDA graphs of the forward by batch size; valid while the arena and the plan stay.
+    graphs: std::collections::HashMap<usize, CapturedForward>,
     graphs_on: bool,
     graph_fallback: Option<String>,
     poison: bool,
+}
+
+/// The inputs of a direct-kernel op that it reads only where it writes, element for
+/// element, before writing (`plan_arena` may put the output on one of them): a
+/// convolution's residual (kernels/conv.cu adds it in the thread that stores the element)
+/// and an exchange sum's terms at the output's resolution (kernels/exchange.cu, one
+/// element per thread).
+pub(crate) fn direct_overwritable(op: &Op) -> Vec<ValueId> {
+    match op {
+        Op::Conv(c) => c.residual.into_iter().collect(),
+        Op::Exchange(e) => crate::graph::unscaled(&e.terms),
+    }
+}
+
+/// Where values live and how steps are spread over the streams: the arena plan for the
+/// steps with the in-place writes `over` allows, its schedule, and which steps another
+/// stream waits for (they record an event).
+fn plan(
+    steps_io: &Steps,
+    over: &[Vec<ValueId>],
+    last: &[usize],
+    value_len: &[usize],
+) -> (ArenaPlan, Schedule, Vec<bool>) {
+    let plan = plan_arena(steps_io, over, last, value_len);
+    let schedule = Schedule::new(steps_io, &plan);
+    let mut waited_on = vec![false; steps_io.len()];
+    for &w in schedule.waits.iter().flatten() {
+        waited_on[w] = true;
+    }
+    (plan, schedule, waited_on)
 }
 
 impl<T: GpuElem> Net<T> {
     fn new(model: &Model, ordinal: usize, kernels: Kernels) -> Result<Self> {
         let gpu = Gpu::<T>::open(ordinal)?;
         let graph = &model.graph;
-        let (program, steps_io, last, value_len) = match kernels {
+        let (program, steps_io, over, last, value_len) = match kernels {
             Kernels::Direct => {
                 let mut weights = Vec::with_capacity(model.params.len());
                 let mut biases = Vec::with_capacity(model.params.len());
@@ -746,27 +783,24 @@ impl<T: GpuElem> Net<T> {
                     biases.push(gpu.upload(&p.bias)?);
                 }
                 let io: Vec<_> = graph.ops.iter().map(|o| (o.inputs(), o.output())).collect();
+                let over = graph.ops.iter().map(direct_overwritable).collect();
                 let len: Vec<usize> = graph.values.iter().map(Chw::len).collect();
                 (
                     Program::Direct { weights, biases },
                     io,
+                    over,
                     graph.last_uses(),
                     len,
                 )
             }
             Kernels::TensorCore => {
                 let tc = super::tc::TcProgram::new(&gpu, model)?;
-                let (io, last, len) = (tc.io.clone(), tc.last_uses.clone(), tc.value_len.clone());
-                (Program::TensorCore(tc), io, last, len)
+                let (io, over) = (tc.io.clone(), tc.over.clone());
+                let (last, len) = (tc.last_uses.clone(), tc.value_len.clone());
+                (Program::TensorCore(tc), io, over, last, len)
             }
         };
-        use super::schedule::{Schedule, plan_arena};
-        let plan = plan_arena(&steps_io, &last, &value_len);
-        let schedule = Schedule::new(&steps_io, &plan);
-        let mut waited_on = vec![false; steps_io.len()];
-        for &w in schedule.waits.iter().flatten() {
-            waited_on[w] = true;
-        }
+        let (plan, schedule, waited_on) = plan(&steps_io, &over, &last, &value_len);
         let (arena, xy, score, merged, partner) = (
             gpu.alloc(0)?,
             gpu.alloc(0)?,
@@ -779,6 +813,9 @@ impl<T: GpuElem> Net<T> {
             graph: graph.clone(),
             program,
             steps_io,
+            over,
+            last,
+            value_len,
             schedule,
             waited_on,
             plan,
@@ -795,6 +832,22 @@ impl<T: GpuElem> Net<T> {
             graph_fallback: None,
             poison: false,
         })
+    }
+
+    /// Turns poisoning on or off, planning the arena again (without in-place writes while
+    /// poisoning); the arena and the captured graphs go with the old plan.
+    fn set_poison(&mut self, on: bool) {
+        if on == self.poison {
+            return;
+        }
+        let none = vec![Vec::new(); self.steps_io.len()];
+        let over = if on { &none } else { &self.over };
+        (self.plan, self.schedule, self.waited_on) =
+            plan(&self.steps_io, over, &self.last, &self.value_len);
+        self.graphs.clear();
+        self.split.clear();
+        self.capacity = 0;
+        self.poison = on;
     }
 
     /// Bytes of arena, split-K scratch and peak buffers for `n` images (None if that
@@ -931,7 +984,7 @@ impl<T: GpuElem> Net<T> {
         if self.graph_fallback.is_some() || !self.graphs_on {
             return self.launch_all(n);
         }
-        let key = (n, self.poison);
+        let key = n;
         if !self.graphs.contains_key(&key) {
             match self.capture(n) {
                 Ok(g) => {
@@ -1225,8 +1278,10 @@ impl CudaEngine {
 
     /// Fill every op's output with NaN before its launch, so that an element a kernel
     /// fails to write shows in the result (for tests; costs one extra launch per op).
+    /// Poisoning plans the arena without writing any output over its input, so the
+    /// next forward allocates the arena afresh (and again when poisoning stops).
     pub fn set_poison(&mut self, on: bool) {
-        on_net!(&mut self.inner, n => n.poison = on)
+        on_net!(&mut self.inner, n => n.set_poison(on))
     }
 
     /// Replay each batch size's forward as one CUDA graph (on by default) or launch its
@@ -1271,7 +1326,8 @@ impl CudaEngine {
         on_net!(&self.inner, n => n.graph_fallback.as_deref())
     }
 
-    /// Bytes of the activation arena at the largest batch run so far.
+    /// Bytes of the activation arena (and split-K scratch) at the largest batch run since
+    /// the arena was planned (turning poisoning on or off plans it again).
     #[must_use]
     pub fn arena_bytes(&self) -> usize {
         on_net!(&self.inner, n => n.arena_bytes())

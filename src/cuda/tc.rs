@@ -300,6 +300,20 @@ pub(crate) fn supports(graph: &Graph) -> bool {
         .all(|v| graph.shape(v).c.is_multiple_of(8))
 }
 
+/// The inputs of a fused step that it reads only where it writes, element for element,
+/// before writing (`plan_arena` may put the output on one of them): the terms at the
+/// output's resolution. kernels/conv_tc.cu's epilogue adds term element (n, oy, ox, co)
+/// in the thread that then stores output element (n, oy, ox, co), at the same offset
+/// wherever the output is NHWC (all but the heatmaps, stored NCHW, which have no terms);
+/// kernels/exchange.cu reads and writes one element per thread.
+pub(crate) fn overwritable(step: &Step, graph: &Graph) -> Vec<ValueId> {
+    match step {
+        Step::Conv { output, .. } if *output == graph.output => Vec::new(),
+        Step::Conv { terms, .. } => crate::graph::unscaled(terms),
+        Step::Exchange(e) => crate::graph::unscaled(&e.terms),
+    }
+}
+
 /// One fused conv step, its weights packed in element type `T`.
 pub(crate) struct ConvStep<T> {
     sources: Vec<ValueId>,
@@ -328,6 +342,8 @@ pub(crate) struct TcProgram<T> {
     steps: Vec<TcStep<T>>,
     /// The plan's steps as (inputs, output), for the arena planner.
     pub(crate) io: Vec<(Vec<ValueId>, ValueId)>,
+    /// Per step, the inputs it may write its output over ([`overwritable`]).
+    pub(crate) over: Vec<Vec<ValueId>>,
     pub(crate) last_uses: Vec<usize>,
     /// Elements per image of each value as stored (the input padded to 8 channels).
     pub(crate) value_len: Vec<usize>,
@@ -378,6 +394,7 @@ impl<T: GpuElem> TcProgram<T> {
                 .iter()
                 .map(|s| (s.inputs(), s.output()))
                 .collect(),
+            over: plan.steps.iter().map(|s| overwritable(s, graph)).collect(),
             last_uses: plan.last_uses(graph),
             steps,
             value_len,

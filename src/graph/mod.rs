@@ -136,6 +136,12 @@ pub struct ExchangeOp {
     pub output: ValueId,
 }
 
+/// The terms of a sum at the output's own resolution (factor 1), as values.
+#[must_use]
+pub fn unscaled(terms: &[(ValueId, usize)]) -> Vec<ValueId> {
+    terms.iter().filter(|t| t.1 == 1).map(|t| t.0).collect()
+}
+
 /// One step of the graph.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
