@@ -5,8 +5,8 @@
   python3 scripts/bench_table.py LOG... [--json benches/results/h200.json]
 
 Prints, per batch, every engine configuration's median latency, images/s and peak memory,
-hrnet's ratio to the best PyTorch configuration, the exchange-unit totals, and the measured
-ceilings; with --json, writes the per-configuration rows (engine, precision, batch,
+hrnet's speed-up over the best (fastest) PyTorch configuration and its peak memory as a
+fraction of that configuration's, the exchange-unit totals, and the measured ceilings; with --json, writes the per-configuration rows (engine, precision, batch,
 median_ms, images_per_s, peak_mib) for the repository.
 """
 import argparse
@@ -52,14 +52,19 @@ def main():
                     r["name"] += ", no graph"
         else:
             r["name"] = f"pytorch {r['config']}"
-    print(f"{'batch':>5}  {'engine':<48} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} {'vs best pytorch':>16}")
+    print(f"{'batch':>5}  {'engine':<48} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} "
+          f"{'vs best pytorch':>16} {'its memory':>10}")
     for batch in sorted({r["batch"] for r in runs}):
         here = [r for r in runs if r["batch"] == batch]
-        torch_best = min((r["median_ms"] for r in here if r["engine"] == "pytorch"), default=None)
+        best = min((r for r in here if r["engine"] == "pytorch"), key=lambda r: r["median_ms"], default=None)
         for r in sorted(here, key=lambda r: r["median_ms"]):
-            ratio = f"{torch_best / r['median_ms']:.2f}x" if torch_best and r["engine"] == "hrnet" else ""
+            ratio = memory = ""
+            if best and r["engine"] == "hrnet":
+                ratio = f"{best['median_ms'] / r['median_ms']:.2f}x"
+                if best["peak_mib"] > 0:
+                    memory = f"{r['peak_mib'] / best['peak_mib']:.2f}"
             print(f"{batch:>5}  {r['name']:<48} {r['median_ms']:>10.4f} {r['images_per_s']:>10.1f} "
-                  f"{r['peak_mib']:>9.1f} {ratio:>16}")
+                  f"{r['peak_mib']:>9.1f} {ratio:>16} {memory:>10}")
     for t in (r for r in rows if r.get("bench") == "exchange-total"):
         print(f"exchange units, batch {t['batch']}: {t['units']} output branches, fused {t['fused_ms']:.4f} ms, "
               f"unfused {t['unfused_ms']:.4f} ms, speedup {t['speedup']:.2f}x")

@@ -2,8 +2,8 @@
 //! once; activations live in one preallocated arena, each value at an offset planned once
 //! (`schedule::plan_arena`: values share memory where the data orders their uses, and a
 //! residual sum is written over its input), so a forward at a batch size already seen
-//! allocates nothing; results are copied back only at the end. The launches of a forward are captured once per batch size into a CUDA
-//! graph and replayed.
+//! allocates nothing; results are copied back only at the end. The launches of a forward
+//! are captured once per batch size into a CUDA graph and replayed.
 
 use std::sync::Arc;
 
@@ -754,7 +754,7 @@ pub(crate) fn direct_overwritable(op: &Op) -> Vec<ValueId> {
 /// Where values live and how steps are spread over the streams: the arena plan for the
 /// steps with the in-place writes `over` allows, its schedule, and which steps another
 /// stream waits for (they record an event).
-fn plan(
+fn plan_and_schedule(
     steps_io: &Steps,
     over: &[Vec<ValueId>],
     last: &[usize],
@@ -800,7 +800,7 @@ impl<T: GpuElem> Net<T> {
                 (Program::TensorCore(tc), io, over, last, len)
             }
         };
-        let (plan, schedule, waited_on) = plan(&steps_io, &over, &last, &value_len);
+        let (plan, schedule, waited_on) = plan_and_schedule(&steps_io, &over, &last, &value_len);
         let (arena, xy, score, merged, partner) = (
             gpu.alloc(0)?,
             gpu.alloc(0)?,
@@ -843,7 +843,7 @@ impl<T: GpuElem> Net<T> {
         let none = vec![Vec::new(); self.steps_io.len()];
         let over = if on { &none } else { &self.over };
         (self.plan, self.schedule, self.waited_on) =
-            plan(&self.steps_io, over, &self.last, &self.value_len);
+            plan_and_schedule(&self.steps_io, over, &self.last, &self.value_len);
         self.graphs.clear();
         self.split.clear();
         self.capacity = 0;
@@ -984,11 +984,10 @@ impl<T: GpuElem> Net<T> {
         if self.graph_fallback.is_some() || !self.graphs_on {
             return self.launch_all(n);
         }
-        let key = n;
-        if !self.graphs.contains_key(&key) {
+        if !self.graphs.contains_key(&n) {
             match self.capture(n) {
                 Ok(g) => {
-                    self.graphs.insert(key, g);
+                    self.graphs.insert(n, g);
                 }
                 Err(e) => {
                     self.graph_fallback = Some(e.to_string());
@@ -996,7 +995,7 @@ impl<T: GpuElem> Net<T> {
                 }
             }
         }
-        self.graphs[&key]
+        self.graphs[&n]
             .0
             .launch()
             .map_err(driver_err("launching the CUDA graph"))
