@@ -34,8 +34,8 @@ template <> struct Acc<float> { typedef double type; };
 
 template <typename T, int K, int S>
 __device__ __forceinline__ void conv_body(const T* __restrict__ x, const T* __restrict__ w,
-                                          const float* __restrict__ bias, const T* residual, T* y, int cin, int h, int wd, int cout, int ho, int wo,
-                                          int relu) {
+                                          const float* __restrict__ bias, const T* residual, T* y, int cin,
+                                          int h, int wd, int cout, int ho, int wo, int relu) {
     constexpr int IW = (CONV_TW - 1) * S + K;  // input tile width, halo included
     constexpr int IH = (CONV_TH - 1) * S + K;
     __shared__ float xs[CONV_CI][IH][IW];
