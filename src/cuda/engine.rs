@@ -15,7 +15,7 @@ use cudarc::nvrtc::Ptx;
 
 use super::compile::compiled;
 use super::probe::{GpuInfo, driver_err, gpus};
-use super::schedule::{ArenaPlan, Schedule, Steps, plan_arena};
+use super::schedule::{Chunked, Layout};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::graph::{Chw, ConvLayer, Graph, Op, ValueId};
@@ -716,13 +716,16 @@ struct Net<T> {
     /// Each value's last reader and per-image length, for the plan.
     last: Vec<usize>,
     value_len: Vec<usize>,
-    schedule: Schedule,
-    /// Whether a step of another stream waits for step i (so it records an event).
-    waited_on: Vec<bool>,
-    /// Where each value lives in `arena`.
-    plan: ArenaPlan,
-    /// Every value of a batch of up to `capacity` images (`plan` says where).
+    /// Every step over the whole batch: where values live in `arena`, the streams.
+    whole: Layout,
+    /// The most images per chunk of the front (0: never chunked).
+    front_chunk: usize,
+    /// The front over chunks of images, used once the arena holds more than a chunk.
+    chunked: Option<Chunked>,
+    /// Every value of a batch of up to `capacity` images (the plan in use says where).
     arena: CudaSlice<T>,
+    /// The chunked front's own values for one chunk (empty when not chunking).
+    front_arena: CudaSlice<T>,
     /// Split-K scratch, one per stream (tensor-core program), sized with the arena.
     split: Vec<super::tc::SplitScratch>,
     /// How the tensor-core convolutions are launched.
@@ -751,23 +754,11 @@ pub(crate) fn direct_overwritable(op: &Op) -> Vec<ValueId> {
     }
 }
 
-/// Where values live and how steps are spread over the streams: the arena plan for the
-/// steps with the in-place writes `over` allows, its schedule, and which steps another
-/// stream waits for (they record an event).
-fn plan_and_schedule(
-    steps_io: &Steps,
-    over: &[Vec<ValueId>],
-    last: &[usize],
-    value_len: &[usize],
-) -> (ArenaPlan, Schedule, Vec<bool>) {
-    let plan = plan_arena(steps_io, over, last, value_len);
-    let schedule = Schedule::new(steps_io, &plan);
-    let mut waited_on = vec![false; steps_io.len()];
-    for &w in schedule.waits.iter().flatten() {
-        waited_on[w] = true;
-    }
-    (plan, schedule, waited_on)
-}
+/// The most images a chunk of the front holds by default (see
+/// [`CudaEngine::set_front_chunk`]): at 8, each of the front's launches still fills an
+/// H200 (the stem's first convolution writes 98 K pixels), and W32 256×192 at batch 64
+/// holds 44 M activation elements where the whole batch at once holds 76 M.
+pub const DEFAULT_FRONT_CHUNK: usize = 8;
 
 impl<T: GpuElem> Net<T> {
     fn new(model: &Model, ordinal: usize, kernels: Kernels) -> Result<Self> {
@@ -800,8 +791,10 @@ impl<T: GpuElem> Net<T> {
                 (Program::TensorCore(tc), io, over, last, len)
             }
         };
-        let (plan, schedule, waited_on) = plan_and_schedule(&steps_io, &over, &last, &value_len);
-        let (arena, xy, score, merged, partner) = (
+        let whole = Layout::new(&steps_io, &over, &last, &value_len, 0);
+        let chunked = Chunked::new(&steps_io, &over, &last, &value_len, DEFAULT_FRONT_CHUNK);
+        let (arena, front_arena, xy, score, merged, partner) = (
+            gpu.alloc(0)?,
             gpu.alloc(0)?,
             gpu.alloc(0)?,
             gpu.alloc(0)?,
@@ -816,10 +809,11 @@ impl<T: GpuElem> Net<T> {
             over,
             last,
             value_len,
-            schedule,
-            waited_on,
-            plan,
+            whole,
+            front_chunk: DEFAULT_FRONT_CHUNK,
+            chunked,
             arena,
+            front_arena,
             split: Vec::new(),
             tuning: super::tc::TcTuning::default(),
             xy,
@@ -834,26 +828,52 @@ impl<T: GpuElem> Net<T> {
         })
     }
 
-    /// Turns poisoning on or off, planning the arena again (without in-place writes while
-    /// poisoning); the arena and the captured graphs go with the old plan.
-    fn set_poison(&mut self, on: bool) {
-        if on == self.poison {
-            return;
-        }
+    /// Plans the arenas again for the current poisoning (no in-place writes while on)
+    /// and front chunk; the arenas and the captured graphs go with the old plans.
+    fn replan(&mut self) {
         let none = vec![Vec::new(); self.steps_io.len()];
-        let over = if on { &none } else { &self.over };
-        (self.plan, self.schedule, self.waited_on) =
-            plan_and_schedule(&self.steps_io, over, &self.last, &self.value_len);
+        let over = if self.poison { &none } else { &self.over };
+        let (io, last, len) = (&self.steps_io, &self.last, &self.value_len);
+        self.whole = Layout::new(io, over, last, len, 0);
+        self.chunked = Chunked::new(io, over, last, len, self.front_chunk);
         self.graphs.clear();
         self.split.clear();
         self.capacity = 0;
-        self.poison = on;
     }
 
-    /// Bytes of arena, split-K scratch and peak buffers for `n` images (None if that
+    /// Turns poisoning on or off, planning the arenas again.
+    fn set_poison(&mut self, on: bool) {
+        if on != self.poison {
+            self.poison = on;
+            self.replan();
+        }
+    }
+
+    /// Sets the most images per chunk of the front, planning the arenas again.
+    fn set_front_chunk(&mut self, images: usize) {
+        if images != self.front_chunk {
+            self.front_chunk = images;
+            self.replan();
+        }
+    }
+
+    /// The chunked layouts, if an arena for `n` images runs the front in chunks.
+    fn chunked_at(&self, n: usize) -> Option<&Chunked> {
+        self.chunked.as_ref().filter(|c| n > c.chunk)
+    }
+
+    /// The chunked layouts, if the arena allocated runs the front in chunks.
+    fn chunks(&self) -> Option<&Chunked> {
+        self.chunked_at(self.capacity)
+    }
+
+    /// Bytes of arenas, split-K scratch and peak buffers for `n` images (None if that
     /// overflows).
     fn bytes_for(&self, n: usize) -> Option<usize> {
-        let elems = self.plan.total.checked_mul(n)?;
+        let elems = match self.chunked_at(n) {
+            Some(c) => c.elements(n)?,
+            None => self.whole.plan.total.checked_mul(n)?,
+        };
         let peaks = n
             .checked_mul(self.graph.output_shape().c)?
             .checked_mul(3 * std::mem::size_of::<f32>())?;
@@ -864,39 +884,43 @@ impl<T: GpuElem> Net<T> {
             .checked_add(split)
     }
 
+    /// Step `i`'s stream and the most images it is launched over, at batch `n` with the
+    /// layouts of `chunked` (or the whole batch at once).
+    fn step_on(&self, i: usize, n: usize, chunked: Option<&Chunked>) -> (usize, usize) {
+        match chunked {
+            Some(c) if i < c.front => (c.inner.schedule.stream[i], n.min(c.chunk)),
+            Some(c) => (c.outer.schedule.stream[i], n),
+            None => (self.whole.schedule.stream[i], n),
+        }
+    }
+
     /// The split-K scratch each stream needs for every batch up to `n` (an arena serves
     /// all smaller batches, and a smaller batch may split more ways). A launch that does
     /// not split at some batch does not split at any larger one (its tiles only grow), so
-    /// the search stops at the first batch where nothing splits.
+    /// each step's search stops at the first size where it does not split. A step of the
+    /// front in chunks runs on at most a chunk of images (the last chunk of a batch on
+    /// fewer), every other step on up to `n`.
     fn split_room(&self, n: usize) -> Vec<super::tc::SplitNeed> {
-        let mut room = self.split_needs(1);
-        for b in 2..=n {
-            let needs = self.split_needs(b);
-            if needs.iter().all(|s| s.bytes() == 0) {
-                break;
+        let Program::TensorCore(tc) = &self.program else {
+            return Vec::new();
+        };
+        let chunked = self.chunked_at(n);
+        let mut room = vec![super::tc::SplitNeed::default(); super::schedule::STREAMS];
+        for i in 0..self.steps_io.len() {
+            let (stream, most) = self.step_on(i, n, chunked);
+            for images in 1..=most {
+                let need = tc.split_need(i, images, self.gpu.info.multiprocessors);
+                if need.bytes() == 0 {
+                    break;
+                }
+                room[stream] = room[stream].max(need);
             }
-            room = room.iter().zip(&needs).map(|(r, s)| r.max(*s)).collect();
         }
         room
     }
 
-    /// The split-K scratch each stream needs at batch `n`: the most any of its
-    /// tensor-core launches uses (nothing for the direct kernels, nor past the batch at
-    /// which every launch fills the GPU).
-    fn split_needs(&self, n: usize) -> Vec<super::tc::SplitNeed> {
-        let Program::TensorCore(tc) = &self.program else {
-            return Vec::new();
-        };
-        let mut needs = vec![super::tc::SplitNeed::default(); super::schedule::STREAMS];
-        for (i, &stream) in self.schedule.stream.iter().enumerate() {
-            let need = tc.split_need(i, n, self.gpu.info.multiprocessors);
-            needs[stream] = needs[stream].max(need);
-        }
-        needs
-    }
-
     /// Makes the arena hold `n` images; allocates only when `n` exceeds every batch so far.
-    /// The old arena is released first; if the new one does not fit, nothing stays
+    /// The old arenas are released first; if the new ones do not fit, nothing stays
     /// allocated and the next call starts afresh, so a smaller batch still runs.
     fn reserve(&mut self, n: usize) -> Result<()> {
         if n <= self.capacity {
@@ -904,6 +928,7 @@ impl<T: GpuElem> Net<T> {
         }
         self.graphs.clear();
         self.arena = self.gpu.alloc(0)?;
+        self.front_arena = self.gpu.alloc(0)?;
         self.split.clear();
         self.capacity = 0;
         // The old arena's frees are stream-ordered: the pool holds that memory until a
@@ -922,7 +947,11 @@ impl<T: GpuElem> Net<T> {
                 available,
             });
         }
-        let arena = self.gpu.alloc(n * self.plan.total)?;
+        let (main, front) = match self.chunked_at(n) {
+            Some(c) => (n * c.outer.plan.total, c.chunk * c.inner.plan.total),
+            None => (n * self.whole.plan.total, 0),
+        };
+        let (arena, front_arena) = (self.gpu.alloc(main)?, self.gpu.alloc(front)?);
         let split = self
             .split_room(n)
             .into_iter()
@@ -930,7 +959,8 @@ impl<T: GpuElem> Net<T> {
             .collect::<Result<Vec<_>>>()?;
         let maps = n * self.graph.output_shape().c;
         let (xy, score) = (self.gpu.alloc(2 * maps)?, self.gpu.alloc(maps)?);
-        (self.arena, self.split, self.xy, self.score, self.capacity) = (arena, split, xy, score, n);
+        (self.arena, self.front_arena, self.split) = (arena, front_arena, split);
+        (self.xy, self.score, self.capacity) = (xy, score, n);
         Ok(())
     }
 
@@ -951,23 +981,35 @@ impl<T: GpuElem> Net<T> {
     }
 
     fn arena_bytes(&self) -> usize {
-        self.capacity * self.plan.total * std::mem::size_of::<T>()
+        // Unchunked, the front arena is a one-element placeholder.
+        let front = self.chunks().map_or(0, |_| self.front_arena.len());
+        (self.arena.len() + front) * std::mem::size_of::<T>()
             + self.split.iter().map(|s| s.bytes()).sum::<usize>()
     }
 
-    /// Value `v`'s elements in the arena (for the batch of `n` images).
+    /// Value `v`'s elements in the main arena for the batch of `n` images (not a value
+    /// of the chunked front's own).
     fn range_of(&self, v: ValueId, n: usize) -> std::ops::Range<usize> {
-        let r = self
-            .plan
+        let plan = self.chunks().map_or(&self.whole.plan, |c| &c.outer.plan);
+        let r = plan
             .region(v)
             .expect("every value a step touches has a place in the arena");
         let start = r.start * self.capacity;
         start..start + r.len() * n
     }
 
-    fn addr_of(&self, v: ValueId) -> u64 {
-        let start = self.range_of(v, 1).start;
-        self.gpu.addr(&self.arena) + (start * std::mem::size_of::<T>()) as u64
+    /// The device address of value `v` for the images from `first` on: in the main
+    /// arena at that image, or, for a value of the chunked front's own, in the front's
+    /// arena (which holds one chunk, from its first image).
+    fn addr_of(&self, v: ValueId, first: usize) -> u64 {
+        let size = std::mem::size_of::<T>();
+        if let Some(c) = self.chunks()
+            && let Some(r) = c.inner.plan.region(v)
+        {
+            return self.gpu.addr(&self.front_arena) + (r.start * c.chunk * size) as u64;
+        }
+        let start = self.range_of(v, 1).start + first * self.value_len[v.0];
+        self.gpu.addr(&self.arena) + (start * size) as u64
     }
 
     /// Runs every op; the heatmaps stay in the output value's place in the arena.
@@ -1002,7 +1044,7 @@ impl<T: GpuElem> Net<T> {
     }
 
     /// Records every launch of the forward for `n` images into a CUDA graph.
-    fn capture(&mut self, n: usize) -> Result<CapturedForward> {
+    fn capture(&self, n: usize) -> Result<CapturedForward> {
         let stream = self.gpu.stream.clone();
         capture(&stream, || self.launch_all(n)).map(CapturedForward)
     }
@@ -1038,17 +1080,12 @@ impl<T: GpuElem> Net<T> {
         time_runs(&stream, runs, || self.execute(n))
     }
 
-    /// The value step `i` of the program writes.
-    fn step_output(&self, i: usize) -> ValueId {
-        self.steps_io[i].1
-    }
-
-    /// Launches step `i` of the program on the GPU's current stream.
-    fn launch_step(&self, i: usize, n: usize) -> Result<()> {
-        let addr = |v: ValueId| self.addr_of(v);
+    /// Launches step `i` of the program over `n` images from image `first` on the GPU's
+    /// current stream, number `stream` (whose split-K scratch it uses).
+    fn launch_step(&self, i: usize, first: usize, n: usize, stream: usize) -> Result<()> {
+        let addr = |v: ValueId| self.addr_of(v, first);
         let (weights, biases) = match &self.program {
             Program::TensorCore(tc) => {
-                let stream = self.schedule.stream[i];
                 let how = super::tc::How {
                     tuning: self.tuning,
                     scratch: self.split.get(stream),
@@ -1079,41 +1116,88 @@ impl<T: GpuElem> Net<T> {
         }
     }
 
-    /// Launches every step of the program on the batch of `n` already uploaded, each on
-    /// its stream after the steps it depends on (`schedule`), each output first
-    /// filled with NaN when poisoning; the main stream waits for all of it at the end.
-    fn launch_all(&mut self, n: usize) -> Result<()> {
-        let err = |e| driver_err("ordering the streams")(e);
-        let streams = self.gpu.streams.clone();
-        let start = streams[0].record_event(None).map_err(err)?;
+    /// Makes every stream wait for what the main stream has queued.
+    fn fork(&self) -> Result<()> {
+        let streams = &self.gpu.streams;
+        let start = streams[0]
+            .record_event(None)
+            .map_err(driver_err("ordering the streams"))?;
         for s in &streams[1..] {
-            s.wait(&start).map_err(err)?;
+            s.wait(&start).map_err(driver_err("ordering the streams"))?;
         }
+        Ok(())
+    }
+
+    /// Makes the main stream wait for what every stream has queued.
+    fn join(&self) -> Result<()> {
+        let streams = &self.gpu.streams;
+        for s in &streams[1..] {
+            streams[0]
+                .join(s)
+                .map_err(driver_err("ordering the streams"))?;
+        }
+        Ok(())
+    }
+
+    /// Launches every step of the program on the batch of `n` already uploaded; the main
+    /// stream waits for all of it at the end. With the front chunked, its steps run for
+    /// each chunk in turn, every stream joined after each, then the rest over the batch.
+    fn launch_all(&self, n: usize) -> Result<()> {
+        let steps = self.steps_io.len();
         let mut events: Vec<Option<cudarc::driver::CudaEvent>> = Vec::new();
-        events.resize_with(self.steps_io.len(), || None);
-        let result = (0..self.steps_io.len()).try_for_each(|i| {
-            self.gpu.current.set(self.schedule.stream[i]);
-            for &w in &self.schedule.waits[i] {
+        events.resize_with(steps, || None);
+        self.fork()?;
+        let result = match self.chunks() {
+            None => self.launch_steps(&self.whole, 0..steps, 0, n, &mut events),
+            Some(c) => (0..n)
+                .step_by(c.chunk)
+                .try_for_each(|first| {
+                    let images = c.chunk.min(n - first);
+                    self.launch_steps(&c.inner, 0..c.front, first, images, &mut events)?;
+                    self.join()?;
+                    self.fork()
+                })
+                .and_then(|()| self.launch_steps(&c.outer, c.front..steps, 0, n, &mut events)),
+        };
+        self.gpu.current.set(0);
+        result?;
+        self.join()
+    }
+
+    /// Launches steps `range` of `layout` over `n` images from image `first`, each on
+    /// its stream after the steps of the range it depends on (`layout.schedule`; the
+    /// steps before the range are behind a join of every stream), each output first
+    /// filled with NaN when poisoning. `events` holds the events of the steps waited on.
+    fn launch_steps(
+        &self,
+        layout: &Layout,
+        range: std::ops::Range<usize>,
+        first: usize,
+        n: usize,
+        events: &mut [Option<cudarc::driver::CudaEvent>],
+    ) -> Result<()> {
+        let err = |e| driver_err("ordering the streams")(e);
+        for i in range.clone() {
+            let stream = layout.schedule.stream[i];
+            self.gpu.current.set(stream);
+            for &w in layout.schedule.waits[i]
+                .iter()
+                .filter(|&&w| w >= range.start)
+            {
                 let e = events[w]
                     .as_ref()
                     .expect("a step waited on records its event");
                 self.gpu.on().wait(e).map_err(err)?;
             }
             if self.poison {
-                let v = self.step_output(i);
+                let v = self.steps_io[i].1;
                 self.gpu
-                    .fill_nan(self.addr_of(v), self.range_of(v, n).len())?;
+                    .fill_nan(self.addr_of(v, first), self.value_len[v.0] * n)?;
             }
-            self.launch_step(i, n)?;
-            if self.waited_on[i] {
+            self.launch_step(i, first, n, stream)?;
+            if layout.waited_on[i] {
                 events[i] = Some(self.gpu.on().record_event(None).map_err(err)?);
             }
-            Ok(())
-        });
-        self.gpu.current.set(0);
-        result?;
-        for s in &streams[1..] {
-            streams[0].join(s).map_err(err)?;
         }
         Ok(())
     }
@@ -1146,7 +1230,7 @@ impl<T: GpuElem> Net<T> {
         let maps = s.n * s.c;
         self.poison_peaks(maps)?;
         let (hm, xy, score) = (
-            self.addr_of(self.graph.output),
+            self.addr_of(self.graph.output, 0),
             self.gpu.addr(&self.xy),
             self.gpu.addr(&self.score),
         );
@@ -1195,7 +1279,7 @@ impl<T: GpuElem> Net<T> {
         }
         self.poison_peaks(maps)?;
         let (hm, pt, merged) = (
-            self.addr_of(self.graph.output),
+            self.addr_of(self.graph.output, 0),
             self.gpu.addr(&self.partner),
             self.gpu.addr(&self.merged),
         );
@@ -1283,6 +1367,24 @@ impl CudaEngine {
         on_net!(&mut self.inner, n => n.set_poison(on))
     }
 
+    /// Runs the network's front (its first steps: for HRNet the stem, layer1 and
+    /// transition1, which hold the most activations per image) over chunks of at most
+    /// `images` images when a batch is larger, so that its activations are held for one
+    /// chunk at a time ([`DEFAULT_FRONT_CHUNK`] by default; 0 runs every batch whole).
+    /// Results are the same but for split K, which a chunk may split differently. Plans
+    /// the arena again: the next forward allocates it afresh.
+    pub fn set_front_chunk(&mut self, images: usize) {
+        on_net!(&mut self.inner, n => n.set_front_chunk(images))
+    }
+
+    /// The chunked front, as (steps, most images per chunk): its steps run once per
+    /// chunk when a batch holds more than a chunk. `None` when not chunking (see
+    /// [`CudaEngine::set_front_chunk`]).
+    #[must_use]
+    pub fn front_chunks(&self) -> Option<(usize, usize)> {
+        on_net!(&self.inner, n => n.chunked.as_ref().map(|c| (c.front, c.chunk)))
+    }
+
     /// Replay each batch size's forward as one CUDA graph (on by default) or launch its
     /// ~300 kernels one by one.
     pub fn set_graphs(&mut self, on: bool) {
@@ -1312,7 +1414,10 @@ impl CudaEngine {
     pub fn split_k_launches(&self, n: usize) -> usize {
         on_net!(&self.inner, net => match &net.program {
             Program::TensorCore(tc) if net.tuning.split_k => (0..net.steps_io.len())
-                .filter(|&i| tc.split_need(i, n, net.gpu.info.multiprocessors).counters > 0)
+                .filter(|&i| {
+                    let (_, images) = net.step_on(i, n, net.chunked_at(n));
+                    tc.split_need(i, images, net.gpu.info.multiprocessors).counters > 0
+                })
                 .count(),
             _ => 0,
         })
@@ -1381,7 +1486,7 @@ impl CudaEngine {
     /// longest chain of dependencies once the branches run concurrently.
     #[must_use]
     pub fn launches(&self) -> (usize, usize) {
-        on_net!(&self.inner, n => (n.steps_io.len(), n.schedule.critical_path()))
+        on_net!(&self.inner, n => (n.steps_io.len(), n.whole.schedule.critical_path()))
     }
 
     /// Bytes of the weights on the device.

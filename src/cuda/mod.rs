@@ -12,7 +12,7 @@ mod schedule;
 mod tc;
 
 pub use compile::{CompiledFile, KernelInfo, compile_fresh, compiled, kernel_files};
-pub use engine::{CudaEngine, GpuElem, Kernels, Precision};
+pub use engine::{CudaEngine, DEFAULT_FRONT_CHUNK, GpuElem, Kernels, Precision};
 pub use exchange_bench::{ExchangeTiming, time_exchange_units};
 pub use ops::{CudaOps, TcSource};
 pub use probe::{GpuInfo, Headers, gpus, headers};
