@@ -434,7 +434,8 @@ both_precisions!(argmax_matches_the_official_decoding, argmax_parity);
 /// within 3e-2 and argmax agreement ≥ 0.99, or, where f16 storage alone moves this random
 /// network further, within 1.15× of what it moves it (`hrnet::accuracy`, measured on each
 /// input by the CPU f16-storage engine). Repeated runs are bitwise equal; peaks match the
-/// CPU decode.
+/// CPU decode. At batch 3, the front in chunks of 2 gives the whole batch's bits with K
+/// unsplit, and meets the same bound with it split ([`parity::front_chunks`]).
 #[test]
 fn whole_network_matches_the_cpu_reference() {
     if !gpu_or_skip("whole_network_matches_the_cpu_reference") {
@@ -519,6 +520,15 @@ fn whole_network_matches_the_cpu_reference() {
                 "{name} n={n}: arena {bytes} B poisoned, {} B in place, same bits",
                 gpu.arena_bytes()
             );
+            if n == 3 {
+                let split = parity::front_chunks(&mut gpu, &x, &other, 2, &name);
+                let rel = relative_l2(split.data(), &reference).unwrap();
+                println!("{name} n={n}: front in chunks of 2, rel L2 {rel:.3e} vs f64");
+                assert!(
+                    rel <= bound,
+                    "{name}: front in chunks, {rel:.3e} > {bound:.2e}"
+                );
+            }
             gpu.set_poison(true);
         }
         let bad = Tensor::random_normal(

@@ -154,3 +154,59 @@ pub fn tunings(gpu: &mut CudaEngine, x: &Tensor, out: &Tensor) -> Tensor {
     gpu.set_tuning(default);
     unsplit
 }
+
+/// The front in chunks of `chunk` images (`x` holds more, and not a multiple, so that
+/// the last chunk is smaller) against the whole batch at once: with K unsplit the same
+/// bits, poisoned (every chunk writes every element of its values) and unpoisoned after
+/// a run on `other` (chunks find their images, the rest finds every chunk's); and less
+/// memory at batch 64. Returned is the result with split K (the default), which differs
+/// by rounding only, for the caller to bound. The engine is left unpoisoned, with the
+/// default tuning and front chunk.
+pub fn front_chunks(
+    gpu: &mut CudaEngine,
+    x: &Tensor,
+    other: &Tensor,
+    chunk: usize,
+    what: &str,
+) -> Tensor {
+    let n = x.shape().n;
+    assert!(
+        n > chunk && !n.is_multiple_of(chunk),
+        "{n} images in chunks of {chunk}"
+    );
+    let tuning = gpu.tuning();
+    gpu.set_tuning(TcTuning {
+        split_k: false,
+        ..tuning
+    });
+    gpu.set_front_chunk(0);
+    assert_eq!(gpu.front_chunks(), None);
+    let whole = gpu.forward(x).unwrap();
+    let whole_64 = gpu.memory_for(64).unwrap();
+    gpu.set_front_chunk(chunk);
+    let (steps, images) = gpu.front_chunks().expect("the front runs in chunks");
+    assert_eq!(images, chunk);
+    gpu.set_poison(true);
+    let poisoned = gpu.forward(x).unwrap();
+    assert_eq!(
+        poisoned, whole,
+        "{what}: front in chunks of {chunk}, poisoned"
+    );
+    gpu.set_poison(false);
+    gpu.forward(other).unwrap();
+    let chunked = gpu.forward(x).unwrap();
+    assert_eq!(chunked, whole, "{what}: front in chunks of {chunk}");
+    let chunked_64 = gpu.memory_for(64).unwrap();
+    assert!(
+        chunked_64 < whole_64,
+        "{what}: {chunked_64} B chunked, {whole_64} B whole"
+    );
+    gpu.set_tuning(tuning);
+    let split = gpu.forward(x).unwrap();
+    println!(
+        "{what}: the front ({steps} steps) in chunks of {chunk} at batch {n}: the whole \
+         batch's bits with K unsplit; batch 64 needs {chunked_64} B, {whole_64} B at once"
+    );
+    gpu.set_front_chunk(hrnet::cuda::DEFAULT_FRONT_CHUNK);
+    split
+}
