@@ -434,8 +434,9 @@ both_precisions!(argmax_matches_the_official_decoding, argmax_parity);
 /// within 3e-2 and argmax agreement ≥ 0.99, or, where f16 storage alone moves this random
 /// network further, within 1.15× of what it moves it (`hrnet::accuracy`, measured on each
 /// input by the CPU f16-storage engine). Repeated runs are bitwise equal; peaks match the
-/// CPU decode. At batch 3, the front in chunks of 2 gives the whole batch's bits with K
-/// unsplit, and meets the same bound with it split ([`parity::front_chunks`]).
+/// CPU decode. At batch 5, the front in chunks of 2 gives the whole batch's bits with K
+/// unsplit, and meets the same bound with it split ([`parity::front_chunks`]). The CPU
+/// references are computed once per batch, for the four engines.
 #[test]
 fn whole_network_matches_the_cpu_reference() {
     if !gpu_or_skip("whole_network_matches_the_cpu_reference") {
@@ -444,6 +445,28 @@ fn whole_network_matches_the_cpu_reference() {
     let config = HrnetConfig::preset("w32-256x192").unwrap();
     let model = Model::random(&config, 2019).unwrap();
     let cpu = CpuEngine::new(model.clone());
+    // Per batch: input, other data, the f64 and f32 references, f16 storage's floor.
+    let cases: Vec<_> = [1, 5]
+        .into_iter()
+        .map(|n| {
+            let x = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
+            let other = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
+            let reference = cpu.forward_f64(&x).unwrap();
+            let cpu32: Vec<f64> = cpu
+                .forward(&x)
+                .unwrap()
+                .data()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let floor = F16Floor::measure(&cpu, &x, &reference).unwrap();
+            println!(
+                "f16 storage n={n}: rel L2 {:.3e} vs f64, argmax {:.4}",
+                floor.rel_l2, floor.argmax
+            );
+            (x, other, reference, cpu32, floor)
+        })
+        .collect();
     for (precision, kernels) in [
         (Precision::F32, Kernels::Direct),
         (Precision::F32, Kernels::TensorCore),
@@ -454,35 +477,20 @@ fn whole_network_matches_the_cpu_reference() {
             CudaEngine::on_device(&model, precision, kernels, 0).unwrap_or_else(|e| panic!("{e}"));
         let name = format!("{precision} {kernels}");
         gpu.set_poison(true);
-        for n in [1, 3] {
-            let x = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
-            let reference = cpu.forward_f64(&x).unwrap();
-            let cpu32: Vec<f64> = cpu
-                .forward(&x)
-                .unwrap()
-                .data()
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
-            let (bound, min_argmax) = match (precision, kernels) {
-                (Precision::F32, _) => (accuracy::CUDA_F32, 1.0),
-                (Precision::F16, _) => {
-                    let floor = F16Floor::measure(&cpu, &x, &reference).unwrap();
-                    println!(
-                        "f16 storage n={n}: rel L2 {:.3e} vs f64, argmax {:.4}",
-                        floor.rel_l2, floor.argmax
-                    );
-                    (floor.bound(), floor.min_argmax())
-                }
+        for (x, other, reference, cpu32, floor) in &cases {
+            let (x, reference, n) = (x, reference.as_slice(), x.shape().n);
+            let (bound, min_argmax) = match precision {
+                Precision::F32 => (accuracy::CUDA_F32, 1.0),
+                Precision::F16 => (floor.bound(), floor.min_argmax()),
             };
-            let (out, gpu_peaks) = gpu.forward_peaks(&x).unwrap();
+            let (out, gpu_peaks) = gpu.forward_peaks(x).unwrap();
             assert!(
                 out.data().iter().all(|v| v.is_finite()),
                 "unwritten heatmap elements"
             );
-            let rel = relative_l2(out.data(), &reference).unwrap();
-            let rel_cpu32 = relative_l2(out.data(), &cpu32).unwrap();
-            let agree = argmax_agreement(out.data(), &reference, 64 * 48);
+            let rel = relative_l2(out.data(), reference).unwrap();
+            let rel_cpu32 = relative_l2(out.data(), cpu32).unwrap();
+            let agree = argmax_agreement(out.data(), reference, 64 * 48);
             println!(
                 "{name} n={n}: rel L2 {rel:.3e} vs f64, {rel_cpu32:.3e} vs cpu f32, argmax {agree:.4}"
             );
@@ -497,11 +505,7 @@ fn whole_network_matches_the_cpu_reference() {
                 "GPU peaks differ from the CPU decode of its heatmaps"
             );
             let bytes = gpu.arena_bytes();
-            assert_eq!(
-                gpu.forward(&x).unwrap(),
-                out,
-                "{name}: repeated runs differ"
-            );
+            assert_eq!(gpu.forward(x).unwrap(), out, "{name}: repeated runs differ");
             assert_eq!(
                 gpu.arena_bytes(),
                 bytes,
@@ -509,10 +513,9 @@ fn whole_network_matches_the_cpu_reference() {
             );
             // Unpoisoned (block sums written over their inputs), after a run on other data.
             gpu.set_poison(false);
-            let other = Tensor::random_normal(Nchw::batch(n, config_input(&config)), seed());
-            gpu.forward(&other).unwrap();
+            gpu.forward(other).unwrap();
             assert_eq!(
-                gpu.forward(&x).unwrap(),
+                gpu.forward(x).unwrap(),
                 out,
                 "{name}: unpoisoned, in place, differs"
             );
@@ -520,9 +523,9 @@ fn whole_network_matches_the_cpu_reference() {
                 "{name} n={n}: arena {bytes} B poisoned, {} B in place, same bits",
                 gpu.arena_bytes()
             );
-            if n == 3 {
-                let split = parity::front_chunks(&mut gpu, &x, &other, 2, &name);
-                let rel = relative_l2(split.data(), &reference).unwrap();
+            if n == 5 {
+                let split = parity::front_chunks(&mut gpu, x, other, 2, &name);
+                let rel = relative_l2(split.data(), reference).unwrap();
                 println!("{name} n={n}: front in chunks of 2, rel L2 {rel:.3e} vs f64");
                 assert!(
                     rel <= bound,

@@ -857,9 +857,16 @@ impl<T: GpuElem> Net<T> {
         }
     }
 
-    /// The chunked layouts, if an arena for `n` images runs the front in chunks.
+    /// The chunked layouts, if a batch of `n` runs the front in chunks: when it holds
+    /// more than a chunk and the arenas hold fewer elements so than for the batch at once
+    /// (a batch of a few chunks keeps more of the front's outputs than it saves).
     fn chunked_at(&self, n: usize) -> Option<&Chunked> {
-        self.chunked.as_ref().filter(|c| n > c.chunk)
+        let whole = self.whole.plan.total.checked_mul(n);
+        self.chunked.as_ref().filter(|c| {
+            n > c.chunk
+                && c.elements(n)
+                    .is_some_and(|e| whole.is_none_or(|whole| e < whole))
+        })
     }
 
     /// The chunked layouts, if the arena allocated runs the front in chunks.
@@ -1370,19 +1377,22 @@ impl CudaEngine {
     /// Runs the network's front (its first steps: for HRNet the stem, layer1 and
     /// transition1, which hold the most activations per image) over chunks of at most
     /// `images` images when a batch is larger, so that its activations are held for one
-    /// chunk at a time ([`DEFAULT_FRONT_CHUNK`] by default; 0 runs every batch whole).
-    /// Results are the same but for split K, which a chunk may split differently. Plans
-    /// the arena again: the next forward allocates it afresh.
+    /// chunk at a time ([`DEFAULT_FRONT_CHUNK`] by default; 0 runs every batch whole). A
+    /// batch of only a few chunks still runs whole where that holds less
+    /// ([`CudaEngine::front_chunks`]). Results are the same but for split K, which a
+    /// chunk may split differently. Plans the arena again: the next forward allocates it
+    /// afresh.
     pub fn set_front_chunk(&mut self, images: usize) {
         on_net!(&mut self.inner, n => n.set_front_chunk(images))
     }
 
-    /// The chunked front, as (steps, most images per chunk): its steps run once per
-    /// chunk when a batch holds more than a chunk. `None` when not chunking (see
+    /// How a batch of `n` runs the front: in chunks, as (its steps, the most images per
+    /// chunk), or `None`, the whole batch at once: when `n` is at most a chunk, chunking
+    /// is off, or it would hold more activations at this batch (see
     /// [`CudaEngine::set_front_chunk`]).
     #[must_use]
-    pub fn front_chunks(&self) -> Option<(usize, usize)> {
-        on_net!(&self.inner, n => n.chunked.as_ref().map(|c| (c.front, c.chunk)))
+    pub fn front_chunks(&self, n: usize) -> Option<(usize, usize)> {
+        on_net!(&self.inner, net => net.chunked_at(n).map(|c| (c.front, c.chunk)))
     }
 
     /// Replay each batch size's forward as one CUDA graph (on by default) or launch its

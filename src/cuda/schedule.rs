@@ -726,7 +726,9 @@ mod tests {
         let batch = 64;
         let chunked = c.elements(batch).unwrap();
         println!(
-            "{what}: front of {f} steps in chunks of {chunk}: {inner} elements per image              (live at most {inner_peak}), the rest {outer} (live at most {outer_peak});              batch {batch}: {chunked} elements, whole {}",
+            "{what}: front of {f} steps in chunks of {chunk}: {inner} elements per image \
+             (live at most {inner_peak}), the rest {outer} (live at most {outer_peak}); \
+             batch {batch}: {chunked} elements, whole {}",
             batch * whole
         );
         assert!(

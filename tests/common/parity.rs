@@ -156,7 +156,8 @@ pub fn tunings(gpu: &mut CudaEngine, x: &Tensor, out: &Tensor) -> Tensor {
 }
 
 /// The front in chunks of `chunk` images (`x` holds more, and not a multiple, so that
-/// the last chunk is smaller) against the whole batch at once: with K unsplit the same
+/// the last chunk is smaller; enough that chunking saves memory at its batch) against
+/// the whole batch at once: with K unsplit the same
 /// bits, poisoned (every chunk writes every element of its values) and unpoisoned after
 /// a run on `other` (chunks find their images, the rest finds every chunk's); and less
 /// memory at batch 64. Returned is the result with split K (the default), which differs
@@ -180,12 +181,19 @@ pub fn front_chunks(
         ..tuning
     });
     gpu.set_front_chunk(0);
-    assert_eq!(gpu.front_chunks(), None);
+    assert_eq!(gpu.front_chunks(n), None);
     let whole = gpu.forward(x).unwrap();
     let whole_64 = gpu.memory_for(64).unwrap();
     gpu.set_front_chunk(chunk);
-    let (steps, images) = gpu.front_chunks().expect("the front runs in chunks");
+    let (steps, images) = gpu
+        .front_chunks(n)
+        .unwrap_or_else(|| panic!("{what}: the front of {n} images runs in chunks of {chunk}"));
     assert_eq!(images, chunk);
+    assert_eq!(
+        gpu.front_chunks(chunk),
+        None,
+        "a batch of one chunk runs whole"
+    );
     gpu.set_poison(true);
     let poisoned = gpu.forward(x).unwrap();
     assert_eq!(
