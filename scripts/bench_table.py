@@ -50,6 +50,9 @@ def main():
                     r["name"] += ", deep"
                 if not r.get("graphs", True):
                     r["name"] += ", no graph"
+            chunk = r.get("front_chunk", 8)  # 8: the default, hrnet::cuda::DEFAULT_FRONT_CHUNK
+            if chunk != 8:
+                r["name"] += ", front whole" if chunk == 0 else f", front in {chunk}s"
         else:
             r["name"] = f"pytorch {r['config']}"
     print(f"{'batch':>5}  {'engine':<48} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} "

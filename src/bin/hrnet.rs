@@ -7,7 +7,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::accuracy::{self, F16Floor};
 use hrnet::config::{parse_size, size_in_name};
-use hrnet::cuda::{CudaEngine, Kernels, Precision, TcTuning, compiled, gpus, probe};
+use hrnet::cuda::{
+    CudaEngine, DEFAULT_FRONT_CHUNK, Kernels, Precision, TcTuning, compiled, gpus, probe,
+};
 use hrnet::pose::coco_eval::{GroundTruth, STAT_NAMES, evaluate_keypoints, load_keypoint_results};
 use hrnet::pose::io::{
     CocoResult, OFFICIAL_MIN_DETECTION_SCORE, find_image, load_boxes, load_detections, load_image,
@@ -211,6 +213,10 @@ enum Command {
         /// Batch sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
         batch: Vec<usize>,
+        /// Most images per chunk of the front (stem, layer1, transition1) when a batch is
+        /// larger; 0 runs every batch whole; comma-separated to time several (`0,8`).
+        #[arg(long, value_delimiter = ',', default_values_t = [DEFAULT_FRONT_CHUNK])]
+        front_chunk: Vec<usize>,
         /// Timed runs per configuration.
         #[arg(long, default_value_t = 100)]
         runs: usize,
@@ -509,6 +515,7 @@ fn run(command: Command) -> Result<ExitCode> {
             deep_pipeline,
             exchange: false,
             batch,
+            front_chunk,
             runs,
             warmup,
         } => bench(
@@ -522,6 +529,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 &deep_pipeline,
             ),
             &batch,
+            &front_chunk,
             (runs.max(1), warmup),
         )?,
         Command::Pose {
@@ -660,6 +668,10 @@ struct Row {
     /// For the GPU: whether the run with outputs written over their inputs (the
     /// unpoisoned arena) gave the poisoned run's bits.
     in_place_same: bool,
+    /// For the GPU at a batch of 2 or more: relative L2 against f64 and argmax agreement
+    /// of a run with the front laid out the other way (in chunks, or whole when the
+    /// batch is already chunked by default).
+    other_front: Option<(f64, f64)>,
 }
 
 impl Row {
@@ -668,8 +680,16 @@ impl Row {
         self.bound.is_finite()
     }
 
+    fn within(&self, rel_f64: f64, argmax: f64) -> bool {
+        rel_f64 <= self.bound && argmax >= self.min_argmax
+    }
+
     fn pass(&self) -> bool {
-        self.rel_f64 <= self.bound && self.argmax >= self.min_argmax && self.in_place_same
+        self.within(self.rel_f64, self.argmax)
+            && self.in_place_same
+            && self
+                .other_front
+                .is_none_or(|(rel, argmax)| self.within(rel, argmax))
     }
 }
 
@@ -711,6 +731,7 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
         bound: accuracy::CPU_F32,
         min_argmax: 1.0,
         in_place_same: true,
+        other_front: None,
     }];
     let t = Instant::now();
     let floor = F16Floor::measure(&cpu, &x, &reference)?;
@@ -725,6 +746,7 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
         bound: f64::INFINITY,
         min_argmax: 0.0,
         in_place_same: true,
+        other_front: None,
     });
     let cpu_wide: Vec<f64> = cpu_out.data().iter().map(|&v| f64::from(v)).collect();
     let mut gpu_note = None;
@@ -767,9 +789,44 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
         // The arena as `forward` plans it, block sums written over their inputs.
         engine.set_poison(false);
         let in_place_same = engine.forward(&x)? == out;
+        // The front laid out the other way: the whole batch at once where the default
+        // runs it in chunks, else in the largest chunks that hold less at this batch
+        // (none: it runs whole however chunked).
+        let chunked = engine.front_chunks(batch);
+        let other = match chunked {
+            Some((steps, chunk)) => Some((0, steps, chunk)),
+            None => (1..batch).rev().find_map(|c| {
+                engine.set_front_chunk(c);
+                engine.front_chunks(batch).map(|(steps, _)| (c, steps, c))
+            }),
+        };
+        let mut front = String::new();
+        let mut other_front = None;
+        if let Some((setting, steps, chunk)) = other {
+            engine.set_poison(true);
+            engine.set_front_chunk(setting);
+            let o = engine.forward(&x)?;
+            other_front = Some((
+                relative_l2(o.data(), &reference).expect("same shape"),
+                argmax_agreement(o.data(), &reference, map),
+            ));
+            front = if setting == 0 {
+                format!(
+                    "; the front ({steps} steps) runs in chunks of {chunk} images, and once \
+                     more over the whole batch, within the same bound"
+                )
+            } else {
+                format!(
+                    "; each run once more with the front ({steps} steps) in chunks of \
+                     {chunk} images, within the same bound"
+                )
+            };
+        }
+        engine.set_front_chunk(DEFAULT_FRONT_CHUNK);
         gpu_note = Some(format!(
             "cuda: {} (sm_{}{}), outputs poisoned with NaN before each launch; each run \
-             again unpoisoned (block sums written over their inputs) must give the same bits",
+             again unpoisoned (block sums written over their inputs) must give the same \
+             bits{front}",
             engine.gpu().name,
             engine.gpu().compute_capability.0,
             engine.gpu().compute_capability.1
@@ -793,6 +850,7 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
             bound,
             min_argmax,
             in_place_same,
+            other_front,
         });
     }
     println!();
@@ -830,6 +888,7 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
                 (false, _) => "floor",
                 (true, true) => "PASS",
                 (true, false) if !r.in_place_same => "FAIL: unpoisoned bits differ",
+                (true, false) if r.within(r.rel_f64, r.argmax) => "FAIL: front laid out again",
                 (true, false) => "FAIL",
             }
         );
@@ -936,6 +995,7 @@ fn bench(
     kernels: &[KernelsArg],
     tunings: &[TcTuning],
     batches: &[usize],
+    front_chunks: &[usize],
     (runs, warmup): (usize, usize),
 ) -> Result<()> {
     if batches.contains(&0) {
@@ -971,15 +1031,21 @@ fn bench(
             programmatic_launch: false,
             deep_pipeline: false,
         });
-        for &n in batches {
+        for (&chunk, &n) in front_chunks
+            .iter()
+            .flat_map(|c| batches.iter().map(move |n| (c, n)))
+        {
+            engine.set_front_chunk(chunk);
             let x = Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand_seed());
             let mut ms = engine.time(&x, warmup, runs)?;
             ms.sort_by(f64::total_cmp);
             let median = ms[ms.len() / 2];
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
             let (launches, path) = engine.launches();
+            // The chunk the front ran in at this batch (0: the whole batch at once).
+            let chunked = engine.front_chunks(n).map_or(0, |(_, c)| c);
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
                 t.split_k,
