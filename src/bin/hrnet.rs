@@ -792,8 +792,7 @@ fn verify(preset: &str, batch: usize, seed: u64, input_seed: Option<u64>) -> Res
         // The front laid out the other way: the whole batch at once where the default
         // runs it in chunks, else in the largest chunks that hold less at this batch
         // (none: it runs whole however chunked).
-        let chunked = engine.front_chunks(batch);
-        let other = match chunked {
+        let other = match engine.front_chunks(batch) {
             Some((steps, chunk)) => Some((0, steps, chunk)),
             None => (1..batch).rev().find_map(|c| {
                 engine.set_front_chunk(c);
