@@ -403,6 +403,20 @@ fn out_of_memory(model: &Model) {
     assert_eq!(total, MEMORY);
     let held = gpu.memory_for(2).unwrap();
     assert!(held >= gpu.arena_bytes());
+    // largest_batch_within searches on the memory growing with the batch, also where the
+    // front starts running in chunks.
+    let chunked_from = (1..=256).find(|&n| gpu.front_chunks(n).is_some());
+    assert!(
+        chunked_from.is_some(),
+        "the front runs in chunks by batch 256"
+    );
+    for n in 2..=256 {
+        assert!(
+            gpu.memory_for(n) >= gpu.memory_for(n - 1),
+            "batch {n} needs less than batch {}",
+            n - 1
+        );
+    }
     // The largest batch that fits where batch 2's memory is free too, less one image.
     let most = gpu.largest_batch_within(free_before + held);
     assert!(gpu.memory_for(most + 1).unwrap() > free_before + held);
