@@ -41,12 +41,12 @@ pub(crate) type Steps = [StepIo];
 fn depths(steps: &Steps, values: usize, barrier: usize) -> Vec<usize> {
     let mut depth = vec![0usize; steps.len()];
     let mut producer: Vec<Option<usize>> = vec![None; values];
+    // The least depth of the steps from `barrier` on.
+    let mut behind = 0;
     for (i, (inputs, out)) in steps.iter().enumerate() {
-        let behind = if i >= barrier && barrier > 0 {
-            depth[..barrier].iter().max().map_or(0, |d| d + 1)
-        } else {
-            0
-        };
+        if i == barrier && barrier > 0 {
+            behind = depth[..barrier].iter().max().map_or(0, |d| d + 1);
+        }
         depth[i] = inputs
             .iter()
             .filter_map(|v| producer[v.0])
