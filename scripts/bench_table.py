@@ -4,10 +4,13 @@
 
   python3 scripts/bench_table.py LOG... [--json benches/results/h200.json]
 
-Prints, per batch, every engine configuration's median latency, images/s and peak memory,
+Prints, per batch, every engine configuration's median latency, images/s and peak memory
+(and for hrnet the median of `forward` host to host: input copied and laid out, heatmaps
+copied back),
 hrnet's speed-up over the best (fastest) PyTorch configuration and its peak memory as a
-fraction of that configuration's, the exchange-unit totals, and the measured ceilings; with --json, writes the per-configuration rows (engine, precision, batch,
-median_ms, images_per_s, peak_mib) for the repository.
+fraction of that configuration's, the exchange-unit totals, and the measured ceilings;
+with --json, writes the per-configuration rows (engine, precision, batch, median_ms,
+images_per_s, peak_mib, forward_ms) for the repository.
 """
 import argparse
 import json
@@ -56,7 +59,7 @@ def main():
         else:
             r["name"] = f"pytorch {r['config']}"
     print(f"{'batch':>5}  {'engine':<48} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} "
-          f"{'vs best pytorch':>16} {'its memory':>10}")
+          f"{'vs best pytorch':>16} {'its memory':>10} {'forward ms':>10}")
     for batch in sorted({r["batch"] for r in runs}):
         here = [r for r in runs if r["batch"] == batch]
         best = min((r for r in here if r["engine"] == "pytorch"), key=lambda r: r["median_ms"], default=None)
@@ -66,8 +69,9 @@ def main():
                 ratio = f"{best['median_ms'] / r['median_ms']:.2f}x"
                 if best["peak_mib"] > 0:
                     memory = f"{r['peak_mib'] / best['peak_mib']:.2f}"
+            forward = f"{r['forward_ms']:.3f}" if "forward_ms" in r else ""
             print(f"{batch:>5}  {r['name']:<48} {r['median_ms']:>10.4f} {r['images_per_s']:>10.1f} "
-                  f"{r['peak_mib']:>9.1f} {ratio:>16} {memory:>10}")
+                  f"{r['peak_mib']:>9.1f} {ratio:>16} {memory:>10} {forward:>10}")
     for t in (r for r in rows if r.get("bench") == "exchange-total"):
         print(f"exchange units, batch {t['batch']}: {t['units']} output branches, fused {t['fused_ms']:.4f} ms, "
               f"unfused {t['unfused_ms']:.4f} ms, speedup {t['speedup']:.2f}x")
@@ -75,7 +79,8 @@ def main():
         print(f"measured ceilings: fp16 matmul {p['fp16_matmul_tflops']:.0f} TFLOP/s, "
               f"copy {p['copy_gb_per_s']:.0f} GB/s ({p['gpu']})")
     if a.json:
-        keep = ("engine", "name", "precision", "batch", "median_ms", "images_per_s", "peak_mib", "gpu")
+        keep = ("engine", "name", "precision", "batch", "median_ms", "images_per_s", "peak_mib", "forward_ms",
+                "gpu")
         with open(a.json, "w") as f:
             json.dump([{k: r[k] for k in keep if k in r} for r in runs], f, indent=1)
             f.write("\n")

@@ -488,13 +488,18 @@ fn exchange_units(model: &Model) {
     );
 }
 
-/// The standalone kernels the network does not use, BN(+ReLU), and argmax on crafted
-/// maps, in both precisions (the checks of tests/gpu_parity.rs at small sizes).
+/// The standalone kernels the network does not use, BN(+ReLU), argmax on crafted maps,
+/// and the input's layout at f16's edges, in both precisions (the checks of tests/gpu_parity.rs at small sizes).
 fn single_kernels(_: &Model) {
     fn both<T: GpuElem>() {
         let ops = CudaOps::<T>::open().unwrap();
         parity::bn_relu(&ops, &[(8, 6, 5), (16, 4, 3)], &[1, 2]);
         parity::argmax(&ops, &[(1, 6, 7), (2, 16, 8)]);
+        let input = |n, c, h, w| Nchw { n, c, h, w };
+        parity::input_layout(
+            &ops,
+            &[input(2, 3, 5, 7), input(1, 8, 4, 4), input(3, 10, 3, 2)],
+        );
     }
     both::<f32>();
     both::<half::f16>();

@@ -429,6 +429,22 @@ fn argmax_parity<T: GpuElem>() {
 
 both_precisions!(argmax_matches_the_official_decoding, argmax_parity);
 
+/// The input's layout (kernels/input.cu) at every preset's size, batch 1 and 3, and odd
+/// sizes and channel counts.
+fn input_layout_parity<T: GpuElem>() {
+    let input = |n, c, h, w| Nchw { n, c, h, w };
+    let shapes = [
+        input(1, 3, 256, 192),
+        input(3, 3, 256, 192),
+        input(3, 3, 384, 288),
+        input(1, 3, 256, 256),
+        input(2, 10, 7, 5),
+    ];
+    parity::input_layout(&ops::<T>(), &shapes);
+}
+
+both_precisions!(input_layout_is_the_hosts_rounding, input_layout_parity);
+
 /// W32 256×192 end to end against the CPU reference evaluated in f64: f32 within 1e-5
 /// (the CPU's own f32 is ~1.7e-5 from it), direct or tensor-core, with identical argmax; f16
 /// within 3e-2 and argmax agreement ≥ 0.99, or, where f16 storage alone moves this random

@@ -1039,12 +1039,22 @@ fn bench(
             let mut ms = engine.time(&x, warmup, runs)?;
             ms.sort_by(f64::total_cmp);
             let median = ms[ms.len() / 2];
+            // Host to host, as a caller of `forward` waits: the input's copy and layout,
+            // the network, the heatmaps' copy back and widening to f32.
+            let mut wall = (0..runs.clamp(1, 20))
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    engine.forward(&x).map(|_| t.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect::<Result<Vec<f64>>>()?;
+            wall.sort_by(f64::total_cmp);
+            let forward = wall[wall.len() / 2];
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
             let (launches, path) = engine.launches();
             // The chunk the front ran in at this batch (0: the whole batch at once).
             let chunked = engine.front_chunks(n).map_or(0, |(_, c)| c);
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"forward_ms\": {forward:.4}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
                 t.split_k,

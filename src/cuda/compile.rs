@@ -376,6 +376,7 @@ mod tests {
             "exchange",
             "fill",
             "flip_merge",
+            "input",
             "unfused",
         ] {
             assert!(names.contains(&f), "{f}");

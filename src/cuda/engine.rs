@@ -2,8 +2,10 @@
 //! once; activations live in one preallocated arena, each value at an offset planned once
 //! (`schedule::plan_arena`: values share memory where the data orders their uses, and a
 //! residual sum is written over its input), so a forward at a batch size already seen
-//! allocates nothing; results are copied back only at the end. The launches of a forward
-//! are captured once per batch size into a CUDA graph and replayed.
+//! allocates nothing; results are copied back only at the end. The input is copied as the
+//! caller holds it (f32, NCHW) and laid out in the program's element type and layout on
+//! the GPU (kernels/input.cu). The launches of a forward are captured once per batch size
+//! into a CUDA graph and replayed.
 
 use std::sync::Arc;
 
@@ -52,6 +54,9 @@ pub trait GpuElem: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + Unpin + '
     fn from_f32(v: f32) -> Self;
     /// Widens to f32.
     fn to_f32(self) -> f32;
+    /// Widens a whole buffer to f32 (for f16, 4 or 8 values an instruction where the CPU
+    /// has F16C).
+    fn widen(v: Vec<Self>) -> Vec<f32>;
 }
 
 impl GpuElem for f32 {
@@ -65,6 +70,9 @@ impl GpuElem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn widen(v: Vec<Self>) -> Vec<f32> {
+        v
+    }
 }
 
 impl GpuElem for half::f16 {
@@ -75,6 +83,9 @@ impl GpuElem for half::f16 {
     }
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
+    }
+    fn widen(v: Vec<Self>) -> Vec<f32> {
+        half::slice::HalfFloatSliceExt::to_f32_vec(v.as_slice())
     }
 }
 
@@ -172,6 +183,7 @@ pub(crate) struct Gpu<T> {
     argmax_f32: CudaFunction,
     flip_merge: CudaFunction,
     fill_nan: CudaFunction,
+    input_layout: CudaFunction,
     upsample_nhwc: CudaFunction,
     add: CudaFunction,
     relu: CudaFunction,
@@ -227,6 +239,7 @@ impl<T: GpuElem> Gpu<T> {
             argmax_f32: modules_function(&files, &modules, "argmax_f32")?,
             flip_merge: function("flip_merge")?,
             fill_nan: function("fill_nan")?,
+            input_layout: function("input_layout")?,
             upsample_nhwc: function("upsample_nhwc")?,
             add: function("add")?,
             relu: function("relu")?,
@@ -349,6 +362,44 @@ impl<T: GpuElem> Gpu<T> {
         b.arg(&y).arg(&total);
         // SAFETY: `y` addresses a live buffer of at least `total` elements of T.
         unsafe { b.launch(cfg) }.map_err(driver_err("launching fill_nan"))?;
+        Ok(())
+    }
+
+    /// The batch of `n` images of `c` channels × `hw` pixels at `x` (f32, NCHW, as the
+    /// caller holds it) written to `y` in T: NHWC with the channels zero-padded to `cp`
+    /// when `nhwc`, else NCHW (`cp` = `c`) (kernels/input.cu). On the main stream, where
+    /// the copies to the GPU go.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn input_layout(
+        &self,
+        x: u64,
+        y: u64,
+        n: usize,
+        c: usize,
+        cp: usize,
+        hw: usize,
+        nhwc: bool,
+    ) -> Result<()> {
+        let total = n * hw * cp;
+        let cfg = Self::flat("input_layout", total)?;
+        let (total, c, cp, hw, nhwc) = (
+            total as u64,
+            dim_i32(c)?,
+            dim_i32(cp)?,
+            hw as u64,
+            i32::from(nhwc),
+        );
+        let mut b = self.stream.launch_builder(&self.input_layout);
+        b.arg(&x)
+            .arg(&y)
+            .arg(&total)
+            .arg(&c)
+            .arg(&cp)
+            .arg(&hw)
+            .arg(&nhwc);
+        // SAFETY: x holds n·c·hw f32 and y n·hw·cp elements of T, both live, not
+        // overlapping.
+        unsafe { b.launch(cfg) }.map_err(driver_err("launching input_layout"))?;
         Ok(())
     }
 
@@ -726,6 +777,9 @@ struct Net<T> {
     arena: CudaSlice<T>,
     /// The chunked front's own values for one chunk (empty when not chunking).
     front_arena: CudaSlice<T>,
+    /// The input as the caller holds it (f32, NCHW), a few images at a time
+    /// ([`STAGING_BYTES`]), on its way into the input's place (kernels/input.cu).
+    staging: CudaSlice<f32>,
     /// Split-K scratch, one per stream (tensor-core program), sized with the arena.
     split: Vec<super::tc::SplitScratch>,
     /// How the tensor-core convolutions are launched.
@@ -760,6 +814,11 @@ pub(crate) fn direct_overwritable(op: &Op) -> Vec<ValueId> {
 /// holds 44 M activation elements where the whole batch at once holds 76 M.
 pub const DEFAULT_FRONT_CHUNK: usize = 8;
 
+/// The most bytes of input the GPU holds as the caller gave it (f32, NCHW) on its way into
+/// the engine's layout, unless one image is larger: at W32 256×192, 7 images (4.1 MB)
+/// a copy, one launch laying them out.
+const STAGING_BYTES: usize = 4 << 20;
+
 impl<T: GpuElem> Net<T> {
     fn new(model: &Model, ordinal: usize, kernels: Kernels) -> Result<Self> {
         let gpu = Gpu::<T>::open(ordinal)?;
@@ -793,7 +852,8 @@ impl<T: GpuElem> Net<T> {
         };
         let whole = Layout::new(&steps_io, &over, &last, &value_len, 0);
         let chunked = Chunked::new(&steps_io, &over, &last, &value_len, DEFAULT_FRONT_CHUNK);
-        let (arena, front_arena, xy, score, merged, partner) = (
+        let (arena, front_arena, staging, xy, score, merged, partner) = (
+            gpu.alloc(0)?,
             gpu.alloc(0)?,
             gpu.alloc(0)?,
             gpu.alloc(0)?,
@@ -814,6 +874,7 @@ impl<T: GpuElem> Net<T> {
             chunked,
             arena,
             front_arena,
+            staging,
             split: Vec::new(),
             tuning: super::tc::TcTuning::default(),
             xy,
@@ -874,8 +935,15 @@ impl<T: GpuElem> Net<T> {
         self.chunked_at(self.capacity)
     }
 
-    /// Bytes of arenas, split-K scratch and peak buffers for `n` images (None if that
-    /// overflows).
+    /// Images the input staging buffer holds at batch `n`, and f32 values per image.
+    fn staged(&self, n: usize) -> (usize, usize) {
+        let per = self.graph.input_shape().len();
+        let fit = STAGING_BYTES / (per * std::mem::size_of::<f32>());
+        (n.min(fit.max(1)), per)
+    }
+
+    /// Bytes of arenas, split-K scratch, input staging and peak buffers for `n` images
+    /// (None if that overflows).
     fn bytes_for(&self, n: usize) -> Option<usize> {
         let elems = match self.chunked_at(n) {
             Some(c) => c.elements(n)?,
@@ -885,10 +953,12 @@ impl<T: GpuElem> Net<T> {
             .checked_mul(self.graph.output_shape().c)?
             .checked_mul(3 * std::mem::size_of::<f32>())?;
         let split: usize = self.split_room(n).iter().map(|s| s.bytes()).sum();
+        let (images, per) = self.staged(n);
         elems
             .checked_mul(std::mem::size_of::<T>())?
             .checked_add(peaks)?
-            .checked_add(split)
+            .checked_add(split)?
+            .checked_add(images * per * std::mem::size_of::<f32>())
     }
 
     /// Step `i`'s stream and the most images it is launched over, at batch `n` with the
@@ -936,6 +1006,7 @@ impl<T: GpuElem> Net<T> {
         self.graphs.clear();
         self.arena = self.gpu.alloc(0)?;
         self.front_arena = self.gpu.alloc(0)?;
+        self.staging = self.gpu.alloc(0)?;
         self.split.clear();
         self.capacity = 0;
         // The old arena's frees are stream-ordered: the pool holds that memory until a
@@ -964,9 +1035,12 @@ impl<T: GpuElem> Net<T> {
             .into_iter()
             .map(|room| super::tc::SplitScratch::new(&self.gpu, room))
             .collect::<Result<Vec<_>>>()?;
+        let (images, per) = self.staged(n);
+        let staging = self.gpu.alloc(images * per)?;
         let maps = n * self.graph.output_shape().c;
         let (xy, score) = (self.gpu.alloc(2 * maps)?, self.gpu.alloc(maps)?);
         (self.arena, self.front_arena, self.split) = (arena, front_arena, split);
+        self.staging = staging;
         (self.xy, self.score, self.capacity) = (xy, score, n);
         Ok(())
     }
@@ -992,6 +1066,7 @@ impl<T: GpuElem> Net<T> {
         let front = self.chunks().map_or(0, |_| self.front_arena.len());
         (self.arena.len() + front) * std::mem::size_of::<T>()
             + self.split.iter().map(|s| s.bytes()).sum::<usize>()
+            + self.staging.len() * std::mem::size_of::<f32>()
     }
 
     /// Value `v`'s elements in the main arena for the batch of `n` images (not a value
@@ -1056,23 +1131,40 @@ impl<T: GpuElem> Net<T> {
         capture(&stream, || self.launch_all(n)).map(CapturedForward)
     }
 
-    /// Checks the input, makes room for its batch and copies it into the input's place.
+    /// Checks the input, makes room for its batch and puts it in the input's place: the
+    /// caller's f32 values copied as they are, a few images at a time, each time laid out
+    /// and rounded to T on the GPU (kernels/input.cu), so the host only copies.
     fn upload(&mut self, input: &Tensor) -> Result<usize> {
         self.graph.check_input(input)?;
-        let n = input.shape().n;
+        let s = input.shape();
+        let n = s.n;
         self.reserve(n)?;
-        let host: Vec<T> = match &self.program {
-            Program::Direct { .. } => input.data().iter().map(|&v| T::from_f32(v)).collect(),
-            Program::TensorCore(_) => nhwc_padded(input, 8),
+        let (c, hw) = (s.c, s.h * s.w);
+        let (cp, nhwc) = match &self.program {
+            Program::Direct { .. } => (c, false),
+            Program::TensorCore(_) => (c.next_multiple_of(8), true),
         };
         let at = self.range_of(Graph::INPUT, n);
-        self.gpu
-            .stream
-            .memcpy_htod(
-                &host,
-                &mut self.arena.slice_mut(at.start..at.start + host.len()),
-            )
-            .map_err(driver_err("copying the input to the GPU"))?;
+        debug_assert_eq!(at.len(), n * hw * cp, "the input's place fits the layout");
+        if self.poison {
+            let start = self.gpu.addr(&self.arena) + (at.start * std::mem::size_of::<T>()) as u64;
+            self.gpu.fill_nan(start, at.len())?;
+        }
+        let (chunk, per) = self.staged(n);
+        let staging = self.gpu.addr(&self.staging);
+        for first in (0..n).step_by(chunk) {
+            let images = chunk.min(n - first);
+            let x = &input.data()[first * per..(first + images) * per];
+            // A copy from pageable memory returns once the driver holds the data; it runs
+            // in stream order, after the layout launch that read the last chunk.
+            self.gpu
+                .stream
+                .memcpy_htod(x, &mut self.staging.slice_mut(0..x.len()))
+                .map_err(driver_err("copying the input to the GPU"))?;
+            let y = at.start + first * hw * cp;
+            let y = self.gpu.addr(&self.arena) + (y * std::mem::size_of::<T>()) as u64;
+            self.gpu.input_layout(staging, y, images, c, cp, hw, nhwc)?;
+        }
         Ok(n)
     }
 
@@ -1215,7 +1307,7 @@ impl<T: GpuElem> Net<T> {
         let out = self
             .gpu
             .download_at(&self.arena, self.range_of(self.graph.output, n))?;
-        Tensor::new(Nchw::batch(n, s), out.into_iter().map(T::to_f32).collect())
+        Tensor::new(Nchw::batch(n, s), T::widen(out))
     }
 
     /// Fills the peak buffers' first `maps` entries with NaN (when poisoning).

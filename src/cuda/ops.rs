@@ -33,7 +33,7 @@ impl<T: GpuElem> CudaOps<T> {
 
     fn finish(&self, y: &cudarc::driver::CudaSlice<T>, shape: Nchw) -> Result<Tensor> {
         let out = self.gpu.download(y, shape.len())?;
-        Tensor::new(shape, out.into_iter().map(T::to_f32).collect())
+        Tensor::new(shape, T::widen(out))
     }
 
     /// `relu?(conv(x) + bias + residual?)` (kernels/conv.cu).
@@ -185,6 +185,21 @@ impl<T: GpuElem> CudaOps<T> {
             relu,
         )?;
         self.finish(&y, s)
+    }
+
+    /// The batch `x` (f32, NCHW) laid out as the engine lays out its input
+    /// (kernels/input.cu): NHWC with the channels zero-padded to a multiple of 8 when
+    /// `nhwc` (the tensor-core program), else NCHW; the stored elements widened to f32.
+    pub fn input_layout(&self, x: &Tensor, nhwc: bool) -> Result<Vec<f32>> {
+        let s = x.shape();
+        let cp = if nhwc { s.c.next_multiple_of(8) } else { s.c };
+        let len = s.n * s.h * s.w * cp;
+        let xd = self.gpu.upload(x.data())?;
+        let y = self.output(len)?;
+        let g = &self.gpu;
+        g.input_layout(g.addr(&xd), g.addr(&y), s.n, s.c, cp, s.h * s.w, nhwc)?;
+        let out = g.download(&y, len)?;
+        Ok(T::widen(out))
     }
 
     /// The peak of every heatmap (kernels/argmax.cu).
@@ -350,7 +365,7 @@ impl<T: GpuElem> CudaOps<T> {
         let y = self
             .gpu
             .download(l.bufs.last().expect("the output"), shape.len())?;
-        let y: Vec<f32> = y.into_iter().map(T::to_f32).collect();
+        let y: Vec<f32> = T::widen(y);
         let data = if nchw_out {
             y
         } else {

@@ -81,6 +81,56 @@ pub fn bn_relu<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)], b
     }
 }
 
+/// The input laid out on the GPU, NCHW and NHWC (channels padded to a multiple of 8),
+/// against the host's rounding of each value, bit for bit, padding zero; with values at
+/// f16's edges among the random ones: subnormal, halfway between two f16, the largest
+/// f16, the first value that rounds past it, negative zero.
+pub fn input_layout<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[Nchw]) {
+    let edges = [
+        6.0e-8,
+        -3.0e-5,
+        1.0 + 2f32.powi(-11),
+        1.0 + 3.0 * 2f32.powi(-11),
+        65504.0,
+        -65520.0,
+        -0.0,
+        1e-9,
+    ];
+    for &s in shapes {
+        let mut data = Tensor::random_normal(s, seed()).into_data();
+        for (k, &e) in edges.iter().enumerate() {
+            let at = (k * 7919) % data.len();
+            data[at] = e;
+        }
+        let x = Tensor::new(s, data).unwrap();
+        let hw = s.h * s.w;
+        for nhwc in [false, true] {
+            let cp = if nhwc { s.c.next_multiple_of(8) } else { s.c };
+            let got = gpu.input_layout(&x, nhwc).unwrap();
+            assert_eq!(got.len(), s.n * hw * cp);
+            for (i, g) in got.iter().enumerate() {
+                let (img, ch, p) = if nhwc {
+                    (i / (hw * cp), i % cp, (i / cp) % hw)
+                } else {
+                    (i / (hw * cp), (i / hw) % cp, i % hw)
+                };
+                let want = if ch < s.c {
+                    T::from_f32(x.data()[(img * s.c + ch) * hw + p]).to_f32()
+                } else {
+                    0.0
+                };
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "input_layout{} {s} nhwc={nhwc}: element {i} (image {img}, channel {ch}, \
+                     pixel {p}) is {g}, the host rounds to {want}",
+                    T::SUFFIX
+                );
+            }
+        }
+    }
+}
+
 /// Peaks of 17 maps an image, for each `(n, h, w)`, against the CPU decode: random maps and
 /// crafted ones (maxima on the edges and next to them, a tie, all negative, all zero).
 pub fn argmax<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)]) {

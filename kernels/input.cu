@@ -1,0 +1,40 @@
+// input.cu: the caller's batch, copied to the GPU as it is held (f32, NCHW), laid out in
+// the engine's element type as its program reads it, so that the host only copies bytes:
+//
+//   nchw (the direct kernels):      y[img, ch, p] = x[img, ch, p]
+//   nhwc (the tensor-core kernels): y[img, p, ch] = ch < c ? x[img, ch, p] : 0,  ch < cp
+//
+// p runs over the hw pixels of an image; cp is the stored channel count (c padded to a
+// multiple of 8 for the tensor-core kernels, c itself for nchw). Each value is rounded
+// once, to nearest even, as the host's half::f16::from_f32 rounds it.
+//
+// Layout: x n × c × hw f32; y n·hw·cp elements of T. Kernels: input_layout_f32,
+// input_layout_f16. Launch: 256 threads per block, one output element per thread, grid
+// ceil(n·hw·cp / 256).
+
+#define INPUT_THREADS 256
+
+template <typename T>
+__device__ void input_layout(const float* x, T* y, u64 total, int c, int cp, u64 hw, int nhwc) {
+    const u64 i = (u64)blockIdx.x * INPUT_THREADS + threadIdx.x;
+    if (i >= total) return;
+    int ch;
+    u64 p, img;
+    if (nhwc) {
+        ch = (int)(i % cp);
+        const u64 pixel = i / cp;
+        p = pixel % hw;
+        img = pixel / hw;
+    } else {
+        p = i % hw;
+        const u64 plane = i / hw;
+        ch = (int)(plane % cp);
+        img = plane / cp;
+    }
+    y[i] = store_as<T>(ch < c ? x[(img * c + ch) * hw + p] : 0.0f);
+}
+
+#define INPUT_PARAMS(T) (const float* __restrict__ x, T* __restrict__ y, u64 total, int c, int cp, u64 hw, int nhwc)
+#define INPUT_ARGS (x, y, total, c, cp, hw, nhwc)
+
+HRNET_F32_F16(input_layout, INPUT_THREADS, INPUT_PARAMS, INPUT_ARGS)
