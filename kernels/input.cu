@@ -1,23 +1,27 @@
 // input.cu: the caller's batch, copied to the GPU as it is held (f32, NCHW), laid out in
 // the engine's element type as its program reads it, so that the host only copies bytes:
 //
-//   nchw (the direct kernels):      y[img, ch, p] = x[img, ch, p]
-//   nhwc (the tensor-core kernels): y[img, p, ch] = ch < c ? x[img, ch, p] : 0,  ch < cp
+//   nchw (the direct kernels):      y[img, ch, p] = x[img, ch, src(p)]
+//   nhwc (the tensor-core kernels): y[img, p, ch] = ch < c ? x[img, ch, src(p)] : 0,  ch < cp
 //
-// p runs over the hw pixels of an image; cp is the stored channel count (c padded to a
-// multiple of 8 for the tensor-core kernels, c itself for nchw). Each value is rounded
-// once, to nearest even, as the host's half::f16::from_f32 rounds it.
+// p runs over the h·w pixels of an image, row by row; src(p) = p, or, with `mirror`, the
+// pixel of the same row in the mirrored column (x, w − 1 − x): the flip test's mirrored
+// half (`input.flip(3)`) made from the plain one. cp is the stored channel count (c
+// padded to a multiple of 8 for the tensor-core kernels, c itself for nchw). Each value
+// is rounded once, to nearest even, as the host's half::f16::from_f32 rounds it.
 //
-// Layout: x n × c × hw f32; y n·hw·cp elements of T. Kernels: input_layout_f32,
+// Layout: x n × c × h × w f32; y n·h·w·cp elements of T. Kernels: input_layout_f32,
 // input_layout_f16. Launch: 256 threads per block, one output element per thread, grid
-// ceil(n·hw·cp / 256).
+// ceil(n·h·w·cp / 256).
 
 #define INPUT_THREADS 256
 
 template <typename T>
-__device__ void input_layout(const float* x, T* y, u64 total, int c, int cp, u64 hw, int nhwc) {
+__device__ void input_layout(const float* x, T* y, u64 total, int c, int cp, int h, int w, int nhwc,
+                             int mirror) {
     const u64 i = (u64)blockIdx.x * INPUT_THREADS + threadIdx.x;
     if (i >= total) return;
+    const u64 hw = (u64)h * w;
     int ch;
     u64 p, img;
     if (nhwc) {
@@ -31,10 +35,15 @@ __device__ void input_layout(const float* x, T* y, u64 total, int c, int cp, u64
         ch = (int)(plane % cp);
         img = plane / cp;
     }
+    if (mirror) {
+        const u64 col = p % w;
+        p = p - col + (u64)(w - 1) - col;
+    }
     y[i] = store_as<T>(ch < c ? x[(img * c + ch) * hw + p] : 0.0f);
 }
 
-#define INPUT_PARAMS(T) (const float* __restrict__ x, T* __restrict__ y, u64 total, int c, int cp, u64 hw, int nhwc)
-#define INPUT_ARGS (x, y, total, c, cp, hw, nhwc)
+#define INPUT_PARAMS(T) \
+    (const float* __restrict__ x, T* __restrict__ y, u64 total, int c, int cp, int h, int w, int nhwc, int mirror)
+#define INPUT_ARGS (x, y, total, c, cp, h, w, nhwc, mirror)
 
 HRNET_F32_F16(input_layout, INPUT_THREADS, INPUT_PARAMS, INPUT_ARGS)

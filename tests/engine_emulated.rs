@@ -300,6 +300,7 @@ fn network(model: &Model, precision: Precision) {
                 assert_eq!(agree, 1.0, "f32 argmax");
             }
             assert_eq!(gpu_peaks, peaks(&out), "GPU peaks against the CPU decode");
+            assert_eq!(gpu.peaks(&x).unwrap(), gpu_peaks, "peaks without the maps");
             // f32 shares the f16 launch paths: once is enough there (emulator time).
             if kernels == Kernels::TensorCore && (precision == Precision::F16 || n == 1) {
                 split_k_off(&mut gpu, &x, &out, &reference, bound);

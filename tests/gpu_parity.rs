@@ -520,6 +520,11 @@ fn whole_network_matches_the_cpu_reference() {
                 peaks(&out),
                 "GPU peaks differ from the CPU decode of its heatmaps"
             );
+            assert_eq!(
+                gpu.peaks(x).unwrap(),
+                gpu_peaks,
+                "{name}: peaks without the maps"
+            );
             let bytes = gpu.arena_bytes();
             assert_eq!(gpu.forward(x).unwrap(), out, "{name}: repeated runs differ");
             assert_eq!(

@@ -365,39 +365,31 @@ impl<T: GpuElem> Gpu<T> {
         Ok(())
     }
 
-    /// The batch of `n` images of `c` channels × `hw` pixels at `x` (f32, NCHW, as the
-    /// caller holds it) written to `y` in T: NHWC with the channels zero-padded to `cp`
-    /// when `nhwc`, else NCHW (`cp` = `c`) (kernels/input.cu). On the main stream, where
-    /// the copies to the GPU go.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn input_layout(
-        &self,
-        x: u64,
-        y: u64,
-        n: usize,
-        c: usize,
-        cp: usize,
-        hw: usize,
-        nhwc: bool,
-    ) -> Result<()> {
-        let total = n * hw * cp;
+    /// The batch of `n` images at `x` (f32, NCHW, as the caller holds it) written to `y`
+    /// in T as `how` says (kernels/input.cu). On the main stream, where the copies to the
+    /// GPU go.
+    pub(crate) fn input_layout(&self, x: u64, y: u64, n: usize, how: InputLayout) -> Result<()> {
+        let total = n * how.h * how.w * how.cp;
         let cfg = Self::flat("input_layout", total)?;
-        let (total, c, cp, hw, nhwc) = (
-            total as u64,
-            dim_i32(c)?,
-            dim_i32(cp)?,
-            hw as u64,
-            i32::from(nhwc),
+        let total = total as u64;
+        let (c, cp, h, w) = (
+            dim_i32(how.c)?,
+            dim_i32(how.cp)?,
+            dim_i32(how.h)?,
+            dim_i32(how.w)?,
         );
+        let (nhwc, mirror) = (i32::from(how.nhwc), i32::from(how.mirror));
         let mut b = self.stream.launch_builder(&self.input_layout);
         b.arg(&x)
             .arg(&y)
             .arg(&total)
             .arg(&c)
             .arg(&cp)
-            .arg(&hw)
-            .arg(&nhwc);
-        // SAFETY: x holds n·c·hw f32 and y n·hw·cp elements of T, both live, not
+            .arg(&h)
+            .arg(&w)
+            .arg(&nhwc)
+            .arg(&mirror);
+        // SAFETY: x holds n·c·h·w f32 and y n·h·w·cp elements of T, both live, not
         // overlapping.
         unsafe { b.launch(cfg) }.map_err(driver_err("launching input_layout"))?;
         Ok(())
@@ -659,6 +651,40 @@ impl<T: GpuElem> Gpu<T> {
         // SAFETY: hm holds maps·h·w elements, xy 2·maps and score maps f32; all live.
         unsafe { b.launch(cfg) }.map_err(driver_err("launching argmax"))?;
         Ok(())
+    }
+}
+
+/// How kernels/input.cu lays out a batch of `c` channels × `h` × `w` pixels: NHWC with
+/// the channels zero-padded to `cp` when `nhwc`, else NCHW (`cp` = `c`); each row
+/// mirrored (the flip test's other half) when `mirror`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct InputLayout {
+    pub(crate) c: usize,
+    pub(crate) cp: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) nhwc: bool,
+    pub(crate) mirror: bool,
+}
+
+impl InputLayout {
+    /// The layout of `s`'s images for the tensor-core program (`nhwc`) or the direct one.
+    pub(crate) fn of(s: Nchw, nhwc: bool) -> Self {
+        let cp = if nhwc { s.c.next_multiple_of(8) } else { s.c };
+        let (c, h, w) = (s.c, s.h, s.w);
+        InputLayout {
+            c,
+            cp,
+            h,
+            w,
+            nhwc,
+            mirror: false,
+        }
+    }
+
+    /// Elements of T an image takes.
+    pub(crate) fn len(&self) -> usize {
+        self.h * self.w * self.cp
     }
 }
 
@@ -1096,7 +1122,7 @@ impl<T: GpuElem> Net<T> {
 
     /// Runs every op; the heatmaps stay in the output value's place in the arena.
     fn run(&mut self, input: &Tensor) -> Result<usize> {
-        let n = self.upload(input)?;
+        let n = self.upload(input, false)?;
         self.execute(n)?;
         Ok(n)
     }
@@ -1133,37 +1159,48 @@ impl<T: GpuElem> Net<T> {
 
     /// Checks the input, makes room for its batch and puts it in the input's place: the
     /// caller's f32 values copied as they are, a few images at a time, each time laid out
-    /// and rounded to T on the GPU (kernels/input.cu), so the host only copies.
-    fn upload(&mut self, input: &Tensor) -> Result<usize> {
+    /// and rounded to T on the GPU (kernels/input.cu), so the host only copies. With
+    /// `mirrored`, the batch is followed by its mirror image, made on the GPU from the same
+    /// copies (the flip test's second half). Returns the images in the batch run.
+    fn upload(&mut self, input: &Tensor, mirrored: bool) -> Result<usize> {
         self.graph.check_input(input)?;
         let s = input.shape();
-        let n = s.n;
+        let n = if mirrored { 2 * s.n } else { s.n };
         self.reserve(n)?;
-        let (c, hw) = (s.c, s.h * s.w);
-        let (cp, nhwc) = match &self.program {
-            Program::Direct { .. } => (c, false),
-            Program::TensorCore(_) => (c.next_multiple_of(8), true),
-        };
+        let layout = InputLayout::of(s, matches!(self.program, Program::TensorCore(_)));
         let at = self.range_of(Graph::INPUT, n);
-        debug_assert_eq!(at.len(), n * hw * cp, "the input's place fits the layout");
+        debug_assert_eq!(
+            at.len(),
+            n * layout.len(),
+            "the input's place fits the layout"
+        );
+        let size = std::mem::size_of::<T>();
+        let base = self.gpu.addr(&self.arena) + (at.start * size) as u64;
         if self.poison {
-            let start = self.gpu.addr(&self.arena) + (at.start * std::mem::size_of::<T>()) as u64;
-            self.gpu.fill_nan(start, at.len())?;
+            self.gpu.fill_nan(base, at.len())?;
         }
-        let (chunk, per) = self.staged(n);
+        let (chunk, per) = self.staged(s.n);
         let staging = self.gpu.addr(&self.staging);
-        for first in (0..n).step_by(chunk) {
-            let images = chunk.min(n - first);
+        for first in (0..s.n).step_by(chunk) {
+            let images = chunk.min(s.n - first);
             let x = &input.data()[first * per..(first + images) * per];
             // A copy from pageable memory returns once the driver holds the data; it runs
-            // in stream order, after the layout launch that read the last chunk.
+            // in stream order, after the layout launches that read the last chunk.
             self.gpu
                 .stream
                 .memcpy_htod(x, &mut self.staging.slice_mut(0..x.len()))
                 .map_err(driver_err("copying the input to the GPU"))?;
-            let y = at.start + first * hw * cp;
-            let y = self.gpu.addr(&self.arena) + (y * std::mem::size_of::<T>()) as u64;
-            self.gpu.input_layout(staging, y, images, c, cp, hw, nhwc)?;
+            let image = |i: usize| base + (i * layout.len() * size) as u64;
+            self.gpu
+                .input_layout(staging, image(first), images, layout)?;
+            if mirrored {
+                let mirror = InputLayout {
+                    mirror: true,
+                    ..layout
+                };
+                self.gpu
+                    .input_layout(staging, image(s.n + first), images, mirror)?;
+            }
         }
         Ok(n)
     }
@@ -1171,7 +1208,7 @@ impl<T: GpuElem> Net<T> {
     /// Device time of the whole network on an uploaded batch, per run, in milliseconds
     /// (CUDA events around the launches; no copies included).
     fn time(&mut self, input: &Tensor, warmup: usize, runs: usize) -> Result<Vec<f64>> {
-        let n = self.upload(input)?;
+        let n = self.upload(input, false)?;
         for _ in 0..warmup {
             self.execute(n)?;
         }
@@ -1323,10 +1360,10 @@ impl<T: GpuElem> Net<T> {
             .map_err(driver_err("poisoning the peak buffers"))
     }
 
-    fn forward_peaks(&mut self, input: &Tensor) -> Result<(Tensor, Vec<Peak>)> {
-        let heatmaps = self.forward(input)?;
-        let s = heatmaps.shape();
-        let maps = s.n * s.c;
+    /// The peaks of the `n` images' heatmaps in the output's place (kernels/argmax.cu).
+    fn output_peaks(&mut self, n: usize) -> Result<Vec<Peak>> {
+        let s = self.graph.output_shape();
+        let maps = n * s.c;
         self.poison_peaks(maps)?;
         let (hm, xy, score) = (
             self.addr_of(self.graph.output, 0),
@@ -1334,26 +1371,25 @@ impl<T: GpuElem> Net<T> {
             self.gpu.addr(&self.score),
         );
         self.gpu.argmax(hm, false, maps, s.h, s.w, xy, score)?;
-        let peaks = self.gpu.read_peaks(&self.xy, &self.score, maps)?;
+        self.gpu.read_peaks(&self.xy, &self.score, maps)
+    }
+
+    fn forward_peaks(&mut self, input: &Tensor) -> Result<(Tensor, Vec<Peak>)> {
+        let heatmaps = self.forward(input)?;
+        let peaks = self.output_peaks(heatmaps.shape().n)?;
         Ok((heatmaps, peaks))
     }
 
-    /// The flip test on the GPU: `both` holds N crops then the same N mirrored; one forward,
-    /// then the merge (kernels/flip_merge.cu) and the peaks of the merged maps.
-    fn forward_flip_peaks(
-        &mut self,
-        both: &Tensor,
-        pairs: &[(usize, usize)],
-    ) -> Result<(Tensor, Vec<Peak>)> {
-        let total = both.shape().n;
-        if !total.is_multiple_of(2) {
-            return Err(Error::Input(format!(
-                "a flip-test batch holds plain and mirrored halves; {total} is odd"
-            )));
-        }
-        self.run(both)?;
+    fn peaks(&mut self, input: &Tensor) -> Result<Vec<Peak>> {
+        let n = self.run(input)?;
+        self.output_peaks(n)
+    }
+
+    /// The flip test's merge (kernels/flip_merge.cu) of the 2N images run, N plain then
+    /// the same mirrored, into `merged` (N maps a joint, f32), and the merged maps' peaks.
+    fn merge_flipped_peaks(&mut self, n: usize, pairs: &[(usize, usize)]) -> Result<Vec<Peak>> {
         let s = self.graph.output_shape();
-        let (n, maps) = (total / 2, total / 2 * s.c);
+        let maps = n * s.c;
         let len = maps * s.h * s.w;
         if self.merged.len() < len {
             self.merged = self.gpu.alloc(len)?;
@@ -1385,9 +1421,36 @@ impl<T: GpuElem> Net<T> {
         self.gpu.flip_merge(hm, pt, merged, n, s.c, s.h, s.w)?;
         let (xy, score) = (self.gpu.addr(&self.xy), self.gpu.addr(&self.score));
         self.gpu.argmax(merged, true, maps, s.h, s.w, xy, score)?;
-        let heatmaps = Tensor::new(Nchw::batch(n, s), self.gpu.download(&self.merged, len)?)?;
-        let peaks = self.gpu.read_peaks(&self.xy, &self.score, maps)?;
+        self.gpu.read_peaks(&self.xy, &self.score, maps)
+    }
+
+    /// The flip test on the GPU: `both` holds N crops then the same N mirrored; one forward,
+    /// then the merge and the peaks of the merged maps, which come back with them.
+    fn forward_flip_peaks(
+        &mut self,
+        both: &Tensor,
+        pairs: &[(usize, usize)],
+    ) -> Result<(Tensor, Vec<Peak>)> {
+        let total = both.shape().n;
+        if !total.is_multiple_of(2) {
+            return Err(Error::Input(format!(
+                "a flip-test batch holds plain and mirrored halves; {total} is odd"
+            )));
+        }
+        self.run(both)?;
+        let n = total / 2;
+        let peaks = self.merge_flipped_peaks(n, pairs)?;
+        let s = Nchw::batch(n, self.graph.output_shape());
+        let heatmaps = Tensor::new(s, self.gpu.download(&self.merged, s.len())?)?;
         Ok((heatmaps, peaks))
+    }
+
+    /// The flip test on the GPU from the plain crops alone: their mirror images are laid
+    /// out on the GPU from the same copies; only the peaks come back.
+    fn flip_peaks(&mut self, input: &Tensor, pairs: &[(usize, usize)]) -> Result<Vec<Peak>> {
+        let total = self.upload(input, true)?;
+        self.execute(total)?;
+        self.merge_flipped_peaks(total / 2, pairs)
     }
 }
 
@@ -1613,6 +1676,12 @@ impl CudaEngine {
         on_net!(&mut self.inner, n => n.forward_peaks(input))
     }
 
+    /// The peak of every map, found on the GPU; the heatmaps stay there (the same peaks as
+    /// [`CudaEngine::forward_peaks`], without copying the maps back).
+    pub fn peaks(&mut self, input: &Tensor) -> Result<Vec<Peak>> {
+        on_net!(&mut self.inner, n => n.peaks(input))
+    }
+
     /// The flip test on the GPU: `both` holds N crops followed by the same N mirrored left
     /// to right (see [`crate::pose::flip_images`]). Returns the N merged heatmaps (as
     /// [`crate::pose::merge_flipped`] makes them, in f32) and their peaks, both computed on
@@ -1623,5 +1692,19 @@ impl CudaEngine {
         pairs: &[(usize, usize)],
     ) -> Result<(Tensor, Vec<Peak>)> {
         on_net!(&mut self.inner, n => n.forward_flip_peaks(both, pairs))
+    }
+
+    /// The flip test on the GPU from the N plain crops alone: their mirror images are made
+    /// on the GPU from the same copies (the host neither mirrors nor copies them), the 2N
+    /// run as one batch, merged, and the merged maps' peaks returned; the same peaks as
+    /// [`CudaEngine::forward_flip_peaks`] on `input` followed by its mirror.
+    pub fn flip_peaks(&mut self, input: &Tensor, pairs: &[(usize, usize)]) -> Result<Vec<Peak>> {
+        on_net!(&mut self.inner, n => n.flip_peaks(input, pairs))
+    }
+
+    /// The shape of one image's heatmaps (joints × H/4 × W/4).
+    #[must_use]
+    pub fn heatmap_shape(&self) -> Chw {
+        on_net!(&self.inner, n => n.graph.output_shape())
     }
 }

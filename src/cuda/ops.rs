@@ -1,7 +1,7 @@
 //! Single kernels on host data, one launch each, outputs poisoned with NaN first: what
 //! the parity tests check against the CPU reference, op by op.
 
-use super::engine::{Gpu, GpuElem};
+use super::engine::{Gpu, GpuElem, InputLayout};
 use super::tc::TcTuning;
 use crate::decode::Peak;
 use crate::error::{Error, Result};
@@ -189,15 +189,19 @@ impl<T: GpuElem> CudaOps<T> {
 
     /// The batch `x` (f32, NCHW) laid out as the engine lays out its input
     /// (kernels/input.cu): NHWC with the channels zero-padded to a multiple of 8 when
-    /// `nhwc` (the tensor-core program), else NCHW; the stored elements widened to f32.
-    pub fn input_layout(&self, x: &Tensor, nhwc: bool) -> Result<Vec<f32>> {
+    /// `nhwc` (the tensor-core program), else NCHW; each row mirrored when `mirror` (the
+    /// flip test's second half); the stored elements widened to f32.
+    pub fn input_layout(&self, x: &Tensor, nhwc: bool, mirror: bool) -> Result<Vec<f32>> {
         let s = x.shape();
-        let cp = if nhwc { s.c.next_multiple_of(8) } else { s.c };
-        let len = s.n * s.h * s.w * cp;
+        let how = InputLayout {
+            mirror,
+            ..InputLayout::of(s, nhwc)
+        };
+        let len = s.n * how.len();
         let xd = self.gpu.upload(x.data())?;
         let y = self.output(len)?;
         let g = &self.gpu;
-        g.input_layout(g.addr(&xd), g.addr(&y), s.n, s.c, cp, s.h * s.w, nhwc)?;
+        g.input_layout(g.addr(&xd), g.addr(&y), s.n, how)?;
         let out = g.download(&y, len)?;
         Ok(T::widen(out))
     }

@@ -388,12 +388,13 @@ impl PoseEstimator {
             }
             Backend::Cuda(e) => {
                 let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
-                let (heatmaps, peaks) = if self.flip {
-                    e.forward_flip_peaks(&Tensor::concat(&[x, &flip_images(x)])?, pairs)?
+                // The mirrored crops are made on the GPU; only the peaks come back.
+                let peaks = if self.flip {
+                    e.flip_peaks(x, pairs)?
                 } else {
-                    e.forward_peaks(x)?
+                    e.peaks(x)?
                 };
-                Ok((peaks, heatmaps.shape()))
+                Ok((peaks, Nchw::batch(x.shape().n, e.heatmap_shape())))
             }
         }
     }

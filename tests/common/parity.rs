@@ -82,7 +82,7 @@ pub fn bn_relu<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)], b
 }
 
 /// The input laid out on the GPU, NCHW and NHWC (channels padded to a multiple of 8),
-/// against the host's rounding of each value, bit for bit, padding zero; with values at
+/// plain and mirrored, against the host's rounding of each value, bit for bit, padding zero; with values at
 /// f16's edges among the random ones: subnormal, halfway between two f16, the largest
 /// f16, the first value that rounds past it, negative zero.
 pub fn input_layout<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[Nchw]) {
@@ -104,15 +104,20 @@ pub fn input_layout<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[Nchw]) {
         }
         let x = Tensor::new(s, data).unwrap();
         let hw = s.h * s.w;
-        for nhwc in [false, true] {
+        for (nhwc, mirror) in [(false, false), (true, false), (false, true), (true, true)] {
             let cp = if nhwc { s.c.next_multiple_of(8) } else { s.c };
-            let got = gpu.input_layout(&x, nhwc).unwrap();
+            let got = gpu.input_layout(&x, nhwc, mirror).unwrap();
             assert_eq!(got.len(), s.n * hw * cp);
             for (i, g) in got.iter().enumerate() {
                 let (img, ch, p) = if nhwc {
                     (i / (hw * cp), i % cp, (i / cp) % hw)
                 } else {
                     (i / (hw * cp), (i / hw) % cp, i % hw)
+                };
+                let p = if mirror {
+                    p / s.w * s.w + (s.w - 1 - p % s.w)
+                } else {
+                    p
                 };
                 let want = if ch < s.c {
                     T::from_f32(x.data()[(img * s.c + ch) * hw + p]).to_f32()
@@ -122,8 +127,8 @@ pub fn input_layout<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[Nchw]) {
                 assert_eq!(
                     g.to_bits(),
                     want.to_bits(),
-                    "input_layout{} {s} nhwc={nhwc}: element {i} (image {img}, channel {ch}, \
-                     pixel {p}) is {g}, the host rounds to {want}",
+                    "input_layout{} {s} nhwc={nhwc} mirror={mirror}: element {i} (image {img}, \
+                     channel {ch}, source pixel {p}) is {g}, the host rounds to {want}",
                     T::SUFFIX
                 );
             }
@@ -158,7 +163,8 @@ pub fn argmax<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)]) {
 }
 
 /// The flip test on the GPU (`forward_flip_peaks` on `x` followed by its mirror) against
-/// the CPU merge and decode of the same engine's maps of the same batch of 2N. The same
+/// the CPU merge and decode of the same engine's maps of the same batch of 2N, and
+/// `flip_peaks` on `x` alone (the mirror made on the GPU) against it. The same
 /// batch: with split K, an image's maps depend on the batch size (by f32 rounding).
 pub fn flip(gpu: &mut CudaEngine, x: &Tensor, pairs: &[(usize, usize)], what: &str) {
     let n = x.shape().n;
@@ -174,6 +180,12 @@ pub fn flip(gpu: &mut CudaEngine, x: &Tensor, pairs: &[(usize, usize)], what: &s
     let want = hrnet::pose::merge_flipped(&half(0..n), &half(n..2 * n), pairs).unwrap();
     assert_eq!(merged, want, "{what}: merged heatmaps");
     assert_eq!(gpu_peaks, peaks(&want), "{what}: peaks");
+    // The mirrored half made on the GPU from the plain crops: the same batch, the same bits.
+    assert_eq!(
+        gpu.flip_peaks(x, pairs).unwrap(),
+        gpu_peaks,
+        "{what}: flip_peaks, the mirror made on the GPU"
+    );
 }
 
 /// The tensor-core engine's tunings on `x`, whose result with the default tuning is `out`:
