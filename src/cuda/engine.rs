@@ -184,6 +184,7 @@ pub(crate) struct Gpu<T> {
     flip_merge: CudaFunction,
     fill_nan: CudaFunction,
     input_layout: CudaFunction,
+    input_pad: CudaFunction,
     upsample_nhwc: CudaFunction,
     add: CudaFunction,
     relu: CudaFunction,
@@ -240,6 +241,7 @@ impl<T: GpuElem> Gpu<T> {
             flip_merge: function("flip_merge")?,
             fill_nan: function("fill_nan")?,
             input_layout: function("input_layout")?,
+            input_pad: function("input_pad")?,
             upsample_nhwc: function("upsample_nhwc")?,
             add: function("add")?,
             relu: function("relu")?,
@@ -369,8 +371,27 @@ impl<T: GpuElem> Gpu<T> {
     /// in T as `how` says (kernels/input.cu). On the main stream, where the copies to the
     /// GPU go.
     pub(crate) fn input_layout(&self, x: u64, y: u64, n: usize, how: InputLayout) -> Result<()> {
+        self.lay_out(&self.input_layout, "input_layout", x, y, n, how)
+    }
+
+    /// The batch of `n` images at `x` (T, NCHW: a compact input) written to `y` as `how`
+    /// says (kernels/input.cu, `input_pad`: bitwise `input_layout`'s result from the f32
+    /// values). On the main stream.
+    pub(crate) fn input_pad(&self, x: u64, y: u64, n: usize, how: InputLayout) -> Result<()> {
+        self.lay_out(&self.input_pad, "input_pad", x, y, n, how)
+    }
+
+    fn lay_out(
+        &self,
+        f: &CudaFunction,
+        what: &str,
+        x: u64,
+        y: u64,
+        n: usize,
+        how: InputLayout,
+    ) -> Result<()> {
         let total = n * how.h * how.w * how.cp;
-        let cfg = Self::flat("input_layout", total)?;
+        let cfg = Self::flat(what, total)?;
         let total = total as u64;
         let (c, cp, h, w) = (
             dim_i32(how.c)?,
@@ -379,7 +400,7 @@ impl<T: GpuElem> Gpu<T> {
             dim_i32(how.w)?,
         );
         let (nhwc, mirror) = (i32::from(how.nhwc), i32::from(how.mirror));
-        let mut b = self.stream.launch_builder(&self.input_layout);
+        let mut b = self.stream.launch_builder(f);
         b.arg(&x)
             .arg(&y)
             .arg(&total)
@@ -389,9 +410,9 @@ impl<T: GpuElem> Gpu<T> {
             .arg(&w)
             .arg(&nhwc)
             .arg(&mirror);
-        // SAFETY: x holds n·c·h·w f32 and y n·h·w·cp elements of T, both live, not
-        // overlapping.
-        unsafe { b.launch(cfg) }.map_err(driver_err("launching input_layout"))?;
+        // SAFETY: x holds n·c·h·w elements (f32 for input_layout, T for input_pad) and y
+        // n·h·w·cp elements of T, both live, not overlapping.
+        unsafe { b.launch(cfg) }.map_err(driver_err(what))?;
         Ok(())
     }
 
@@ -837,7 +858,7 @@ pub(crate) fn direct_overwritable(op: &Op) -> Vec<ValueId> {
 /// The most images a chunk of the front holds by default (see
 /// [`CudaEngine::set_front_chunk`]): at 8, each of the front's launches still fills an
 /// H200 (the stem's first convolution writes 98 K pixels), and W32 256×192 at batch 64
-/// holds 44 M activation elements where the whole batch at once holds 76 M.
+/// holds 40 M activation elements where the whole batch at once holds 76 M.
 pub const DEFAULT_FRONT_CHUNK: usize = 8;
 
 /// The most bytes of input the GPU holds as the caller gave it (f32, NCHW) on its way into
@@ -877,7 +898,15 @@ impl<T: GpuElem> Net<T> {
             }
         };
         let whole = Layout::new(&steps_io, &over, &last, &value_len, 0);
-        let chunked = Chunked::new(&steps_io, &over, &last, &value_len, DEFAULT_FRONT_CHUNK);
+        let input_len = graph.input_shape().len();
+        let chunked = Chunked::new(
+            &steps_io,
+            &over,
+            &last,
+            &value_len,
+            input_len,
+            DEFAULT_FRONT_CHUNK,
+        );
         let (arena, front_arena, staging, xy, score, merged, partner) = (
             gpu.alloc(0)?,
             gpu.alloc(0)?,
@@ -922,7 +951,8 @@ impl<T: GpuElem> Net<T> {
         let over = if self.poison { &none } else { &self.over };
         let (io, last, len) = (&self.steps_io, &self.last, &self.value_len);
         self.whole = Layout::new(io, over, last, len, 0);
-        self.chunked = Chunked::new(io, over, last, len, self.front_chunk);
+        let input_len = self.graph.input_shape().len();
+        self.chunked = Chunked::new(io, over, last, len, input_len, self.front_chunk);
         self.graphs.clear();
         self.split.clear();
         self.capacity = 0;
@@ -1159,7 +1189,8 @@ impl<T: GpuElem> Net<T> {
 
     /// Checks the input, makes room for its batch and puts it in the input's place: the
     /// caller's f32 values copied as they are, a few images at a time, each time laid out
-    /// and rounded to T on the GPU (kernels/input.cu), so the host only copies. With
+    /// and rounded to T on the GPU (kernels/input.cu), so the host only copies; compact
+    /// (NCHW) where the chunked front pads it per chunk (`Chunked::pads_input`). With
     /// `mirrored`, the batch is followed by its mirror image, made on the GPU from the same
     /// copies (the flip test's second half). Returns the images in the batch run.
     fn upload(&mut self, input: &Tensor, mirrored: bool) -> Result<usize> {
@@ -1167,7 +1198,10 @@ impl<T: GpuElem> Net<T> {
         let s = input.shape();
         let n = if mirrored { 2 * s.n } else { s.n };
         self.reserve(n)?;
-        let layout = InputLayout::of(s, matches!(self.program, Program::TensorCore(_)));
+        // Compact (T, NCHW) where the chunked front pads it a chunk at a time.
+        let compact = self.chunks().is_some_and(|c| c.pads_input);
+        let nhwc = matches!(self.program, Program::TensorCore(_)) && !compact;
+        let layout = InputLayout::of(s, nhwc);
         let at = self.range_of(Graph::INPUT, n);
         debug_assert_eq!(
             at.len(),
@@ -1277,27 +1311,51 @@ impl<T: GpuElem> Net<T> {
 
     /// Launches every step of the program on the batch of `n` already uploaded; the main
     /// stream waits for all of it at the end. With the front chunked, its steps run for
-    /// each chunk in turn, every stream joined after each, then the rest over the batch.
+    /// each chunk in turn (after its input is padded, where it is held compact), every
+    /// stream joined after each, then the rest over the batch.
     fn launch_all(&self, n: usize) -> Result<()> {
         let steps = self.steps_io.len();
         let mut events: Vec<Option<cudarc::driver::CudaEvent>> = Vec::new();
         events.resize_with(steps, || None);
-        self.fork()?;
         let result = match self.chunks() {
-            None => self.launch_steps(&self.whole, 0..steps, 0, n, &mut events),
+            None => self
+                .fork()
+                .and_then(|()| self.launch_steps(&self.whole, 0..steps, 0, n, &mut events)),
             Some(c) => (0..n)
                 .step_by(c.chunk)
                 .try_for_each(|first| {
                     let images = c.chunk.min(n - first);
+                    if c.pads_input {
+                        self.pad_input(first, images)?;
+                    }
+                    self.fork()?;
                     self.launch_steps(&c.inner, 0..c.front, first, images, &mut events)?;
-                    self.join()?;
-                    self.fork()
+                    self.join()
                 })
+                .and_then(|()| self.fork())
                 .and_then(|()| self.launch_steps(&c.outer, c.front..steps, 0, n, &mut events)),
         };
         self.gpu.current.set(0);
         result?;
         self.join()
+    }
+
+    /// Pads images `first..first + images` of the compact input into the input's place in
+    /// the chunked front's arena, on the main stream (after the previous chunk's front,
+    /// which the streams' join put before it), first filled with NaN when poisoning.
+    fn pad_input(&self, first: usize, images: usize) -> Result<()> {
+        let size = std::mem::size_of::<T>();
+        let compact = self.range_of(Graph::INPUT, 1);
+        let x =
+            self.gpu.addr(&self.arena) + ((compact.start + first * compact.len()) * size) as u64;
+        let y = self.addr_of(Graph::INPUT, first);
+        self.gpu.current.set(0);
+        if self.poison {
+            self.gpu
+                .fill_nan(y, images * self.value_len[Graph::INPUT.0])?;
+        }
+        let how = InputLayout::of(Nchw::batch(images, self.graph.input_shape()), true);
+        self.gpu.input_pad(x, y, images, how)
     }
 
     /// Launches steps `range` of `layout` over `n` images from image `first`, each on

@@ -206,6 +206,24 @@ impl<T: GpuElem> CudaOps<T> {
         Ok(T::widen(out))
     }
 
+    /// The batch `x`, rounded to T and stored NCHW (a compact input), padded as
+    /// [`CudaOps::input_layout`] lays it out (kernels/input.cu, `input_pad`); the stored
+    /// elements widened to f32.
+    pub fn input_pad(&self, x: &Tensor, nhwc: bool, mirror: bool) -> Result<Vec<f32>> {
+        let s = x.shape();
+        let how = InputLayout {
+            mirror,
+            ..InputLayout::of(s, nhwc)
+        };
+        let len = s.n * how.len();
+        let xd = self.gpu.upload(&to_elems::<T>(x.data()))?;
+        let y = self.output(len)?;
+        let g = &self.gpu;
+        g.input_pad(g.addr(&xd), g.addr(&y), s.n, how)?;
+        let out = g.download(&y, len)?;
+        Ok(T::widen(out))
+    }
+
     /// The peak of every heatmap (kernels/argmax.cu).
     pub fn argmax(&self, heatmaps: &Tensor) -> Result<Vec<Peak>> {
         let s = heatmaps.shape();

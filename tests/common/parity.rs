@@ -84,7 +84,9 @@ pub fn bn_relu<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[(usize, usize, usize)], b
 /// The input laid out on the GPU, NCHW and NHWC (channels padded to a multiple of 8),
 /// plain and mirrored, against the host's rounding of each value, bit for bit, padding zero; with values at
 /// f16's edges among the random ones: subnormal, halfway between two f16, the largest
-/// f16, the first value that rounds past it, negative zero.
+/// f16, the first value that rounds past it, negative zero. Each layout also from the
+/// input already rounded to T (`input_pad`, as a chunked front pads its compact input):
+/// the same bits.
 pub fn input_layout<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[Nchw]) {
     let edges = [
         6.0e-8,
@@ -108,6 +110,16 @@ pub fn input_layout<T: GpuElem>(gpu: &CudaOps<T>, shapes: &[Nchw]) {
             let cp = if nhwc { s.c.next_multiple_of(8) } else { s.c };
             let got = gpu.input_layout(&x, nhwc, mirror).unwrap();
             assert_eq!(got.len(), s.n * hw * cp);
+            let padded = gpu.input_pad(&x, nhwc, mirror).unwrap();
+            assert!(
+                padded.len() == got.len()
+                    && got
+                        .iter()
+                        .zip(&padded)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "input_pad{} {s} nhwc={nhwc} mirror={mirror}: not input_layout's bits",
+                T::SUFFIX
+            );
             for (i, g) in got.iter().enumerate() {
                 let (img, ch, p) = if nhwc {
                     (i / (hw * cp), i % cp, (i / cp) % hw)

@@ -175,6 +175,7 @@ const Kernel KERNELS[] = {
     KERNEL_F32_F16(fill_nan, FILL_THREADS, false),
     KERNEL_F32_F16(flip_merge, FLIP_THREADS, false),
     KERNEL_F32_F16(input_layout, INPUT_THREADS, false),
+    KERNEL_F32_F16(input_pad, INPUT_THREADS, false),
     KERNEL_F32_F16(upsample_nhwc, UNFUSED_THREADS, false),
     KERNEL_F32_F16(add, UNFUSED_THREADS, false),
     KERNEL_F32_F16(relu, UNFUSED_THREADS, false),
