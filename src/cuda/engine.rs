@@ -833,8 +833,9 @@ struct Net<T> {
     tuning: super::tc::TcTuning,
     xy: CudaSlice<f32>,
     score: CudaSlice<f32>,
-    merged: CudaSlice<f32>,
-    partner: CudaSlice<i32>,
+    /// The flip test's merged maps (f32) and each joint's partner, allocated by the first
+    /// flip test and grown with the people merged.
+    flip: Option<(CudaSlice<f32>, CudaSlice<i32>)>,
     capacity: usize,
     /// CUDA graphs of the forward by batch size; valid while the arena and the plan stay.
     graphs: std::collections::HashMap<usize, CapturedForward>,
@@ -907,9 +908,7 @@ impl<T: GpuElem> Net<T> {
             input_len,
             DEFAULT_FRONT_CHUNK,
         );
-        let (arena, front_arena, staging, xy, score, merged, partner) = (
-            gpu.alloc(0)?,
-            gpu.alloc(0)?,
+        let (arena, front_arena, staging, xy, score) = (
             gpu.alloc(0)?,
             gpu.alloc(0)?,
             gpu.alloc(0)?,
@@ -934,8 +933,7 @@ impl<T: GpuElem> Net<T> {
             tuning: super::tc::TcTuning::default(),
             xy,
             score,
-            merged,
-            partner,
+            flip: None,
             capacity: 0,
             graphs: std::collections::HashMap::new(),
             graphs_on: true,
@@ -1120,9 +1118,14 @@ impl<T: GpuElem> Net<T> {
     fn arena_bytes(&self) -> usize {
         // Unchunked, the front arena is a one-element placeholder.
         let front = self.chunks().map_or(0, |_| self.front_arena.len());
+        let flip = self.flip.as_ref().map_or(0, |(m, p)| {
+            m.len() * std::mem::size_of::<f32>() + p.len() * std::mem::size_of::<i32>()
+        });
+        let f32s = self.staging.len() + self.xy.len() + self.score.len();
         (self.arena.len() + front) * std::mem::size_of::<T>()
             + self.split.iter().map(|s| s.bytes()).sum::<usize>()
-            + self.staging.len() * std::mem::size_of::<f32>()
+            + f32s * std::mem::size_of::<f32>()
+            + flip
     }
 
     /// Value `v`'s elements in the main arena for the batch of `n` images (not a value
@@ -1449,36 +1452,34 @@ impl<T: GpuElem> Net<T> {
         let s = self.graph.output_shape();
         let maps = n * s.c;
         let len = maps * s.h * s.w;
-        if self.merged.len() < len {
-            self.merged = self.gpu.alloc(len)?;
-        }
+        // Kept for the next flip test when large enough; else freed before the larger
+        // ones are allocated.
+        let (mut merged, mut partners) = match self.flip.take() {
+            Some(f) if f.0.len() >= len => f,
+            _ => (self.gpu.alloc(len)?, self.gpu.alloc(s.c)?),
+        };
         // A partner outside the maps would read past them: such a pair is ignored.
         let partner: Vec<i32> = (0..s.c)
             .map(|j| Some(partner(pairs, j)).filter(|&p| p < s.c).unwrap_or(j) as i32)
             .collect();
-        if self.partner.len() < s.c {
-            self.partner = self.gpu.alloc(s.c)?;
-        }
         self.gpu
             .stream
-            .memcpy_htod(&partner, &mut self.partner.slice_mut(0..s.c))
+            .memcpy_htod(&partner, &mut partners.slice_mut(0..s.c))
             .map_err(driver_err("copying the joint pairs"))?;
         if self.poison {
             let nan = vec![f32::NAN; len];
             self.gpu
                 .stream
-                .memcpy_htod(&nan, &mut self.merged.slice_mut(0..len))
+                .memcpy_htod(&nan, &mut merged.slice_mut(0..len))
                 .map_err(driver_err("poisoning the merged heatmaps"))?;
         }
+        let (pt, out) = (self.gpu.addr(&partners), self.gpu.addr(&merged));
+        self.flip = Some((merged, partners));
         self.poison_peaks(maps)?;
-        let (hm, pt, merged) = (
-            self.addr_of(self.graph.output, 0),
-            self.gpu.addr(&self.partner),
-            self.gpu.addr(&self.merged),
-        );
-        self.gpu.flip_merge(hm, pt, merged, n, s.c, s.h, s.w)?;
+        let hm = self.addr_of(self.graph.output, 0);
+        self.gpu.flip_merge(hm, pt, out, n, s.c, s.h, s.w)?;
         let (xy, score) = (self.gpu.addr(&self.xy), self.gpu.addr(&self.score));
-        self.gpu.argmax(merged, true, maps, s.h, s.w, xy, score)?;
+        self.gpu.argmax(out, true, maps, s.h, s.w, xy, score)?;
         self.gpu.read_peaks(&self.xy, &self.score, maps)
     }
 
@@ -1499,7 +1500,12 @@ impl<T: GpuElem> Net<T> {
         let n = total / 2;
         let peaks = self.merge_flipped_peaks(n, pairs)?;
         let s = Nchw::batch(n, self.graph.output_shape());
-        let heatmaps = Tensor::new(s, self.gpu.download(&self.merged, s.len())?)?;
+        let merged = &self
+            .flip
+            .as_ref()
+            .expect("merge_flipped_peaks allocated it")
+            .0;
+        let heatmaps = Tensor::new(s, self.gpu.download(merged, s.len())?)?;
         Ok((heatmaps, peaks))
     }
 
@@ -1653,8 +1659,11 @@ impl CudaEngine {
         on_net!(&self.inner, n => n.graph_fallback.as_deref())
     }
 
-    /// Bytes of the activation arena (and split-K scratch) at the largest batch run since
-    /// the arena was planned (turning poisoning on or off plans it again).
+    /// Device bytes the engine holds beyond its weights: the activation arenas, split-K
+    /// scratch, input staging and peak buffers of the largest batch run since the arena
+    /// was planned (turning poisoning on or off plans it again), and the flip test's
+    /// merged maps (f32) for the most people merged so far (none before the first flip
+    /// test).
     #[must_use]
     pub fn arena_bytes(&self) -> usize {
         on_net!(&self.inner, n => n.arena_bytes())

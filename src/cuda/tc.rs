@@ -271,10 +271,10 @@ impl SplitScratch {
         })
     }
 
-    /// Device bytes held.
+    /// Device bytes of its room, as `memory_for` counts them (a stream that never splits
+    /// holds one-element placeholders, not counted).
     pub(crate) fn bytes(&self) -> usize {
-        self.partials.len() * std::mem::size_of::<f32>()
-            + self.counters.len() * std::mem::size_of::<u32>()
+        self.room.bytes()
     }
 }
 

@@ -192,6 +192,13 @@ pub fn flip(gpu: &mut CudaEngine, x: &Tensor, pairs: &[(usize, usize)], what: &s
     let want = hrnet::pose::merge_flipped(&half(0..n), &half(n..2 * n), pairs).unwrap();
     assert_eq!(merged, want, "{what}: merged heatmaps");
     assert_eq!(gpu_peaks, peaks(&want), "{what}: peaks");
+    // The merged maps (f32) are held beside the batch's buffers, and counted.
+    let least = gpu.memory_for(2 * n).unwrap() + size_of_val(merged.data());
+    assert!(
+        gpu.arena_bytes() >= least,
+        "{what}: arena_bytes {} B, the batch's and the merged maps' {least} B",
+        gpu.arena_bytes()
+    );
     // The mirrored half made on the GPU from the plain crops: the same batch, the same bits.
     assert_eq!(
         gpu.flip_peaks(x, pairs).unwrap(),
