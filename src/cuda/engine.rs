@@ -381,6 +381,8 @@ impl<T: GpuElem> Gpu<T> {
         self.lay_out(&self.input_pad, "input_pad", x, y, n, how)
     }
 
+    /// Launches `f`, `input_layout` or `input_pad` of this element type: the two share
+    /// their parameters but for the source's element type.
     fn lay_out(
         &self,
         f: &CudaFunction,
