@@ -192,36 +192,35 @@ impl<T: GpuElem> CudaOps<T> {
     /// `nhwc` (the tensor-core program), else NCHW; each row mirrored when `mirror` (the
     /// flip test's second half); the stored elements widened to f32.
     pub fn input_layout(&self, x: &Tensor, nhwc: bool, mirror: bool) -> Result<Vec<f32>> {
-        let s = x.shape();
-        let how = InputLayout {
-            mirror,
-            ..InputLayout::of(s, nhwc)
-        };
-        let len = s.n * how.len();
-        let xd = self.gpu.upload(x.data())?;
-        let y = self.output(len)?;
-        let g = &self.gpu;
-        g.input_layout(g.addr(&xd), g.addr(&y), s.n, how)?;
-        let out = g.download(&y, len)?;
-        Ok(T::widen(out))
+        self.laid_out(x, nhwc, mirror, false)
     }
 
     /// The batch `x`, rounded to T and stored NCHW (a compact input), padded as
     /// [`CudaOps::input_layout`] lays it out (kernels/input.cu, `input_pad`); the stored
     /// elements widened to f32.
     pub fn input_pad(&self, x: &Tensor, nhwc: bool, mirror: bool) -> Result<Vec<f32>> {
+        self.laid_out(x, nhwc, mirror, true)
+    }
+
+    /// `x` laid out by `input_pad` from its values rounded to T (`rounded`), else by
+    /// `input_layout` from its f32 values.
+    fn laid_out(&self, x: &Tensor, nhwc: bool, mirror: bool, rounded: bool) -> Result<Vec<f32>> {
         let s = x.shape();
         let how = InputLayout {
             mirror,
             ..InputLayout::of(s, nhwc)
         };
         let len = s.n * how.len();
-        let xd = self.gpu.upload(&to_elems::<T>(x.data()))?;
         let y = self.output(len)?;
         let g = &self.gpu;
-        g.input_pad(g.addr(&xd), g.addr(&y), s.n, how)?;
-        let out = g.download(&y, len)?;
-        Ok(T::widen(out))
+        if rounded {
+            let xd = g.upload(&to_elems::<T>(x.data()))?;
+            g.input_pad(g.addr(&xd), g.addr(&y), s.n, how)?;
+        } else {
+            let xd = g.upload(x.data())?;
+            g.input_layout(g.addr(&xd), g.addr(&y), s.n, how)?;
+        }
+        Ok(T::widen(g.download(&y, len)?))
     }
 
     /// The peak of every heatmap (kernels/argmax.cu).
