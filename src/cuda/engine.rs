@@ -1456,9 +1456,12 @@ impl<T: GpuElem> Net<T> {
         let len = maps * s.h * s.w;
         // Kept for the next flip test when large enough; else freed before the larger
         // ones are allocated.
+        if self.flip.as_ref().is_some_and(|(m, _)| m.len() < len) {
+            self.flip = None;
+        }
         let (mut merged, mut partners) = match self.flip.take() {
-            Some(f) if f.0.len() >= len => f,
-            _ => (self.gpu.alloc(len)?, self.gpu.alloc(s.c)?),
+            Some(f) => f,
+            None => (self.gpu.alloc(len)?, self.gpu.alloc(s.c)?),
         };
         // A partner outside the maps would read past them: such a pair is ignored.
         let partner: Vec<i32> = (0..s.c)
