@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use cudarc::driver::CudaSlice;
 
-use super::engine::{Gpu, capture, time_runs};
+use super::gpu::{Gpu, capture, time_runs};
 use super::probe::driver_err;
 use super::tc::{ConvStep, How, Part, SplitNeed, SplitScratch, TcProgram, TcTuning, launch_conv};
 use crate::error::{Error, Result};
@@ -128,7 +128,7 @@ fn time_unit(
                 gpu.alloc(len)?
             } else {
                 let x = Tensor::random_normal(Nchw::batch(n, graph.shape(v)), rand::random());
-                gpu.upload(&super::engine::nhwc_padded::<half::f16>(&x, 1))?
+                gpu.upload(&super::gpu::nhwc_padded::<half::f16>(&x, 1))?
             });
         }
     }

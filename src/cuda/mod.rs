@@ -6,14 +6,16 @@ pub mod cache;
 pub mod compile;
 mod engine;
 mod exchange_bench;
+mod gpu;
 mod ops;
 pub mod probe;
 mod schedule;
 mod tc;
 
 pub use compile::{CompiledFile, KernelInfo, compile_fresh, compiled, kernel_files};
-pub use engine::{CudaEngine, DEFAULT_FRONT_CHUNK, GpuElem, Kernels, Precision};
+pub use engine::{CudaEngine, DEFAULT_FRONT_CHUNK, Kernels, Precision};
 pub use exchange_bench::{ExchangeTiming, time_exchange_units};
+pub use gpu::GpuElem;
 pub use ops::{CudaOps, TcSource};
 pub use probe::{GpuInfo, Headers, gpus, headers};
 pub use tc::TcTuning;

@@ -1,7 +1,7 @@
 //! Single kernels on host data, one launch each, outputs poisoned with NaN first: what
 //! the parity tests check against the CPU reference, op by op.
 
-use super::engine::{Gpu, GpuElem, InputLayout};
+use super::gpu::{Gpu, GpuElem, InputLayout};
 use super::tc::TcTuning;
 use crate::decode::Peak;
 use crate::error::{Error, Result};
@@ -110,7 +110,7 @@ impl<T: GpuElem> CudaOps<T> {
         for _ in 0..warmup {
             launch()?;
         }
-        super::engine::time_runs(&g.stream, runs, launch)
+        super::gpu::time_runs(&g.stream, runs, launch)
     }
 
     /// `relu(Σ upsample(term, factor))` (kernels/exchange.cu); the output has the first
@@ -330,7 +330,7 @@ impl<T: GpuElem> CudaOps<T> {
         let mut bufs = Vec::new();
         let mut parts = Vec::new();
         for (i, &(x, layer, params)) in sources.iter().enumerate() {
-            bufs.push(g.upload(&super::engine::nhwc_padded::<T>(x, 8))?);
+            bufs.push(g.upload(&super::gpu::nhwc_padded::<T>(x, 8))?);
             parts.push(Part {
                 input: ValueId(i),
                 layer,
@@ -343,7 +343,7 @@ impl<T: GpuElem> CudaOps<T> {
         }
         let mut term_ids = Vec::new();
         for (i, &(t, f)) in terms.iter().enumerate() {
-            bufs.push(g.upload(&super::engine::nhwc_padded::<T>(t, 1))?);
+            bufs.push(g.upload(&super::gpu::nhwc_padded::<T>(t, 1))?);
             term_ids.push((ValueId(MAX_SOURCES + i), f));
         }
         let out_id = ValueId(bufs.len());
@@ -430,6 +430,6 @@ impl<T: GpuElem> CudaOps<T> {
         for _ in 0..warmup {
             l.run(&self.gpu)?;
         }
-        super::engine::time_runs(&self.gpu.stream, runs, || l.run(&self.gpu))
+        super::gpu::time_runs(&self.gpu.stream, runs, || l.run(&self.gpu))
     }
 }

@@ -5,7 +5,7 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::engine::{Gpu, GpuElem, dim_i32, grid_dim};
+use super::gpu::{Gpu, GpuElem, dim_i32, grid_dim};
 use super::probe::driver_err;
 use crate::error::{Error, Result};
 use crate::graph::fused::{FusedPlan, MAX_SOURCES, MAX_TERMS, Step};
@@ -888,7 +888,7 @@ mod tests {
         // The kernel's arithmetic, in f64.
         let nhwc: Vec<Vec<half::f16>> = inputs
             .iter()
-            .map(|x| crate::cuda::engine::nhwc_padded::<half::f16>(x, 8))
+            .map(|x| crate::cuda::gpu::nhwc_padded::<half::f16>(x, 8))
             .collect();
         let mut got = vec![0f64; 24 * ho * wo];
         for co in 0..24 {
