@@ -56,6 +56,9 @@ def main():
             chunk = r.get("front_chunk", 8)  # 8: the default, hrnet::cuda::DEFAULT_FRONT_CHUNK
             if chunk != 8:
                 r["name"] += ", front whole" if chunk == 0 else f", front in {chunk}s"
+            streams = r.get("streams", 16)  # 16: the default, hrnet::cuda's STREAMS
+            if streams != 16:
+                r["name"] += f", {streams} stream" + ("s" if streams > 1 else "")
         else:
             r["name"] = f"pytorch {r['config']}"
     print(f"{'batch':>5}  {'engine':<48} {'median ms':>10} {'images/s':>10} {'peak MiB':>9} "

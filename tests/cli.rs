@@ -204,6 +204,11 @@ fn bad_input_gives_one_line_and_a_failing_exit() {
         "multiple of 32",
     );
     fails_with(&hrnet(&["forward", "--weights", w]), "--input");
+    // Refused before any GPU is looked for.
+    fails_with(
+        &hrnet(&["bench", "--weights", w, "--streams", "4,0"]),
+        "--streams 0: a forward runs on 1 to 16 streams",
+    );
     assert!(!out.exists(), "nothing written on failure");
 }
 

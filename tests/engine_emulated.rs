@@ -271,8 +271,9 @@ fn network_f16(model: &Model) {
 /// f32 or f16, direct and tensor-core, against the CPU reference in f64, batch 2
 /// and 1, outputs poisoned; peaks against the CPU decode; at batch 2, graphs against plain
 /// launches, poisoned against not, and repeated runs (each in a new random stream order)
-/// bitwise equal, each unpoisoned run after one on other data; in f16, batch 5 with the
-/// front in chunks of 2 against the whole batch at once ([`parity::front_chunks`]).
+/// bitwise equal, each unpoisoned run after one on other data, and 1 and 4 streams against
+/// 16 ([`parity::streams`]); in f16, batch 5 with the front in chunks of 2 against the
+/// whole batch at once ([`parity::front_chunks`]).
 fn network(model: &Model, precision: Precision) {
     let cpu = CpuEngine::new(model.clone());
     let map = model.graph.output_shape().h * model.graph.output_shape().w;
@@ -333,6 +334,7 @@ fn network(model: &Model, precision: Precision) {
             );
             gpu.set_graphs(true);
             let what = format!("W8 {precision} {kernels}");
+            parity::streams(&mut gpu, &x, &other, &out, &what);
             let x5 = input(model, 5);
             let split = parity::front_chunks(&mut gpu, &x5, &input(model, 5), 2, &what);
             let rel = relative_l2(split.data(), &cpu.forward_f64(&x5).unwrap()).unwrap();

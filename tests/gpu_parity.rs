@@ -450,7 +450,8 @@ both_precisions!(input_layout_is_the_hosts_rounding, input_layout_parity);
 /// within 3e-2 and argmax agreement ≥ 0.99, or, where f16 storage alone moves this random
 /// network further, within 1.15× of what it moves it (`hrnet::accuracy`, measured on each
 /// input by the CPU f16-storage engine). Repeated runs are bitwise equal; peaks match the
-/// CPU decode. At batch 5, the front in chunks of 2 gives the whole batch's bits with K
+/// CPU decode; 1 and 4 streams give the bits of 16 ([`parity::streams`]). At batch 5, the
+/// front in chunks of 2 gives the whole batch's bits with K
 /// unsplit, and meets the same bound with it split ([`parity::front_chunks`]). The CPU
 /// references are computed once per batch, for the four engines.
 #[test]
@@ -544,6 +545,7 @@ fn whole_network_matches_the_cpu_reference() {
                 "{name} n={n}: arena {bytes} B poisoned, {} B in place, same bits",
                 gpu.arena_bytes()
             );
+            parity::streams(&mut gpu, x, other, &out, &name);
             if n == 5 {
                 let split = parity::front_chunks(&mut gpu, x, other, 2, &name);
                 let rel = relative_l2(split.data(), reference).unwrap();

@@ -217,6 +217,11 @@ enum Command {
         /// larger; 0 runs every batch whole; comma-separated to time several (`0,8`).
         #[arg(long, value_delimiter = ',', default_values_t = [DEFAULT_FRONT_CHUNK])]
         front_chunk: Vec<usize>,
+        /// The most streams a forward's launches are spread over (1 to 16): 16 keeps the
+        /// longest chain of dependent launches the data's own, 1 puts every launch after
+        /// the one before; comma-separated to time several (`16,1`).
+        #[arg(long, value_delimiter = ',', default_value = "16")]
+        streams: Vec<usize>,
         /// Timed runs per configuration.
         #[arg(long, default_value_t = 100)]
         runs: usize,
@@ -516,6 +521,7 @@ fn run(command: Command) -> Result<ExitCode> {
             exchange: false,
             batch,
             front_chunk,
+            streams,
             runs,
             warmup,
         } => bench(
@@ -529,7 +535,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 &deep_pipeline,
             ),
             &batch,
-            &front_chunk,
+            (&front_chunk, &streams),
             (runs.max(1), warmup),
         )?,
         Command::Pose {
@@ -987,18 +993,24 @@ fn tunings(
         })
 }
 
-/// `hrnet bench`: one JSON line per configuration and batch. `runs` is (timed, warm-up).
+/// `hrnet bench`: one JSON line per configuration, front chunk, stream count and batch.
+/// `runs` is (timed, warm-up).
 fn bench(
     model: &Model,
     precisions: &[Prec],
     kernels: &[KernelsArg],
     tunings: &[TcTuning],
     batches: &[usize],
-    front_chunks: &[usize],
+    (front_chunks, streams): (&[usize], &[usize]),
     (runs, warmup): (usize, usize),
 ) -> Result<()> {
     if batches.contains(&0) {
         return Err(Error::Input("batch sizes must be at least 1".into()));
+    }
+    if let Some(&s) = streams.iter().find(|&&s| !(1..=16).contains(&s)) {
+        return Err(Error::Input(format!(
+            "--streams {s}: a forward runs on 1 to 16 streams"
+        )));
     }
     let name = model.graph.config.name.clone();
     let tensor_cores = Kernels::default_for(Precision::F16, &model.graph) == Kernels::TensorCore;
@@ -1030,11 +1042,13 @@ fn bench(
             programmatic_launch: false,
             deep_pipeline: false,
         });
-        for (&chunk, &n) in front_chunks
-            .iter()
-            .flat_map(|c| batches.iter().map(move |n| (c, n)))
-        {
+        for (&chunk, &k, &n) in front_chunks.iter().flat_map(|c| {
+            streams
+                .iter()
+                .flat_map(move |k| batches.iter().map(move |n| (c, k, n)))
+        }) {
             engine.set_front_chunk(chunk);
+            engine.set_streams(k);
             let x = Tensor::random_normal(Nchw::batch(n, model.graph.input_shape()), rand_seed());
             let mut ms = engine.time(&x, warmup, runs)?;
             ms.sort_by(f64::total_cmp);
@@ -1054,7 +1068,7 @@ fn bench(
             // The chunk the front ran in at this batch (0: the whole batch at once).
             let chunked = engine.front_chunks(n).map_or(0, |(_, c)| c);
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"forward_ms\": {forward:.4}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"streams\": {k}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"forward_ms\": {forward:.4}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
                 t.split_k,

@@ -11,7 +11,7 @@ use cudarc::driver::CudaSlice;
 
 use super::gpu::{Gpu, GpuElem, InputLayout, capture, time_runs};
 use super::probe::{GpuInfo, driver_err};
-use super::schedule::{Chunked, Layout};
+use super::schedule::{Chunked, Layout, STREAMS};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::graph::{Chw, Graph, Op, ValueId};
@@ -111,6 +111,8 @@ struct Net<T> {
     front_chunk: usize,
     /// The front over chunks of images, used once the arena holds more than a chunk.
     chunked: Option<Chunked>,
+    /// The most streams the steps are spread over (`schedule::STREAMS` unless set lower).
+    streams: usize,
     /// Every value of a batch of up to `capacity` images (the plan in use says where).
     arena: CudaSlice<T>,
     /// The chunked front's own values for one chunk (empty when not chunking).
@@ -189,7 +191,7 @@ impl<T: GpuElem> Net<T> {
                 (Program::TensorCore(tc), io, over, last, len)
             }
         };
-        let whole = Layout::new(&steps_io, &over, &last, &value_len, 0);
+        let whole = Layout::new(&steps_io, &over, &last, &value_len, 0, STREAMS);
         let input_len = graph.input_shape().len();
         let chunked = Chunked::new(
             &steps_io,
@@ -198,6 +200,7 @@ impl<T: GpuElem> Net<T> {
             &value_len,
             input_len,
             DEFAULT_FRONT_CHUNK,
+            STREAMS,
         );
         let (arena, front_arena, staging, xy, score) = (
             gpu.alloc(0)?,
@@ -217,6 +220,7 @@ impl<T: GpuElem> Net<T> {
             whole,
             front_chunk: DEFAULT_FRONT_CHUNK,
             chunked,
+            streams: STREAMS,
             arena,
             front_arena,
             staging,
@@ -233,15 +237,23 @@ impl<T: GpuElem> Net<T> {
         })
     }
 
-    /// Plans the arenas again for the current poisoning (no in-place writes while on)
-    /// and front chunk; the arenas and the captured graphs go with the old plans.
+    /// Plans the arenas again for the current poisoning (no in-place writes while on),
+    /// front chunk and streams; the arenas and the captured graphs go with the old plans.
     fn replan(&mut self) {
         let none = vec![Vec::new(); self.steps_io.len()];
         let over = if self.poison { &none } else { &self.over };
         let (io, last, len) = (&self.steps_io, &self.last, &self.value_len);
-        self.whole = Layout::new(io, over, last, len, 0);
+        self.whole = Layout::new(io, over, last, len, 0, self.streams);
         let input_len = self.graph.input_shape().len();
-        self.chunked = Chunked::new(io, over, last, len, input_len, self.front_chunk);
+        self.chunked = Chunked::new(
+            io,
+            over,
+            last,
+            len,
+            input_len,
+            self.front_chunk,
+            self.streams,
+        );
         self.graphs.clear();
         self.split.clear();
         self.capacity = 0;
@@ -259,6 +271,16 @@ impl<T: GpuElem> Net<T> {
     fn set_front_chunk(&mut self, images: usize) {
         if images != self.front_chunk {
             self.front_chunk = images;
+            self.replan();
+        }
+    }
+
+    /// Sets the most streams the steps are spread over (1 to `schedule::STREAMS`),
+    /// scheduling them again.
+    fn set_streams(&mut self, streams: usize) {
+        let streams = streams.clamp(1, STREAMS);
+        if streams != self.streams {
+            self.streams = streams;
             self.replan();
         }
     }
@@ -875,6 +897,16 @@ impl CudaEngine {
     /// afresh.
     pub fn set_front_chunk(&mut self, images: usize) {
         on_net!(&mut self.inner, n => n.set_front_chunk(images))
+    }
+
+    /// Spreads a forward's steps over at most `streams` streams (1 to 16, the default;
+    /// clamped): with 16 the longest chain of dependent launches is the data's own (W32:
+    /// 98 of 290), with 1 every launch waits for the one before. Fewer streams change no
+    /// result; they measure what the chain costs against what the launches cost
+    /// (`hrnet bench --streams`). Schedules again: the next forward captures its graph
+    /// afresh.
+    pub fn set_streams(&mut self, streams: usize) {
+        on_net!(&mut self.inner, n => n.set_streams(streams))
     }
 
     /// How a batch of `n` runs the front: in chunks, as (its steps, the most images per

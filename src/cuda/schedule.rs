@@ -223,8 +223,11 @@ impl Schedule {
     /// stream's last step (the chain goes on at no cost); else a stream whose last step is
     /// no deeper than those dependencies (the deepest such, keeping shallower ones for
     /// later); else the shallowest. Depth: the longest chain of steps ending at a step, stream
-    /// order included.
-    pub(crate) fn new(steps: &Steps, arena: &ArenaPlan) -> Self {
+    /// order included. `streams` (1 to [`STREAMS`]): the most streams used; with fewer
+    /// than the data needs, steps wait behind others of their stream and the chain grows
+    /// (1: every step after the one launched before it).
+    pub(crate) fn new(steps: &Steps, arena: &ArenaPlan, streams: usize) -> Self {
+        let streams = streams.clamp(1, STREAMS);
         let values = arena.len.len();
         // Per value: the values it shares memory with.
         let shares: Vec<Vec<usize>> = (0..values)
@@ -259,11 +262,11 @@ impl Schedule {
                 .find(|&d| depth[d] == ready && last_on[stream[d]] == Some(d))
                 .map(|d| stream[d])
                 .or_else(|| {
-                    (0..STREAMS)
+                    (0..streams)
                         .filter(|&k| tail(k) <= ready)
                         .max_by_key(|&k| tail(k))
                 })
-                .unwrap_or_else(|| (0..STREAMS).min_by_key(|&k| tail(k)).unwrap_or(0));
+                .unwrap_or_else(|| (0..streams).min_by_key(|&k| tail(k)).unwrap_or(0));
             depth[i] = ready.max(tail(k)) + 1;
             let mut latest = [None; STREAMS];
             for d in deps {
@@ -320,16 +323,18 @@ pub(crate) struct Layout {
 
 impl Layout {
     /// The arena plan of `steps` with the in-place writes `over` allows (see
-    /// [`plan_arena`], with its `barrier`), and the schedule on it.
+    /// [`plan_arena`], with its `barrier`), and the schedule on it over at most `streams`
+    /// streams.
     pub(crate) fn new(
         steps: &Steps,
         over: &[Vec<ValueId>],
         last: &[usize],
         value_len: &[usize],
         barrier: usize,
+        streams: usize,
     ) -> Self {
         let plan = plan_arena(steps, over, last, value_len, barrier);
-        let schedule = Schedule::new(steps, &plan);
+        let schedule = Schedule::new(steps, &plan, streams);
         let mut waited_on = vec![false; steps.len()];
         for &w in schedule.waits.iter().flatten() {
             waited_on[w] = true;
@@ -376,6 +381,7 @@ impl Chunked {
     /// `chunk` images, at the cut [`front_cut`] chooses; `None` where chunking saves
     /// nothing (or `chunk` is 0). `input_len`: the input's elements per image held
     /// compact, if fewer than it is stored with (`value_len`) and only the front reads it.
+    /// Both layouts are scheduled over at most `streams` streams.
     pub(crate) fn new(
         steps: &Steps,
         over: &[Vec<ValueId>],
@@ -383,6 +389,7 @@ impl Chunked {
         value_len: &[usize],
         input_len: usize,
         chunk: usize,
+        streams: usize,
     ) -> Option<Self> {
         if chunk == 0 {
             return None;
@@ -397,9 +404,16 @@ impl Chunked {
         if pads_input {
             outer_len[Graph::INPUT.0] = input_len;
         }
-        let inner = Layout::new(&steps[..front], &over[..front], last, &inner_len, 0);
+        let inner = Layout::new(
+            &steps[..front],
+            &over[..front],
+            last,
+            &inner_len,
+            0,
+            streams,
+        );
         let (outer_steps, outer_over) = Self::outer_steps(steps, over, front);
-        let outer = Layout::new(&outer_steps, &outer_over, last, &outer_len, front);
+        let outer = Layout::new(&outer_steps, &outer_over, last, &outer_len, front, streams);
         Some(Chunked {
             front,
             chunk,
@@ -722,8 +736,8 @@ mod tests {
         slack: usize,
     ) -> usize {
         let chunk = 8;
-        let c =
-            Chunked::new(io, over, last, len, input_len, chunk).expect("chunking the front pays");
+        let c = Chunked::new(io, over, last, len, input_len, chunk, STREAMS)
+            .expect("chunking the front pays");
         let input = Graph::INPUT;
         let padded = input_len < len[input.0];
         assert_eq!(c.pads_input, padded, "{what}: the input padded per chunk");
@@ -807,8 +821,20 @@ mod tests {
                 }
                 let arena = plan_arena(io, over, &last, &len, 0);
                 let peak = check_arena(io, over, &last, &arena, 0);
-                let s = Schedule::new(io, &arena);
+                let s = Schedule::new(io, &arena, STREAMS);
                 check_ordered(io, &arena, &s, 0..io.len());
+                // Fewer streams (`hrnet bench --streams`) still order every conflict; one
+                // chains every step.
+                for k in [1, 4] {
+                    let fewer = Schedule::new(io, &arena, k);
+                    check_ordered(io, &arena, &fewer, 0..io.len());
+                    assert!(fewer.stream.iter().all(|&j| j < k));
+                    let path = fewer.critical_path();
+                    if k == 1 {
+                        assert_eq!(path, io.len(), "{preset} {what}: one stream");
+                    }
+                    println!("{preset} {what}: on {k} of the streams, critical path {path}");
+                }
                 let path = s.critical_path();
                 let data = data_depth(io, len.len(), 0);
                 let arena = arena.total;

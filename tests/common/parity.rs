@@ -299,3 +299,28 @@ pub fn front_chunks(
     gpu.set_front_chunk(hrnet::cuda::DEFAULT_FRONT_CHUNK);
     split
 }
+
+/// A forward spread over fewer streams than the default 16 (1 and 4) gives `expected`
+/// (the default's bits) after a run on `other`, and its chain of dependent launches is
+/// no shorter: with one stream, every launch. The engine is left on 16 streams.
+pub fn streams(gpu: &mut CudaEngine, x: &Tensor, other: &Tensor, expected: &Tensor, what: &str) {
+    let (launches, path) = gpu.launches();
+    for k in [1, 4] {
+        gpu.set_streams(k);
+        gpu.forward(other).unwrap();
+        assert_eq!(&gpu.forward(x).unwrap(), expected, "{what}: on {k} streams");
+        let (l, p) = gpu.launches();
+        assert_eq!(l, launches, "{what}: launches on {k} streams");
+        assert!(p >= path, "{what}: chain {p} on {k} streams, {path} on 16");
+        if k == 1 {
+            assert_eq!(p, launches, "{what}: one stream chains every launch");
+        }
+        println!("{what}: {k} streams, chain {p} of {launches} launches (16: {path}), same bits");
+    }
+    gpu.set_streams(16);
+    assert_eq!(
+        gpu.launches(),
+        (launches, path),
+        "{what}: back on 16 streams"
+    );
+}
