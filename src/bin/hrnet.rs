@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hrnet::accuracy::{self, F16Floor};
 use hrnet::config::{parse_size, size_in_name};
 use hrnet::cuda::{
-    CudaEngine, DEFAULT_FRONT_CHUNK, Kernels, Precision, TcTuning, compiled, gpus, probe,
+    CudaEngine, DEFAULT_FRONT_CHUNK, Kernels, Precision, STREAMS, TcTuning, compiled, gpus, probe,
 };
 use hrnet::pose::coco_eval::{GroundTruth, STAT_NAMES, evaluate_keypoints, load_keypoint_results};
 use hrnet::pose::io::{
@@ -220,7 +220,7 @@ enum Command {
         /// The most streams a forward's launches are spread over (1 to 16): 16 keeps the
         /// longest chain of dependent launches the data's own, 1 puts every launch after
         /// the one before; comma-separated to time several (`16,1`).
-        #[arg(long, value_delimiter = ',', default_value = "16")]
+        #[arg(long, value_delimiter = ',', default_values_t = [STREAMS])]
         streams: Vec<usize>,
         /// Timed runs per configuration.
         #[arg(long, default_value_t = 100)]
@@ -1007,9 +1007,9 @@ fn bench(
     if batches.contains(&0) {
         return Err(Error::Input("batch sizes must be at least 1".into()));
     }
-    if let Some(&s) = streams.iter().find(|&&s| !(1..=16).contains(&s)) {
+    if let Some(&s) = streams.iter().find(|&&s| !(1..=STREAMS).contains(&s)) {
         return Err(Error::Input(format!(
-            "--streams {s}: a forward runs on 1 to 16 streams"
+            "--streams {s}: a forward runs on 1 to {STREAMS} streams"
         )));
     }
     let name = model.graph.config.name.clone();

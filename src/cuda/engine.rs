@@ -11,7 +11,7 @@ use cudarc::driver::CudaSlice;
 
 use super::gpu::{Gpu, GpuElem, InputLayout, capture, time_runs};
 use super::probe::{GpuInfo, driver_err};
-use super::schedule::{Chunked, Layout, STREAMS};
+use super::schedule::{Chunked, Layout, STREAMS, Steps};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::graph::{Chw, Graph, Op, ValueId};
@@ -160,6 +160,22 @@ pub const DEFAULT_FRONT_CHUNK: usize = 8;
 /// a copy, one launch laying them out.
 const STAGING_BYTES: usize = 4 << 20;
 
+/// The layouts of a program's steps (as `plan_arena` takes them: steps, in-place inputs,
+/// last uses, per-image lengths) over at most `streams` streams: the whole batch's, and
+/// the front's in chunks of `front_chunk` images where that pays (`input_len`: the
+/// input's elements per image held compact).
+fn layouts(
+    (io, over, last, len): (&Steps, &[Vec<ValueId>], &[usize], &[usize]),
+    input_len: usize,
+    front_chunk: usize,
+    streams: usize,
+) -> (Layout, Option<Chunked>) {
+    (
+        Layout::new(io, over, last, len, 0, streams),
+        Chunked::new(io, over, last, len, input_len, front_chunk, streams),
+    )
+}
+
 impl<T: GpuElem> Net<T> {
     fn new(model: &Model, ordinal: usize, kernels: Kernels) -> Result<Self> {
         let gpu = Gpu::<T>::open(ordinal)?;
@@ -191,14 +207,9 @@ impl<T: GpuElem> Net<T> {
                 (Program::TensorCore(tc), io, over, last, len)
             }
         };
-        let whole = Layout::new(&steps_io, &over, &last, &value_len, 0, STREAMS);
-        let input_len = graph.input_shape().len();
-        let chunked = Chunked::new(
-            &steps_io,
-            &over,
-            &last,
-            &value_len,
-            input_len,
+        let (whole, chunked) = layouts(
+            (&steps_io, &over, &last, &value_len),
+            graph.input_shape().len(),
             DEFAULT_FRONT_CHUNK,
             STREAMS,
         );
@@ -242,15 +253,9 @@ impl<T: GpuElem> Net<T> {
     fn replan(&mut self) {
         let none = vec![Vec::new(); self.steps_io.len()];
         let over = if self.poison { &none } else { &self.over };
-        let (io, last, len) = (&self.steps_io, &self.last, &self.value_len);
-        self.whole = Layout::new(io, over, last, len, 0, self.streams);
-        let input_len = self.graph.input_shape().len();
-        self.chunked = Chunked::new(
-            io,
-            over,
-            last,
-            len,
-            input_len,
+        (self.whole, self.chunked) = layouts(
+            (&self.steps_io, over, &self.last, &self.value_len),
+            self.graph.input_shape().len(),
             self.front_chunk,
             self.streams,
         );

@@ -18,4 +18,5 @@ pub use exchange_bench::{ExchangeTiming, time_exchange_units};
 pub use gpu::GpuElem;
 pub use ops::{CudaOps, TcSource};
 pub use probe::{GpuInfo, Headers, gpus, headers};
+pub use schedule::STREAMS;
 pub use tc::TcTuning;

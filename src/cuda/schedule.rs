@@ -28,7 +28,7 @@ use crate::graph::{Graph, ValueId};
 /// beside its main chain, and an unfused exchange unit has up to 12 steps side by side:
 /// with 16 every preset's chain is the data's own (with 8, the direct program's W32 chain
 /// is one step longer).
-pub(crate) const STREAMS: usize = 16;
+pub const STREAMS: usize = 16;
 
 /// A step as (inputs, output).
 pub(crate) type StepIo = (Vec<ValueId>, ValueId);

@@ -317,7 +317,7 @@ pub fn streams(gpu: &mut CudaEngine, x: &Tensor, other: &Tensor, expected: &Tens
         }
         println!("{what}: {k} streams, chain {p} of {launches} launches (16: {path}), same bits");
     }
-    gpu.set_streams(16);
+    gpu.set_streams(hrnet::cuda::STREAMS);
     assert_eq!(
         gpu.launches(),
         (launches, path),
