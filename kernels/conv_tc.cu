@@ -61,10 +61,17 @@
 // shared memory, 5 blocks an SM where the 3-stage one fits 9): 7 slices in flight, about
 // a whole split at once. Same arithmetic, bitwise the same results; the host takes them
 // when told to (`TcTuning::deep_pipeline`).
+// Grouped launches: at batch 1 each branch's convolution gives a few dozen tiles, and
+// the four branches of a module run the same kernel at the same depth of the network.
+// The `_group` kernels take up to 4 such convolutions (TcGroup) and run all their blocks
+// in one launch, each block computing exactly what it computes in its own launch: one
+// launch instead of four, with the same results bit for bit.
 // Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32,32x32_deep}_f16 and
 // conv_tc_k{3s1,3s2,1s1}_{64x32,32x32,32x32_deep}_f32 (K, S, BM × BN; the f64 totals leave
-// no registers for the larger f32 tiles). Launch: 128 threads, grid (ceil(M / BM),
-// ceil(Cout / BN), splits); the host picks the tile, the variant and the splits.
+// no registers for the larger f32 tiles), and conv_tc_k{3s1,3s2,1s1}_32x32{,_deep}_group_
+// {f16,f32}. Launch: 128 threads, grid (ceil(M / BM), ceil(Cout / BN), splits), or for a
+// group (Σ_j blocks of member j, 1, 1); the host picks the tile, the variant, the splits
+// and the groups.
 
 #define TC_THREADS 128
 #define TC_ROW_BYTES 64   // one K slice of a row: 32 halves or 16 floats
@@ -73,6 +80,7 @@
 #define TC_DEEP_STAGES 8   // the deep 32×32 variant's (40 KB of shared memory)
 #define TC_MAX_SRC 4
 #define TC_MAX_TERMS 3
+#define TC_GROUP 4         // the most convolutions a grouped launch runs
 
 // Field order and sizes match `TcArgs` in src/cuda/tc.rs (208 bytes, no implicit padding);
 // E is the element type (__half or float): the pointers are 8 bytes either way.
@@ -187,8 +195,9 @@ __device__ __forceinline__ void bf16_split(unsigned lo, unsigned hi, unsigned& p
     p2 = bf16x2_bits(l, h);
 }
 
+// One block of a launch of `a`: output tile (bx, by), split bz.
 template <typename E, int KS, int S, int BM, int BN, int ST>
-__device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
+__device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a, int bx, int by, int bz) {
     constexpr bool SPLIT = TcElem<E>::split;
     typedef typename TcElem<E>::total total_t;
     constexpr int PER = 16 / (int)sizeof(E);             // elements per 16-byte copy
@@ -207,7 +216,7 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp >> 1, wn = warp & 1;
     const int hw = a.ho * a.wo, M = a.n * hw;
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int m0 = bx * BM, n0 = by * BN;
     const int chunk = tid & 3, row = tid >> 2;  // the 16-byte chunk of a 64-byte row this thread copies
 
     // Each A row this thread copies: the image's first pixel and the window's top-left corner.
@@ -280,10 +289,10 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
                 }
             }
 
-    // This block's K slices: [kt0, kt1) of ceil(K / BK), the split blockIdx.z of a.splits.
+    // This block's K slices: [kt0, kt1) of ceil(K / BK), the split bz of a.splits.
     const int slices = (a.k + BK - 1) / BK;
-    const int kt0 = (int)((long long)slices * blockIdx.z / a.splits);
-    const int KT = (int)((long long)slices * (blockIdx.z + 1) / a.splits) - kt0;
+    const int kt0 = (int)((long long)slices * bz / a.splits);
+    const int KT = (int)((long long)slices * (bz + 1) / a.splits) - kt0;
     // No kernel writes the weights: their first slices are on their way before this block
     // waits for the previous kernel of the stream (programmatic launch), which every read
     // of activations, every write and the split-K scratch must follow. (The weight copies
@@ -409,9 +418,9 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
         // before thread 0's fence, which makes them visible device-wide before its atomic
         // says they are there (the pattern of a cooperative grid sync).
         constexpr int PARTS = MT * NT * 4;
-        const unsigned tile = blockIdx.y * gridDim.x + blockIdx.x;
+        const unsigned tile = by * ((M + BM - 1) / BM) + bx;
         float* const tile_part = a.part + (u64)tile * a.splits * PARTS * TC_THREADS + tid;
-        float* const mine = tile_part + (u64)blockIdx.z * PARTS * TC_THREADS;
+        float* const mine = tile_part + (u64)bz * PARTS * TC_THREADS;
 #pragma unroll
         for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -478,21 +487,57 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a) {
     }
 }
 
+// A grouped launch: the blocks of up to TC_GROUP convolutions of one kernel shape and
+// tile, side by side in grid x (member j's blocks end at end[j]), each member's blocks
+// ordered as its own launch's grid (x fastest, then y, then z).
+template <typename E> struct TcGroup {
+    TcArgs<E> g[TC_GROUP];
+    int end[TC_GROUP];
+    int members;
+    int pad;
+};
+static_assert(sizeof(TcGroup<__half>) == TC_GROUP * 208 + 4 * TC_GROUP + 8, "TcGroup must match src/cuda/tc.rs");
+
+// The member this block belongs to, and the block within the member's own grid.
+template <typename E, int KS, int S, int BM, int BN, int ST>
+__device__ __forceinline__ void conv_tc_group_body(const TcGroup<E>& g) {
+    const int b = blockIdx.x;
+    int j = 0;
+#pragma unroll
+    for (int i = 0; i + 1 < TC_GROUP; ++i)
+        if (i + 1 < g.members && b >= g.end[i]) j = i + 1;
+    // The member's arguments stay in parameter space (__grid_constant__): no local copy.
+    const TcArgs<E>& a = g.g[j];
+    const int local = b - (j > 0 ? g.end[j - 1] : 0);
+    const int tx = (a.n * a.ho * a.wo + BM - 1) / BM, ty = (a.cout + BN - 1) / BN;
+    const int bz = local / (tx * ty), r = local - bz * tx * ty;
+    conv_tc_body<E, KS, S, BM, BN, ST>(a, r % tx, r / tx, bz);
+}
+
 #define CONV_TC(E, SUFFIX, KS, S, BM, BN, ST, DEEP)                                                       \
     extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)                                         \
         conv_tc_k##KS##s##S##_##BM##x##BN##DEEP##_##SUFFIX(const TcArgs<E> a) {                          \
-        conv_tc_body<E, KS, S, BM, BN, ST>(a);                                                          \
+        conv_tc_body<E, KS, S, BM, BN, ST>(a, blockIdx.x, blockIdx.y, blockIdx.z);                      \
     }
-#define CONV_TC_F16(KS, S)                                     \
-    CONV_TC(__half, f16, KS, S, 128, 64, TC_STAGES, )          \
-    CONV_TC(__half, f16, KS, S, 64, 64, TC_STAGES, )           \
-    CONV_TC(__half, f16, KS, S, 64, 32, TC_STAGES, )           \
-    CONV_TC(__half, f16, KS, S, 32, 32, TC_STAGES, )           \
-    CONV_TC(__half, f16, KS, S, 32, 32, TC_DEEP_STAGES, _deep)
-#define CONV_TC_F32(KS, S)                                    \
-    CONV_TC(float, f32, KS, S, 64, 32, TC_STAGES, )           \
-    CONV_TC(float, f32, KS, S, 32, 32, TC_STAGES, )           \
-    CONV_TC(float, f32, KS, S, 32, 32, TC_DEEP_STAGES, _deep)
+#define CONV_TC_GROUP(E, SUFFIX, KS, S, BM, BN, ST, DEEP)                                                 \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)                                         \
+        conv_tc_k##KS##s##S##_##BM##x##BN##DEEP##_group_##SUFFIX(const __grid_constant__ TcGroup<E> g) { \
+        conv_tc_group_body<E, KS, S, BM, BN, ST>(g);                                                    \
+    }
+#define CONV_TC_F16(KS, S)                                           \
+    CONV_TC(__half, f16, KS, S, 128, 64, TC_STAGES, )                \
+    CONV_TC(__half, f16, KS, S, 64, 64, TC_STAGES, )                 \
+    CONV_TC(__half, f16, KS, S, 64, 32, TC_STAGES, )                 \
+    CONV_TC(__half, f16, KS, S, 32, 32, TC_STAGES, )                 \
+    CONV_TC(__half, f16, KS, S, 32, 32, TC_DEEP_STAGES, _deep)       \
+    CONV_TC_GROUP(__half, f16, KS, S, 32, 32, TC_STAGES, )           \
+    CONV_TC_GROUP(__half, f16, KS, S, 32, 32, TC_DEEP_STAGES, _deep)
+#define CONV_TC_F32(KS, S)                                          \
+    CONV_TC(float, f32, KS, S, 64, 32, TC_STAGES, )                 \
+    CONV_TC(float, f32, KS, S, 32, 32, TC_STAGES, )                 \
+    CONV_TC(float, f32, KS, S, 32, 32, TC_DEEP_STAGES, _deep)       \
+    CONV_TC_GROUP(float, f32, KS, S, 32, 32, TC_STAGES, )           \
+    CONV_TC_GROUP(float, f32, KS, S, 32, 32, TC_DEEP_STAGES, _deep)
 
 // NVRTC takes tens of seconds for all of these in one program, so src/cuda/compile.rs
 // compiles this file as HRNET_PARTS programs side by side, HRNET_PART = 0..5 in each: one

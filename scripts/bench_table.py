@@ -51,6 +51,8 @@ def main():
                     r["name"] += ", PDL"
                 if r.get("deep_pipeline", False):
                     r["name"] += ", deep"
+                if r.get("grouped", False):
+                    r["name"] += ", grouped"
                 if not r.get("graphs", True):
                     r["name"] += ", no graph"
             chunk = r.get("front_chunk", 8)  # 8: the default, hrnet::cuda::DEFAULT_FRONT_CHUNK

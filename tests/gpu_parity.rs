@@ -215,6 +215,7 @@ fn tensor_core_conv_parity<T: GpuElem>() {
                         l1_activations: false,
                         programmatic_launch: false,
                         deep_pipeline: false,
+                        grouped: false,
                     };
                     let run = |tuning| {
                         gpu.conv_tc(&[(&x, &layer, &p)], &terms, relu, nchw, tuning)
@@ -329,6 +330,7 @@ fn fused_exchange_parity<T: GpuElem>() {
                             l1_activations: split_k,
                             programmatic_launch: split_k,
                             deep_pipeline: split_k,
+                            grouped: false,
                         };
                         let got = gpu.conv_tc(&sources, &terms, true, false, tuning).unwrap();
                         check(

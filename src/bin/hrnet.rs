@@ -206,6 +206,11 @@ enum Command {
         /// copy pipeline (`on`), the 3-stage one (`off`), or time both (`off,on`).
         #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
         deep_pipeline: Vec<Switch>,
+        /// Launch the convolutions of one kernel that could run at once (a module's
+        /// branches, block by block) together, one launch where all take the smallest tile
+        /// (`on`), each on its own (`off`), or time both (`off,on`).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+        grouped: Vec<Switch>,
         /// Time every exchange unit instead, fused (tensor-core, f16) against the unfused
         /// sequence (conv, BN, ReLU, upsample, add, ReLU as separate kernels).
         #[arg(long)]
@@ -518,6 +523,7 @@ fn run(command: Command) -> Result<ExitCode> {
             l1_activations,
             programmatic_launch,
             deep_pipeline,
+            grouped,
             exchange: false,
             batch,
             front_chunk,
@@ -533,6 +539,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 &l1_activations,
                 &programmatic_launch,
                 &deep_pipeline,
+                &grouped,
             ),
             &batch,
             (&front_chunk, &streams),
@@ -970,13 +977,15 @@ fn tunings(
     l1: &[Switch],
     programmatic: &[Switch],
     deep: &[Switch],
+    grouped: &[Switch],
 ) -> Vec<TcTuning> {
     type Set = fn(&mut TcTuning, bool);
-    let fields: [(&[Switch], Set); 4] = [
+    let fields: [(&[Switch], Set); 5] = [
         (split_k, |t, on| t.split_k = on),
         (l1, |t, on| t.l1_activations = on),
         (programmatic, |t, on| t.programmatic_launch = on),
         (deep, |t, on| t.deep_pipeline = on),
+        (grouped, |t, on| t.grouped = on),
     ];
     fields
         .iter()
@@ -1041,6 +1050,7 @@ fn bench(
             l1_activations: false,
             programmatic_launch: false,
             deep_pipeline: false,
+            grouped: false,
         });
         for (&chunk, &k, &n) in front_chunks.iter().flat_map(|c| {
             streams
@@ -1064,11 +1074,11 @@ fn bench(
             wall.sort_by(f64::total_cmp);
             let forward = wall[wall.len() / 2];
             let mib = (engine.weight_bytes() + engine.arena_bytes()) as f64 / 1048576.0;
-            let (launches, path) = engine.launches();
+            let (launches, path) = engine.launches(n);
             // The chunk the front ran in at this batch (0: the whole batch at once).
             let chunked = engine.front_chunks(n).map_or(0, |(_, c)| c);
             println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"streams\": {k}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"forward_ms\": {forward:.4}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"grouped\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"streams\": {k}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"forward_ms\": {forward:.4}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
                 engine.precision(),
                 engine.kernels(),
                 t.split_k,
@@ -1076,6 +1086,7 @@ fn bench(
                 t.l1_activations,
                 t.programmatic_launch,
                 t.deep_pipeline,
+                t.grouped,
                 engine.graph_fallback().is_none(),
                 n as f64 * 1000.0 / median,
                 engine.gpu().name
@@ -1431,21 +1442,24 @@ mod tests {
     #[test]
     fn bench_times_every_combination_of_the_switches() {
         use Switch::{Off, On};
-        let all = tunings(&[On, Off], &[Off], &[Off, On], &[On]);
-        assert_eq!(all.len(), 4);
+        let all = tunings(&[On, Off], &[Off], &[Off, On], &[On], &[Off, On]);
+        assert_eq!(all.len(), 8);
         for split_k in [true, false] {
             for programmatic_launch in [false, true] {
-                let t = TcTuning {
-                    split_k,
-                    l1_activations: false,
-                    programmatic_launch,
-                    deep_pipeline: true,
-                };
-                assert_eq!(all.iter().filter(|&&x| x == t).count(), 1, "{t}");
+                for grouped in [false, true] {
+                    let t = TcTuning {
+                        split_k,
+                        l1_activations: false,
+                        programmatic_launch,
+                        deep_pipeline: true,
+                        grouped,
+                    };
+                    assert_eq!(all.iter().filter(|&&x| x == t).count(), 1, "{t}");
+                }
             }
         }
         assert_eq!(
-            tunings(&[On], &[Off], &[Off], &[Off]),
+            tunings(&[On], &[Off], &[Off], &[Off], &[Off]),
             [TcTuning::default()]
         );
     }

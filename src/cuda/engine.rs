@@ -11,7 +11,7 @@ use cudarc::driver::CudaSlice;
 
 use super::gpu::{Gpu, GpuElem, InputLayout, capture, time_runs};
 use super::probe::{GpuInfo, driver_err};
-use super::schedule::{Chunked, Layout, STREAMS, Steps};
+use super::schedule::{Chunked, Joins, Layout, STREAMS, Schedule, Steps};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
 use crate::graph::{Chw, Graph, Op, ValueId};
@@ -161,18 +161,18 @@ pub const DEFAULT_FRONT_CHUNK: usize = 8;
 const STAGING_BYTES: usize = 4 << 20;
 
 /// The layouts of a program's steps (as `plan_arena` takes them: steps, in-place inputs,
-/// last uses, per-image lengths) over at most `streams` streams: the whole batch's, and
-/// the front's in chunks of `front_chunk` images where that pays (`input_len`: the
-/// input's elements per image held compact).
+/// last uses, per-image lengths) over at most `streams` streams, steps launched together
+/// where `joins` says: the whole batch's, and the front's in chunks of `front_chunk`
+/// images where that pays (`input_len`: the input's elements per image held compact).
 fn layouts(
     (io, over, last, len): (&Steps, &[Vec<ValueId>], &[usize], &[usize]),
     input_len: usize,
     front_chunk: usize,
-    streams: usize,
+    streams: (usize, Joins<'_>),
 ) -> (Layout, Option<Chunked>) {
     (
         Layout::new(io, over, last, len, 0, streams),
-        Chunked::new(io, over, last, len, input_len, front_chunk, streams),
+        Chunked::new(io, over, last, len, (input_len, front_chunk), streams),
     )
 }
 
@@ -211,7 +211,7 @@ impl<T: GpuElem> Net<T> {
             (&steps_io, &over, &last, &value_len),
             graph.input_shape().len(),
             DEFAULT_FRONT_CHUNK,
-            STREAMS,
+            (STREAMS, None),
         );
         let (arena, front_arena, staging, xy, score) = (
             gpu.alloc(0)?,
@@ -249,15 +249,21 @@ impl<T: GpuElem> Net<T> {
     }
 
     /// Plans the arenas again for the current poisoning (no in-place writes while on),
-    /// front chunk and streams; the arenas and the captured graphs go with the old plans.
+    /// front chunk, streams and grouped launches; the arenas and the captured graphs go
+    /// with the old plans.
     fn replan(&mut self) {
         let none = vec![Vec::new(); self.steps_io.len()];
         let over = if self.poison { &none } else { &self.over };
+        let joins = |a, b| matches!(&self.program, Program::TensorCore(tc) if tc.joins(a, b));
+        let grouped = self.tuning.grouped && matches!(self.program, Program::TensorCore(_));
         (self.whole, self.chunked) = layouts(
             (&self.steps_io, over, &self.last, &self.value_len),
             self.graph.input_shape().len(),
             self.front_chunk,
-            self.streams,
+            (
+                self.streams,
+                grouped.then_some(&joins as &dyn Fn(usize, usize) -> bool),
+            ),
         );
         self.graphs.clear();
         self.split.clear();
@@ -333,13 +339,18 @@ impl<T: GpuElem> Net<T> {
             .checked_add(images * per * std::mem::size_of::<f32>())
     }
 
-    /// Step `i`'s stream and the most images it is launched over, at batch `n` with the
-    /// layouts of `chunked` (or the whole batch at once).
-    fn step_on(&self, i: usize, n: usize, chunked: Option<&Chunked>) -> (usize, usize) {
+    /// Step `i`'s schedule and the most images it is launched over, at batch `n` with
+    /// the layouts of `chunked` (or the whole batch at once).
+    fn step_on<'a>(
+        &'a self,
+        i: usize,
+        n: usize,
+        chunked: Option<&'a Chunked>,
+    ) -> (&'a Schedule, usize) {
         match chunked {
-            Some(c) if i < c.front => (c.inner.schedule.stream[i], n.min(c.chunk)),
-            Some(c) => (c.outer.schedule.stream[i], n),
-            None => (self.whole.schedule.stream[i], n),
+            Some(c) if i < c.front => (&c.inner.schedule, n.min(c.chunk)),
+            Some(c) => (&c.outer.schedule, n),
+            None => (&self.whole.schedule, n),
         }
     }
 
@@ -356,9 +367,10 @@ impl<T: GpuElem> Net<T> {
         let chunked = self.chunked_at(n);
         let mut room = vec![super::tc::SplitNeed::default(); super::schedule::STREAMS];
         for i in 0..self.steps_io.len() {
-            let (stream, most) = self.step_on(i, n, chunked);
+            let (schedule, most) = self.step_on(i, n, chunked);
+            let (launch, stream) = (i..i + schedule.group[i], schedule.stream[i]);
             for images in 1..=most {
-                let need = tc.split_need(i, images, self.gpu.info.multiprocessors);
+                let need = tc.split_need(launch.clone(), images, self.gpu.info.multiprocessors);
                 if need.bytes() == 0 {
                     break;
                 }
@@ -571,9 +583,16 @@ impl<T: GpuElem> Net<T> {
         time_runs(&stream, runs, || self.execute(n))
     }
 
-    /// Launches step `i` of the program over `n` images from image `first` on the GPU's
-    /// current stream, number `stream` (whose split-K scratch it uses).
-    fn launch_step(&self, i: usize, first: usize, n: usize, stream: usize) -> Result<()> {
+    /// Launches `steps` of the program (one step, or the steps of one grouped launch)
+    /// over `n` images from image `first` on the GPU's current stream, number `stream`
+    /// (whose split-K scratch it uses).
+    fn launch(
+        &self,
+        steps: std::ops::Range<usize>,
+        first: usize,
+        n: usize,
+        stream: usize,
+    ) -> Result<()> {
         let addr = |v: ValueId| self.addr_of(v, first);
         let (weights, biases) = match &self.program {
             Program::TensorCore(tc) => {
@@ -581,11 +600,11 @@ impl<T: GpuElem> Net<T> {
                     tuning: self.tuning,
                     scratch: self.split.get(stream),
                 };
-                return tc.launch_step(&self.gpu, &self.graph, i, n, &addr, how);
+                return tc.launch_steps(&self.gpu, &self.graph, steps, n, &addr, how);
             }
             Program::Direct { weights, biases } => (weights, biases),
         };
-        let op = &self.graph.ops[i];
+        let op = &self.graph.ops[steps.start];
         let y = addr(op.output());
         match op {
             Op::Conv(c) => {
@@ -670,7 +689,8 @@ impl<T: GpuElem> Net<T> {
         events: &mut [Option<cudarc::driver::CudaEvent>],
     ) -> Result<()> {
         let err = |e| driver_err("ordering the streams")(e);
-        for i in range.clone() {
+        for i in range.clone().filter(|&i| layout.schedule.group[i] > 0) {
+            let steps = i..i + layout.schedule.group[i];
             let stream = layout.schedule.stream[i];
             self.gpu.use_stream(stream);
             for &w in layout.schedule.waits[i]
@@ -683,11 +703,12 @@ impl<T: GpuElem> Net<T> {
                 self.gpu.on().wait(e).map_err(err)?;
             }
             if self.poison {
-                let v = self.steps_io[i].1;
-                self.gpu
-                    .fill_nan(self.addr_of(v, first), self.value_len[v.0] * n)?;
+                for (_, v) in &self.steps_io[steps.clone()] {
+                    self.gpu
+                        .fill_nan(self.addr_of(*v, first), self.value_len[v.0] * n)?;
+                }
             }
-            self.launch_step(i, first, n, stream)?;
+            self.launch(steps, first, n, stream)?;
             if layout.waited_on[i] {
                 events[i] = Some(self.gpu.on().record_event(None).map_err(err)?);
             }
@@ -930,13 +951,19 @@ impl CudaEngine {
     }
 
     /// How the tensor-core convolutions are launched: split K (on by default; results
-    /// change by rounding, deterministically), activations through L1 and programmatic
-    /// launches (off by default; bitwise the same). No effect on the direct kernels. Captured CUDA graphs are
-    /// dropped and recaptured with the new launches.
+    /// change by rounding, deterministically), activations through L1, programmatic
+    /// launches, the deep pipeline and grouped launches (off by default; bitwise the
+    /// same). No effect on the direct kernels. Captured CUDA graphs are dropped and
+    /// recaptured with the new launches; turning grouped launches on or off also plans
+    /// the arenas again (the next forward allocates them).
     pub fn set_tuning(&mut self, tuning: crate::cuda::TcTuning) {
         on_net!(&mut self.inner, n => {
             n.graphs.clear();
+            let regroup = tuning.grouped != n.tuning.grouped;
             n.tuning = tuning;
+            if regroup {
+                n.replan();
+            }
         })
     }
 
@@ -954,7 +981,7 @@ impl CudaEngine {
             Program::TensorCore(tc) if net.tuning.split_k => (0..net.steps_io.len())
                 .filter(|&i| {
                     let (_, images) = net.step_on(i, n, net.chunked_at(n));
-                    tc.split_need(i, images, net.gpu.info.multiprocessors).counters > 0
+                    tc.split_need(i..i + 1, images, net.gpu.info.multiprocessors).counters > 0
                 })
                 .count(),
             _ => 0,
@@ -1023,11 +1050,25 @@ impl CudaEngine {
         on_net!(&mut self.inner, n => n.time(input, warmup, runs))
     }
 
-    /// Kernel launches per forward (poisoning aside), and how many of them lie on the
-    /// longest chain of dependencies once the branches run concurrently.
+    /// Kernel launches of a forward at batch `n` run whole (poisoning aside), and how many
+    /// launches lie on the longest chain of dependencies once the branches run
+    /// concurrently.
     #[must_use]
-    pub fn launches(&self) -> (usize, usize) {
-        on_net!(&self.inner, n => (n.steps_io.len(), n.whole.schedule.critical_path()))
+    pub fn launches(&self, n: usize) -> (usize, usize) {
+        on_net!(&self.inner, net => {
+            let s = &net.whole.schedule;
+            let sms = net.gpu.info.multiprocessors;
+            let kernels: usize = (0..s.group.len())
+                .filter(|&i| s.group[i] > 0)
+                .map(|i| match &net.program {
+                    Program::TensorCore(tc) => {
+                        tc.kernel_launches(i..i + s.group[i], n, sms, net.tuning.split_k)
+                    }
+                    Program::Direct { .. } => s.group[i],
+                })
+                .sum();
+            (kernels, s.critical_path())
+        })
     }
 
     /// Bytes of the weights on the device.

@@ -139,7 +139,7 @@ fn time_unit(
     let sms = gpu.info.multiprocessors;
     let room = (0..tc.io.len())
         .filter(|&i| keep(tc.io[i].1))
-        .map(|i| tc.split_need(i, n, sms))
+        .map(|i| tc.split_need(i..i + 1, n, sms))
         .chain(
             unfused
                 .convs

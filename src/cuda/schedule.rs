@@ -21,6 +21,10 @@
 //! the direct program's 316), where one stream per branch gave 123 (140): a branch's side
 //! steps, such as the 1×1 convolutions an exchange unit upsamples, queued behind its main
 //! chain.
+//!
+//! Launches: consecutive steps of one depth may be one launch (`launches`; the
+//! tensor-core program's grouped kernels, when `TcTuning::grouped` asks): W32's 290 steps
+//! in 121 launches, the chain still 98.
 
 use crate::graph::{Graph, ValueId};
 
@@ -29,6 +33,9 @@ use crate::graph::{Graph, ValueId};
 /// with 16 every preset's chain is the data's own (with 8, the direct program's W32 chain
 /// is one step longer).
 pub const STREAMS: usize = 16;
+
+/// The most steps one launch runs (kernels/conv_tc.cu's grouped kernels, `TC_GROUP`).
+pub(crate) const GROUP: usize = 4;
 
 /// A step as (inputs, output).
 pub(crate) type StepIo = (Vec<ValueId>, ValueId);
@@ -207,26 +214,58 @@ pub(crate) fn plan_arena(
     }
 }
 
-/// Where each step runs and what it waits for.
+/// The launches of `steps`: for each step, how many steps one launch runs from it on (0
+/// for a step launched with an earlier one). A launch runs consecutive steps of one
+/// depth ([`depths`], with `barrier`; such steps neither pass a value nor, as
+/// [`plan_arena`] places them, share memory) that `joins` accepts with the first, at
+/// most [`GROUP`], none across `barrier`. Without `joins`, one step each.
+fn launches(
+    steps: &Steps,
+    values: usize,
+    barrier: usize,
+    joins: Option<&dyn Fn(usize, usize) -> bool>,
+) -> Vec<usize> {
+    let Some(joins) = joins else {
+        return vec![1; steps.len()];
+    };
+    let depth = depths(steps, values, barrier);
+    let mut group = vec![0; steps.len()];
+    let mut i = 0;
+    while i < steps.len() {
+        let end = (i + 1..steps.len().min(i + GROUP))
+            .find(|&j| depth[j] != depth[i] || j == barrier || !joins(i, j))
+            .unwrap_or(steps.len().min(i + GROUP));
+        group[i] = end - i;
+        i = end;
+    }
+    group
+}
+
+/// Where each launch runs and what it waits for.
 #[derive(Clone, Debug)]
 pub(crate) struct Schedule {
-    /// The stream of each step.
+    /// For each step, how many steps its launch runs ([`launches`]): at least 1 where a
+    /// launch starts, 0 for the steps it runs after its first.
+    pub(crate) group: Vec<usize>,
+    /// The stream of each step (a launch's steps share it).
     pub(crate) stream: Vec<usize>,
-    /// For each step, the steps of other streams to wait for: at most one per stream, the
-    /// latest (its stream runs the earlier ones before it).
+    /// For the first step of each launch, the launches of other streams to wait for, by
+    /// their first steps: at most one per stream, the latest (its stream runs the earlier
+    /// ones before it). Empty for the other steps.
     pub(crate) waits: Vec<Vec<usize>>,
 }
 
 impl Schedule {
-    /// Schedules `steps` whose values live where `arena` says. Each step goes to the stream
-    /// that delays it least: the stream of one of its deepest dependencies that is still its
-    /// stream's last step (the chain goes on at no cost); else a stream whose last step is
-    /// no deeper than those dependencies (the deepest such, keeping shallower ones for
-    /// later); else the shallowest. Depth: the longest chain of steps ending at a step, stream
-    /// order included. `streams` (1 to [`STREAMS`]): the most streams used; with fewer
-    /// than the data needs, steps wait behind others of their stream and the chain grows
-    /// (1: every step after the one launched before it).
-    pub(crate) fn new(steps: &Steps, arena: &ArenaPlan, streams: usize) -> Self {
+    /// Schedules `steps` whose values live where `arena` says, launched as `group` says
+    /// ([`launches`]). Each launch goes to the stream that delays it least: the stream of
+    /// one of its deepest dependencies that is still its stream's last launch (the chain
+    /// goes on at no cost); else a stream whose last launch is no deeper than those
+    /// dependencies (the deepest such, keeping shallower ones for later); else the
+    /// shallowest. Depth: the longest chain of launches ending at a launch, stream order
+    /// included. `streams` (1 to [`STREAMS`]): the most streams used; with fewer than the
+    /// data needs, launches wait behind others of their stream and the chain grows (1:
+    /// every launch after the one before it).
+    pub(crate) fn new(steps: &Steps, arena: &ArenaPlan, streams: usize, group: Vec<usize>) -> Self {
         let streams = streams.clamp(1, STREAMS);
         let values = arena.len.len();
         // Per value: the values it shares memory with.
@@ -237,22 +276,25 @@ impl Schedule {
                     .collect()
             })
             .collect();
+        // Per value: the launch (by its first step) that wrote it, and those that wrote or
+        // read it so far.
         let mut producer: Vec<Option<usize>> = vec![None; values];
-        // Per value: the steps that wrote or read it so far.
         let mut touched: Vec<Vec<usize>> = vec![Vec::new(); values];
         let mut depth = vec![0usize; steps.len()];
-        let mut stream = Vec::with_capacity(steps.len());
+        let mut stream = vec![0; steps.len()];
         let mut last_on = [None::<usize>; STREAMS];
-        let mut waits = Vec::with_capacity(steps.len());
-        for (i, (inputs, out)) in steps.iter().enumerate() {
-            let deps: Vec<usize> = inputs
+        let mut waits = vec![Vec::new(); steps.len()];
+        for i in (0..steps.len()).filter(|&i| group[i] > 0) {
+            let unit = &steps[i..i + group[i]];
+            let deps: Vec<usize> = unit
                 .iter()
-                .filter_map(|v| producer[v.0])
-                .chain(
-                    shares[out.0]
-                        .iter()
-                        .flat_map(|&a| touched[a].iter().copied()),
-                )
+                .flat_map(|(inputs, out)| {
+                    inputs.iter().filter_map(|v| producer[v.0]).chain(
+                        shares[out.0]
+                            .iter()
+                            .flat_map(|&a| touched[a].iter().copied()),
+                    )
+                })
                 .collect();
             let ready = deps.iter().map(|&d| depth[d]).max().unwrap_or(0);
             let tail = |k: usize| last_on[k].map_or(0, |l| depth[l]);
@@ -275,19 +317,25 @@ impl Schedule {
                     latest[j] = Some(d);
                 }
             }
-            waits.push(latest.iter().flatten().copied().collect());
-            stream.push(k);
+            waits[i] = latest.iter().flatten().copied().collect();
+            stream[i..i + group[i]].fill(k);
             last_on[k] = Some(i);
-            for v in inputs {
-                touched[v.0].push(i);
+            for (inputs, out) in unit {
+                for v in inputs {
+                    touched[v.0].push(i);
+                }
+                touched[out.0].push(i);
+                producer[out.0] = Some(i);
             }
-            touched[out.0].push(i);
-            producer[out.0] = Some(i);
         }
-        Schedule { stream, waits }
+        Schedule {
+            group,
+            stream,
+            waits,
+        }
     }
 
-    /// Steps on the longest chain of dependencies (stream order included): what bounds
+    /// Launches on the longest chain of dependencies (stream order included): what bounds
     /// the latency of one forward when the branches overlap.
     pub(crate) fn critical_path(&self) -> usize {
         self.critical_path_from(0)
@@ -298,7 +346,7 @@ impl Schedule {
     pub(crate) fn critical_path_from(&self, start: usize) -> usize {
         let mut depth = vec![0usize; self.stream.len()];
         let mut last_on = [None::<usize>; STREAMS];
-        for i in start..self.stream.len() {
+        for i in (start..self.stream.len()).filter(|&i| self.group[i] > 0) {
             let before = last_on[self.stream[i]]
                 .into_iter()
                 .chain(self.waits[i].iter().copied().filter(|&w| w >= start))
@@ -312,6 +360,9 @@ impl Schedule {
     }
 }
 
+/// Which steps may share a launch (see [`launches`]); `None`: none.
+pub(crate) type Joins<'a> = Option<&'a dyn Fn(usize, usize) -> bool>;
+
 /// An arena plan and the schedule of the steps on it.
 #[derive(Clone, Debug)]
 pub(crate) struct Layout {
@@ -324,17 +375,18 @@ pub(crate) struct Layout {
 impl Layout {
     /// The arena plan of `steps` with the in-place writes `over` allows (see
     /// [`plan_arena`], with its `barrier`), and the schedule on it over at most `streams`
-    /// streams.
+    /// streams, steps of one depth that `joins` accepts launched together ([`launches`]).
     pub(crate) fn new(
         steps: &Steps,
         over: &[Vec<ValueId>],
         last: &[usize],
         value_len: &[usize],
         barrier: usize,
-        streams: usize,
+        (streams, joins): (usize, Joins<'_>),
     ) -> Self {
         let plan = plan_arena(steps, over, last, value_len, barrier);
-        let schedule = Schedule::new(steps, &plan, streams);
+        let group = launches(steps, value_len.len(), barrier, joins);
+        let schedule = Schedule::new(steps, &plan, streams, group);
         let mut waited_on = vec![false; steps.len()];
         for &w in schedule.waits.iter().flatten() {
             waited_on[w] = true;
@@ -381,15 +433,15 @@ impl Chunked {
     /// `chunk` images, at the cut [`front_cut`] chooses; `None` where chunking saves
     /// nothing (or `chunk` is 0). `input_len`: the input's elements per image held
     /// compact, if fewer than it is stored with (`value_len`) and only the front reads it.
-    /// Both layouts are scheduled over at most `streams` streams.
+    /// Both layouts are scheduled over at most `streams` streams, steps launched together
+    /// where `joins` says (see [`Layout::new`]).
     pub(crate) fn new(
         steps: &Steps,
         over: &[Vec<ValueId>],
         last: &[usize],
         value_len: &[usize],
-        input_len: usize,
-        chunk: usize,
-        streams: usize,
+        (input_len, chunk): (usize, usize),
+        streams: (usize, Joins<'_>),
     ) -> Option<Self> {
         if chunk == 0 {
             return None;
@@ -550,19 +602,31 @@ mod tests {
     use crate::graph::fused::FusedPlan;
 
     /// Every pair of steps that touch common memory (at least one writing) or pass a value
-    /// is ordered: the later one is after the earlier by stream order and the waits.
-    /// Only the steps of `run` are launched; those before it are behind a join of every
-    /// stream (waits on them are not made).
+    /// is ordered: the later one is after the earlier by stream order and the waits; no
+    /// two steps of one launch do either. Only the steps of `run` are launched; those
+    /// before it are behind a join of every stream (waits on them are not made).
     fn check_ordered(
         io: &[(Vec<ValueId>, ValueId)],
         arena: &ArenaPlan,
         s: &Schedule,
         run: std::ops::Range<usize>,
     ) {
-        // clock[i][k]: the latest step of stream k that step i is known to follow.
-        let mut clock: Vec<[Option<usize>; STREAMS]> = vec![[None; STREAMS]; run.start];
+        // The first step of each step's launch.
+        let mut first: Vec<usize> = (0..io.len()).collect();
+        for i in run.clone().filter(|&i| s.group[i] > 0) {
+            let rest = i + 1..i + s.group[i];
+            assert!(s.group[i] <= GROUP && rest.end <= run.end);
+            assert!(
+                rest.clone()
+                    .all(|j| s.group[j] == 0 && s.waits[j].is_empty())
+            );
+            assert!(rest.clone().all(|j| s.stream[j] == s.stream[i]));
+            first[rest].fill(i);
+        }
+        // clock[i][k]: the latest launch of stream k that launch i is known to follow.
+        let mut clock: Vec<[Option<usize>; STREAMS]> = vec![[None; STREAMS]; io.len()];
         let mut last_on = [None::<usize>; STREAMS];
-        for i in run.clone() {
+        for i in run.clone().filter(|&i| s.group[i] > 0) {
             let mut c = [None; STREAMS];
             let merge = |c: &mut [Option<usize>; STREAMS], o: &[Option<usize>; STREAMS]| {
                 for k in 0..STREAMS {
@@ -573,24 +637,34 @@ mod tests {
                 .into_iter()
                 .chain(s.waits[i].iter().copied().filter(|&w| w >= run.start))
             {
+                assert!(
+                    s.group[d] > 0,
+                    "step {i} waits on step {d}, which starts no launch"
+                );
                 let cd = clock[d];
                 merge(&mut c, &cd);
                 c[s.stream[d]] = c[s.stream[d]].max(Some(d));
             }
-            clock.push(c);
+            clock[i] = c;
             last_on[s.stream[i]] = Some(i);
         }
         let shared = |x: ValueId, y: ValueId| x == y || arena.overlap(x.0, y.0);
-        for (b, clock_b) in clock.iter().enumerate().skip(run.start) {
+        for b in run.clone() {
             let (reads_b, write_b) = &io[b];
+            let fb = first[b];
             for a in run.start..b {
                 let (reads_a, write_a) = &io[a];
                 let conflict = shared(*write_a, *write_b)
                     || reads_b.iter().any(|&r| shared(r, *write_a))
                     || reads_a.iter().any(|&r| shared(r, *write_b));
+                let fa = first[a];
+                assert!(
+                    !(conflict && fa == fb),
+                    "steps {a} and {b} of one launch share memory or a value"
+                );
                 if conflict && s.stream[a] != s.stream[b] {
                     assert!(
-                        clock_b[s.stream[a]] >= Some(a),
+                        clock[fb][s.stream[a]] >= Some(fa),
                         "step {b} (stream {}) may run before step {a} (stream {})",
                         s.stream[b],
                         s.stream[a]
@@ -736,7 +810,7 @@ mod tests {
         slack: usize,
     ) -> usize {
         let chunk = 8;
-        let c = Chunked::new(io, over, last, len, input_len, chunk, STREAMS)
+        let c = Chunked::new(io, over, last, len, (input_len, chunk), (STREAMS, None))
             .expect("chunking the front pays");
         let input = Graph::INPUT;
         let padded = input_len < len[input.0];
@@ -821,12 +895,13 @@ mod tests {
                 }
                 let arena = plan_arena(io, over, &last, &len, 0);
                 let peak = check_arena(io, over, &last, &arena, 0);
-                let s = Schedule::new(io, &arena, STREAMS);
+                let one = vec![1; io.len()];
+                let s = Schedule::new(io, &arena, STREAMS, one.clone());
                 check_ordered(io, &arena, &s, 0..io.len());
                 // Fewer streams (`hrnet bench --streams`) still order every conflict; one
                 // chains every step.
                 for k in [1, 4] {
-                    let fewer = Schedule::new(io, &arena, k);
+                    let fewer = Schedule::new(io, &arena, k, one.clone());
                     check_ordered(io, &arena, &fewer, 0..io.len());
                     assert!(fewer.stream.iter().all(|&j| j < k));
                     let path = fewer.critical_path();
@@ -837,6 +912,48 @@ mod tests {
                 }
                 let path = s.critical_path();
                 let data = data_depth(io, len.len(), 0);
+                if what == "fused" {
+                    // Grouped launches (`TcTuning::grouped`): a module's four branch
+                    // convolutions of one depth in one launch, the chain unchanged.
+                    let joins = |a, b| plan.same_kernel(&graph, a, b);
+                    let group = launches(io, len.len(), 0, Some(&joins));
+                    let grouped = Schedule::new(io, &arena, STREAMS, group);
+                    check_ordered(io, &arena, &grouped, 0..io.len());
+                    let n = grouped.group.iter().filter(|&&g| g > 0).count();
+                    println!(
+                        "{preset} {what}: grouped, {n} launches, critical path {}",
+                        grouped.critical_path()
+                    );
+                    assert_eq!(grouped.critical_path(), data, "{preset}: grouped chain");
+                    assert!(2 * n < 3 * io.len(), "{preset}: {n} grouped launches");
+                    let with_chunks = Chunked::new(
+                        io,
+                        over,
+                        &last,
+                        &len,
+                        (input_len, 8),
+                        (STREAMS, Some(&joins)),
+                    )
+                    .expect("chunking the front pays");
+                    let f = with_chunks.front;
+                    let (outer_io, _) = Chunked::outer_steps(io, over, f);
+                    check_ordered(
+                        &outer_io,
+                        &with_chunks.outer.plan,
+                        &with_chunks.outer.schedule,
+                        f..io.len(),
+                    );
+                    check_ordered(
+                        &io[..f],
+                        &with_chunks.inner.plan,
+                        &with_chunks.inner.schedule,
+                        0..f,
+                    );
+                    assert_eq!(
+                        with_chunks.outer.schedule.critical_path_from(f),
+                        data_depth(io, len.len(), f)
+                    );
+                }
                 let arena = arena.total;
                 println!(
                     "{preset} {what}: {} steps on {} streams, critical path {path} (the data's \

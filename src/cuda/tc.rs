@@ -7,6 +7,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, LaunchConfig, PushKern
 
 use super::gpu::{Gpu, GpuElem, dim_i32, grid_dim};
 use super::probe::driver_err;
+use super::schedule::GROUP;
 use crate::error::{Error, Result};
 use crate::graph::fused::{FusedPlan, MAX_SOURCES, MAX_TERMS, Step};
 use crate::graph::{Chw, ConvLayer, Graph, ValueId};
@@ -49,6 +50,23 @@ const _: () = assert!(std::mem::size_of::<TcArgs>() == 208);
 // the kernel's `struct TcArgs` (both assert 208 bytes); the kernel reads it by value.
 unsafe impl DeviceRepr for TcArgs {}
 
+/// The launch parameters of a grouped kernel (`struct TcGroup` in kernels/conv_tc.cu):
+/// up to [`GROUP`] convolutions, member j's blocks ending at `end[j]` of grid x.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct TcGroup {
+    g: [TcArgs; GROUP],
+    end: [i32; GROUP],
+    members: i32,
+    pad: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<TcGroup>() == GROUP * 208 + 4 * GROUP + 8);
+
+// SAFETY: `TcGroup` is plain data, `#[repr(C)]` with no padding (both sides assert the
+// size), laid out as the kernel's `struct TcGroup`; the kernel reads it by value.
+unsafe impl DeviceRepr for TcGroup {}
+
 /// Choices for the tensor-core convolutions that change their speed, not what they compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcTuning {
@@ -69,6 +87,12 @@ pub struct TcTuning {
     /// of its K slices in flight at once rather than one ahead. Bitwise the same results.
     /// Default off.
     pub deep_pipeline: bool,
+    /// Launch the convolutions of one kernel shape that could run at once (a module's
+    /// branches, block by block) as one grouped launch, where all of them take the
+    /// smallest tile (at batch 1): about half the launches, the longest chain of them
+    /// unchanged. Where they do not, they run one after another on one stream. Bitwise
+    /// the same results. Default off.
+    pub grouped: bool,
 }
 
 impl Default for TcTuning {
@@ -78,6 +102,7 @@ impl Default for TcTuning {
             l1_activations: false,
             programmatic_launch: false,
             deep_pipeline: false,
+            grouped: false,
         }
     }
 }
@@ -87,11 +112,13 @@ impl std::fmt::Display for TcTuning {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "split K {}, activations through L1 {}, programmatic launch {}, deep pipeline {}",
+            "split K {}, activations through L1 {}, programmatic launch {}, deep pipeline {}, \
+             grouped launches {}",
             on(self.split_k),
             on(self.l1_activations),
             on(self.programmatic_launch),
-            on(self.deep_pipeline)
+            on(self.deep_pipeline),
+            on(self.grouped)
         )
     }
 }
@@ -103,31 +130,35 @@ const SLICE_BYTES: usize = 64;
 /// The (kernel, stride) shapes compiled.
 pub(crate) const SHAPES: [(usize, usize); 3] = [(3, 1), (3, 2), (1, 1)];
 
-/// The tile that also comes with a deep (8-stage) copy pipeline: the last, smallest, of
-/// every element type's `TC_TILES`.
+/// The tile that also comes with a deep (8-stage) copy pipeline and with grouped
+/// kernels: the last, smallest, of every element type's `TC_TILES`.
 pub(crate) const DEEP_TILE: (usize, usize) = (32, 32);
 
-/// The kernels of one shape: `T::TC_TILES`, then the deep variant of `DEEP_TILE`.
+/// The kernels of one shape: `T::TC_TILES`, then `DEEP_TILE`'s deep variant, then its
+/// grouped kernels (3-stage and deep).
 fn kernels_per_shape<T: GpuElem>() -> usize {
-    T::TC_TILES.len() + 1
+    T::TC_TILES.len() + 3
 }
 
 /// The kernel names of element type `T`: for each of `SHAPES`, one per `T::TC_TILES`,
-/// then `DEEP_TILE`'s deep variant.
+/// then `DEEP_TILE`'s deep variant, then its grouped kernels.
 pub(crate) fn kernel_names<T: GpuElem>() -> Vec<String> {
     SHAPES
         .iter()
         .flat_map(|&(k, s)| {
             let (dm, dn) = DEEP_TILE;
+            let small = move |rest: &str| format!("conv_tc_k{k}s{s}_{dm}x{dn}{rest}{}", T::SUFFIX);
             T::TC_TILES
                 .iter()
                 .map(move |&(bm, bn)| format!("conv_tc_k{k}s{s}_{bm}x{bn}{}", T::SUFFIX))
-                .chain(std::iter::once(format!(
-                    "conv_tc_k{k}s{s}_{dm}x{dn}_deep{}",
-                    T::SUFFIX
-                )))
+                .chain(["_deep", "_group", "_deep_group"].map(small))
         })
         .collect()
+}
+
+/// Where in `kernel_names::<T>()` the grouped kernel of `shape` is (deep or not).
+fn group_index<T: GpuElem>(shape: usize, deep: bool) -> usize {
+    shape * kernels_per_shape::<T>() + T::TC_TILES.len() + 1 + usize::from(deep)
 }
 
 /// Where in `kernel_names::<T>()` the kernel of `shape` (an index into `SHAPES`) and
@@ -239,6 +270,15 @@ impl SplitNeed {
         SplitNeed {
             partials: self.partials.max(other.partials),
             counters: self.counters.max(other.counters),
+        }
+    }
+
+    /// Room for both side by side.
+    #[must_use]
+    pub(crate) fn plus(self, other: Self) -> Self {
+        SplitNeed {
+            partials: self.partials + other.partials,
+            counters: self.counters + other.counters,
         }
     }
 
@@ -418,26 +458,82 @@ impl<T: GpuElem> TcProgram<T> {
             .count()
     }
 
-    /// The split-K scratch step `i` uses at batch `n` on `sms` multiprocessors.
-    pub(crate) fn split_need(&self, i: usize, n: usize, sms: usize) -> SplitNeed {
-        match &self.steps[i] {
-            TcStep::Conv(c) => c.plan(n, sms, true).need(),
-            TcStep::Exchange(_) => SplitNeed::default(),
+    /// The split-K scratch the launch of `steps` uses at batch `n` on `sms`
+    /// multiprocessors: their needs side by side (a grouped launch runs them at once).
+    pub(crate) fn split_need(
+        &self,
+        steps: std::ops::Range<usize>,
+        n: usize,
+        sms: usize,
+    ) -> SplitNeed {
+        self.steps[steps]
+            .iter()
+            .map(|s| match s {
+                TcStep::Conv(c) => c.plan(n, sms, true).need(),
+                TcStep::Exchange(_) => SplitNeed::default(),
+            })
+            .fold(SplitNeed::default(), SplitNeed::plus)
+    }
+
+    /// How many kernels a launch of `steps` (as [`TcProgram::launch_steps`] takes them)
+    /// runs at batch `n` on `sms` multiprocessors: 1, or one per step where they do not
+    /// all take the smallest tile.
+    pub(crate) fn kernel_launches(
+        &self,
+        steps: std::ops::Range<usize>,
+        n: usize,
+        sms: usize,
+        split_k: bool,
+    ) -> usize {
+        let convs: Vec<&ConvStep<T>> = self.steps[steps.clone()]
+            .iter()
+            .filter_map(|s| match s {
+                TcStep::Conv(c) => Some(&**c),
+                TcStep::Exchange(_) => None,
+            })
+            .collect();
+        let plans: Vec<LaunchPlan> = convs.iter().map(|c| c.plan(n, sms, split_k)).collect();
+        if steps.len() == 1 || together(&convs, &plans) {
+            1
+        } else {
+            steps.len()
         }
     }
 
-    /// Launches step `i` for a batch of `n` on the GPU's current stream; `addr` gives a
-    /// value's device address, `how` the tuning and the stream's split-K scratch.
-    pub(crate) fn launch_step(
+    /// Whether steps `a` and `b` may be one grouped launch (kernels/conv_tc.cu's `_group`
+    /// kernels) when nothing orders them: both convolutions of one kernel shape.
+    pub(crate) fn joins(&self, a: usize, b: usize) -> bool {
+        match (&self.steps[a], &self.steps[b]) {
+            (TcStep::Conv(x), TcStep::Conv(y)) => x.shape == y.shape,
+            _ => false,
+        }
+    }
+
+    /// Launches `steps` (one step, or steps that [`TcProgram::joins`] accepts and nothing
+    /// orders) for a batch of `n` on the GPU's current stream; `addr` gives a value's
+    /// device address, `how` the tuning and the stream's split-K scratch.
+    pub(crate) fn launch_steps(
         &self,
         gpu: &Gpu<T>,
         graph: &Graph,
-        i: usize,
+        steps: std::ops::Range<usize>,
         n: usize,
         addr: &dyn Fn(ValueId) -> u64,
         how: How<'_>,
     ) -> Result<()> {
-        match &self.steps[i] {
+        if steps.len() > 1 {
+            let members = self.steps[steps]
+                .iter()
+                .map(|s| match s {
+                    TcStep::Conv(c) => Ok((&**c, c.output == graph.output)),
+                    TcStep::Exchange(_) => Err(Error::Config(
+                        "an exchange sum cannot be launched with other steps".into(),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return launch_group(gpu, &members, n, addr, how);
+        }
+        match &self.steps[steps.start] {
             TcStep::Conv(c) => launch_conv(gpu, c, n, c.output == graph.output, addr, how),
             TcStep::Exchange(e) => {
                 let terms: Vec<(u64, usize)> = e.terms.iter().map(|&(v, f)| (addr(v), f)).collect();
@@ -458,7 +554,7 @@ impl<T: GpuElem> TcProgram<T> {
     ) -> Result<()> {
         for (i, step) in self.steps.iter().enumerate() {
             if keep(Self::step_output(step)) {
-                self.launch_step(gpu, graph, i, n, addr, how)?;
+                self.launch_steps(gpu, graph, i..i + 1, n, addr, how)?;
             }
         }
         Ok(())
@@ -580,39 +676,33 @@ pub(crate) struct How<'a> {
     pub(crate) scratch: Option<&'a SplitScratch>,
 }
 
-/// Launches one conv step over `n` images, written NHWC or (`nchw`) NCHW. A conv that
-/// gives too few tiles to fill the GPU splits its K when `how.tuning` says so, in
-/// `how.scratch` (an error if that is missing or too small).
-pub(crate) fn launch_conv<T: GpuElem>(
-    gpu: &Gpu<T>,
+/// The split-K scratch of `how` for a launch that needs `need` (an error if it is missing
+/// or too small): the device addresses of its partial sums and counters.
+fn scratch<T: GpuElem>(gpu: &Gpu<T>, how: How<'_>, need: SplitNeed) -> Result<(u64, u64)> {
+    let room = how.scratch.map(|s| s.room).unwrap_or_default();
+    how.scratch
+        .filter(|_| room.holds(need))
+        .map(|s| (gpu.addr(&s.partials), gpu.addr(&s.counters)))
+        .ok_or_else(|| Error::Cuda {
+            what: "a split-K convolution".into(),
+            reason: format!("its scratch holds {room:?}, the launch needs {need:?}"),
+        })
+}
+
+/// The kernel arguments of conv step `c` over `n` images at `plan`, written NHWC or
+/// (`nchw`) NCHW, its split-K scratch at `part` and `count` (0 when unsplit).
+fn conv_args<T: GpuElem>(
     c: &ConvStep<T>,
+    gpu: &Gpu<T>,
     n: usize,
     nchw: bool,
     addr: &dyn Fn(ValueId) -> u64,
-    how: How<'_>,
-) -> Result<()> {
+    (plan, (part, count)): (&LaunchPlan, (u64, u64)),
+    tuning: TcTuning,
+) -> Result<TcArgs> {
     let out = c.output_shape;
-    let m = n * out.h * out.w;
     dim_i32(n * c.input.h * c.input.w)?;
-    let plan = c.plan(n, gpu.info.multiprocessors, how.tuning.split_k);
-    let f: &CudaFunction = &gpu.tc[kernel_index::<T>(c.shape, &plan, how.tuning.deep_pipeline)];
-    let (bm, bn) = plan.shape;
-    let (part, count) = if plan.splits > 1 {
-        let room = how.scratch.map(|s| s.room).unwrap_or_default();
-        let s = how
-            .scratch
-            .filter(|_| room.holds(plan.need()))
-            .ok_or_else(|| Error::Cuda {
-                what: "a split-K convolution".into(),
-                reason: format!(
-                    "its scratch holds {room:?}, the launch needs {:?}",
-                    plan.need()
-                ),
-            })?;
-        (gpu.addr(&s.partials), gpu.addr(&s.counters))
-    } else {
-        (0, 0)
-    };
+    dim_i32(n * out.h * out.w)?;
     let mut a = TcArgs {
         w: gpu.addr(&c.weights),
         bias: gpu.addr(&c.bias),
@@ -634,7 +724,7 @@ pub(crate) fn launch_conv<T: GpuElem>(
         k: dim_i32(c.k)?,
         relu: i32::from(c.relu),
         splits: dim_i32(plan.splits)?,
-        l1_a: i32::from(how.tuning.l1_activations),
+        l1_a: i32::from(tuning.l1_activations),
         ..TcArgs::default()
     };
     let kk = c.k / c.cin.iter().sum::<usize>();
@@ -649,15 +739,119 @@ pub(crate) fn launch_conv<T: GpuElem>(
         a.term[i] = addr(v);
         a.factor[i] = dim_i32(f)?;
     }
+    Ok(a)
+}
+
+/// Launches one conv step over `n` images, written NHWC or (`nchw`) NCHW. A conv that
+/// gives too few tiles to fill the GPU splits its K when `how.tuning` says so, in
+/// `how.scratch` (an error if that is missing or too small).
+pub(crate) fn launch_conv<T: GpuElem>(
+    gpu: &Gpu<T>,
+    c: &ConvStep<T>,
+    n: usize,
+    nchw: bool,
+    addr: &dyn Fn(ValueId) -> u64,
+    how: How<'_>,
+) -> Result<()> {
+    let plan = c.plan(n, gpu.info.multiprocessors, how.tuning.split_k);
+    let f: &CudaFunction = &gpu.tc[kernel_index::<T>(c.shape, &plan, how.tuning.deep_pipeline)];
+    let (bm, bn) = plan.shape;
+    let at = if plan.splits > 1 {
+        scratch(gpu, how, plan.need())?
+    } else {
+        (0, 0)
+    };
+    let a = conv_args(c, gpu, n, nchw, addr, (&plan, at), how.tuning)?;
+    let m = n * c.output_shape.h * c.output_shape.w;
     let grid = grid_dim("conv_tc", m.div_ceil(bm), c.cout.div_ceil(bn), plan.splits)?;
     // What the kernel touches (elements of T): every source holds n·hi·wi·cin_s, the
     // weights cout·k, the bias cout f32, each term n·(ho/f)·(wo/f)·cout and y n·ho·wo·cout
     // (the strides address inside it); when split, the scratch holds tiles·splits·BM·BN
     // f32 and tiles counters (checked above), and no other stream uses it. All are live
     // device buffers of this context; unused pointers are null.
-    let what = driver_err("launching a tensor-core convolution");
-    if how.tuning.programmatic_launch && gpu.info.compute_capability.0 >= 9 {
-        return launch_programmatic(gpu, f, grid, &a).map_err(what);
+    launch(gpu, f, grid, a, how.tuning).map_err(driver_err("launching a tensor-core convolution"))
+}
+
+/// Launches conv steps `members` (each with whether it is written NCHW), which read
+/// nothing another writes, over `n` images: as one grouped launch when every one of
+/// them takes the smallest tile (`DEEP_TILE`), their split-K scratch side by side in
+/// `how.scratch`; else one after another on the current stream.
+pub(crate) fn launch_group<T: GpuElem>(
+    gpu: &Gpu<T>,
+    members: &[(&ConvStep<T>, bool)],
+    n: usize,
+    addr: &dyn Fn(ValueId) -> u64,
+    how: How<'_>,
+) -> Result<()> {
+    let sms = gpu.info.multiprocessors;
+    let plans: Vec<LaunchPlan> = members
+        .iter()
+        .map(|(c, _)| c.plan(n, sms, how.tuning.split_k))
+        .collect();
+    let steps: Vec<&ConvStep<T>> = members.iter().map(|m| m.0).collect();
+    if !together(&steps, &plans) {
+        return members
+            .iter()
+            .try_for_each(|&(c, nchw)| launch_conv(gpu, c, n, nchw, addr, how));
+    }
+    let shape = steps[0].shape;
+    let need = plans
+        .iter()
+        .fold(SplitNeed::default(), |t, p| t.plus(p.need()));
+    let (mut part, mut count) = if need.bytes() > 0 {
+        scratch(gpu, how, need)?
+    } else {
+        (0, 0)
+    };
+    let mut g = TcGroup {
+        members: dim_i32(members.len())?,
+        ..TcGroup::default()
+    };
+    let mut blocks = 0;
+    for (j, (&(c, nchw), plan)) in members.iter().zip(&plans).enumerate() {
+        let at = if plan.splits > 1 {
+            (part, count)
+        } else {
+            (0, 0)
+        };
+        g.g[j] = conv_args(c, gpu, n, nchw, addr, (plan, at), how.tuning)?;
+        let need = plan.need();
+        part += (need.partials * std::mem::size_of::<f32>()) as u64;
+        count += (need.counters * std::mem::size_of::<u32>()) as u64;
+        blocks += plan.tiles * plan.splits;
+        g.end[j] = dim_i32(blocks)?;
+    }
+    let f = &gpu.tc[group_index::<T>(shape, how.tuning.deep_pipeline)];
+    let grid = grid_dim("conv_tc group", blocks, 1, 1)?;
+    // Each member touches what its own launch would (see launch_conv), its split-K
+    // scratch a range of its own after the members' before it, all of which the scratch
+    // holds (checked above); members write no value another member reads (the schedule
+    // groups only steps of one depth, which share no memory).
+    launch(gpu, f, grid, g, how.tuning)
+        .map_err(driver_err("launching grouped tensor-core convolutions"))
+}
+
+/// Whether conv steps launched with `plans` run as one grouped launch: 2 to [`GROUP`] of
+/// one kernel shape, every one in the smallest tile (`DEEP_TILE`, which has the grouped
+/// kernels).
+fn together<T>(steps: &[&ConvStep<T>], plans: &[LaunchPlan]) -> bool {
+    (2..=GROUP).contains(&steps.len())
+        && steps.iter().all(|c| c.shape == steps[0].shape)
+        && plans.iter().all(|p| p.shape == DEEP_TILE)
+}
+
+/// Launches a conv_tc kernel with parameters `args` over `grid` blocks of [`THREADS`]
+/// on the current stream, with programmatic stream serialization when `tuning` asks
+/// for it and the GPU has it (sm_90).
+fn launch<T: GpuElem, A: DeviceRepr + Copy>(
+    gpu: &Gpu<T>,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    args: A,
+    tuning: TcTuning,
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    if tuning.programmatic_launch && gpu.info.compute_capability.0 >= 9 {
+        return launch_programmatic(gpu, f, grid, args);
     }
     let cfg = LaunchConfig {
         grid_dim: grid,
@@ -665,22 +859,21 @@ pub(crate) fn launch_conv<T: GpuElem>(
         shared_mem_bytes: 0,
     };
     let mut b = gpu.on().launch_builder(f);
-    b.arg(&a);
-    // SAFETY: `a` holds live device buffers of the sizes the kernel touches (see above),
-    // in the layout of the kernel's `struct TcArgs`.
-    unsafe { b.launch(cfg) }.map_err(what)?;
-    Ok(())
+    b.arg(&args);
+    // SAFETY: `args` holds live device buffers of the sizes the kernel touches (see the
+    // callers), in the layout of the kernel's parameter struct.
+    unsafe { b.launch(cfg) }.map(|_| ())
 }
 
 /// Launches a conv_tc kernel on the current stream with programmatic stream
 /// serialization (sm_90): it may start while the stream's previous kernel finishes, and
 /// its blocks wait for that kernel (griddepcontrol.wait) before touching memory. Captured
 /// into a CUDA graph, the dependency stays programmatic.
-fn launch_programmatic<T: GpuElem>(
+fn launch_programmatic<T: GpuElem, A: DeviceRepr + Copy>(
     gpu: &Gpu<T>,
     f: &CudaFunction,
     (gx, gy, gz): (u32, u32, u32),
-    a: &TcArgs,
+    args: A,
 ) -> std::result::Result<(), cudarc::driver::DriverError> {
     use cudarc::driver::sys;
     gpu.ctx.bind_to_thread()?;
@@ -703,11 +896,11 @@ fn launch_programmatic<T: GpuElem>(
         attrs: &raw mut attr,
         numAttrs: 1,
     };
-    let mut args = *a;
+    let mut args = args;
     let mut params = [(&raw mut args).cast::<std::ffi::c_void>()];
-    // SAFETY: `args` holds live device buffers of the sizes the kernel touches (see
-    // launch_conv) in the layout of `struct TcArgs`; the driver copies the parameters and
-    // the config before it returns, so the pointers to these locals do not outlive it.
+    // SAFETY: `args` holds live device buffers of the sizes the kernel touches (see the
+    // callers), laid out as the kernel's parameter struct; the driver copies parameters
+    // and config before it returns, so the pointers to these locals do not outlive it.
     unsafe {
         sys::cuLaunchKernelEx(
             &raw const config,
@@ -735,7 +928,7 @@ mod tests {
         // 17 heatmap channels: never a 64-wide tile.
         assert_eq!(pick(64 * 3072, 17).1, 32);
         let names = kernel_names::<half::f16>();
-        assert_eq!(names.len(), SHAPES.len() * (tiles.len() + 1));
+        assert_eq!(names.len(), SHAPES.len() * (tiles.len() + 3));
         assert!(names.contains(&"conv_tc_k3s2_64x32_f16".to_string()));
         // Every type's smallest tile is the one with a deep variant, found where it is named.
         assert_eq!(tiles.last(), Some(&DEEP_TILE));
@@ -752,6 +945,12 @@ mod tests {
             );
             // A tile without a deep variant keeps its kernel.
             assert_eq!(name(&wide, true), &format!("conv_tc_k{k}s{s}_128x64_f16"));
+            for (deep, rest) in [(false, ""), (true, "_deep")] {
+                assert_eq!(
+                    names[group_index::<half::f16>(shape, deep)],
+                    format!("conv_tc_k{k}s{s}_32x32{rest}_group_f16")
+                );
+            }
         }
         let f32_names = kernel_names::<f32>();
         let f32_batch1 = LaunchPlan::new::<f32>(48, 256, 9 * 256, 132, true);

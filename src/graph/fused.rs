@@ -14,6 +14,11 @@
 //! quarter of the input's resolution, the largest value after the stem's first conv) is
 //! never stored. Every other conv is a step of its own, its residual being an epilogue
 //! term.
+//!
+//! The steps are listed by depth (the longest chain through the data that ends at each),
+//! so the four branches of a module interleave block by block: the steps that could run
+//! at once sit side by side, and the tensor-core engine may launch those of one kernel
+//! together.
 
 use super::{ConvOp, ExchangeOp, Graph, Op, ValueId};
 
@@ -189,10 +194,19 @@ impl FusedPlan {
             })
             .collect();
         FusedPlan {
-            steps,
+            steps: by_depth(graph, steps),
             fused_exchanges,
             fused_shortcuts,
         }
+    }
+
+    /// Whether steps `a` and `b` run the same kind of convolution (kernel size and
+    /// stride): steps of one depth that do may be launched together
+    /// (kernels/conv_tc.cu's grouped kernels).
+    #[must_use]
+    pub fn same_kernel(&self, graph: &Graph, a: usize, b: usize) -> bool {
+        kernel_of(graph, &self.steps[a]).is_some()
+            && kernel_of(graph, &self.steps[a]) == kernel_of(graph, &self.steps[b])
     }
 
     /// For each value, the index of the last step that reads it (the graph's output is
@@ -208,6 +222,53 @@ impl FusedPlan {
         last[graph.output.0] = self.steps.len();
         last
     }
+}
+
+/// A conv step's kernel size and stride; `None` for an exchange sum.
+fn kernel_of(graph: &Graph, step: &Step) -> Option<(usize, usize)> {
+    match step {
+        Step::Conv { sources, .. } => {
+            let l = &graph.layers[sources[0].1];
+            Some((l.kernel, l.stride))
+        }
+        Step::Exchange(_) => None,
+    }
+}
+
+/// `steps` (in an order in which each reads only values written) ordered by depth, the
+/// longest chain of steps through the data that ends at a step, then by kernel, then as
+/// they were: an order in which each still reads only values written, with the steps
+/// that could run at once side by side, those of one kernel together. HRNet's branches,
+/// which the graph lists one after another, are interleaved block by block, so that a
+/// module's four branch convolutions of one depth may be one launch.
+fn by_depth(graph: &Graph, steps: Vec<Step>) -> Vec<Step> {
+    let mut producer: Vec<Option<usize>> = vec![None; graph.values.len()];
+    let mut depth = Vec::with_capacity(steps.len());
+    for (i, s) in steps.iter().enumerate() {
+        let d = s
+            .inputs()
+            .iter()
+            .filter_map(|v| producer[v.0])
+            .map(|p: usize| depth[p] + 1)
+            .max()
+            .unwrap_or(0);
+        depth.push(d);
+        producer[s.output().0] = Some(i);
+    }
+    let mut order: Vec<usize> = (0..steps.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            depth[i],
+            kernel_of(graph, &steps[i]).is_none(),
+            kernel_of(graph, &steps[i]),
+            i,
+        )
+    });
+    let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
+    order
+        .into_iter()
+        .map(|i| steps[i].take().expect("each step once"))
+        .collect()
 }
 
 #[cfg(test)]

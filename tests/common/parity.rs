@@ -209,22 +209,34 @@ pub fn flip(gpu: &mut CudaEngine, x: &Tensor, pairs: &[(usize, usize)], what: &s
 
 /// The tensor-core engine's tunings on `x`, whose result with the default tuning is `out`:
 /// activations through L1 with the deep pipeline (both change only how operands reach
-/// shared memory), and programmatic launches, give the same bits (two forwards, so that
-/// the emulated engine's CI time stays small); returned is the result with K unsplit,
-/// which differs by rounding only, for the caller to bound. The engine is left with the
-/// default tuning.
+/// shared memory), programmatic launches, and grouped launches (each with one of the
+/// two, so that both grouped kernels run) give the same bits (two forwards, so that the
+/// emulated engine's CI time stays small); grouped, fewer launches with the same chain.
+/// Returned is the result with K unsplit, which differs by rounding only, for the caller
+/// to bound. The engine is left with the default tuning.
 pub fn tunings(gpu: &mut CudaEngine, x: &Tensor, out: &Tensor) -> Tensor {
     let default = gpu.tuning();
     assert_eq!(default, TcTuning::default());
+    let n = x.shape().n;
+    let (launches, chain) = gpu.launches(n);
     for (l1_and_deep, programmatic) in [(true, false), (false, true)] {
         let t = TcTuning {
             l1_activations: l1_and_deep,
             programmatic_launch: programmatic,
             deep_pipeline: l1_and_deep,
+            grouped: true,
             ..default
         };
         gpu.set_tuning(t);
         assert_eq!(&gpu.forward(x).unwrap(), out, "{t}: other bits");
+        let (grouped, grouped_chain) = gpu.launches(n);
+        assert!(
+            grouped < launches && grouped_chain == chain,
+            "{t}: {grouped} launches, chain {grouped_chain}; ungrouped {launches}, chain {chain}"
+        );
+        println!(
+            "grouped launches at batch {n}: {grouped} of {launches}, chain {chain}, same bits"
+        );
     }
     gpu.set_tuning(TcTuning {
         split_k: false,
@@ -304,12 +316,13 @@ pub fn front_chunks(
 /// (the default's bits) after a run on `other`, and its chain of dependent launches is
 /// no shorter: with one stream, every launch. The engine is left on 16 streams.
 pub fn streams(gpu: &mut CudaEngine, x: &Tensor, other: &Tensor, expected: &Tensor, what: &str) {
-    let (launches, path) = gpu.launches();
+    let n = x.shape().n;
+    let (launches, path) = gpu.launches(n);
     for k in [1, 4] {
         gpu.set_streams(k);
         gpu.forward(other).unwrap();
         assert_eq!(&gpu.forward(x).unwrap(), expected, "{what}: on {k} streams");
-        let (l, p) = gpu.launches();
+        let (l, p) = gpu.launches(n);
         assert_eq!(l, launches, "{what}: launches on {k} streams");
         assert!(p >= path, "{what}: chain {p} on {k} streams, {path} on 16");
         if k == 1 {
@@ -319,7 +332,7 @@ pub fn streams(gpu: &mut CudaEngine, x: &Tensor, other: &Tensor, expected: &Tens
     }
     gpu.set_streams(hrnet::cuda::STREAMS);
     assert_eq!(
-        gpu.launches(),
+        gpu.launches(n),
         (launches, path),
         "{what}: back on 16 streams"
     );

@@ -134,6 +134,10 @@ template <typename E> void check_arg(const TcArgs<E>& a, const char* kernel) {
     check_arg(a.count, kernel);
 }
 
+template <typename E> void check_arg(const TcGroup<E>& g, const char* kernel) {
+    for (int j = 0; j < g.members && j < TC_GROUP; ++j) check_arg(g.g[j], kernel);
+}
+
 template <typename... A, size_t... I>
 std::pair<std::function<void()>, std::function<void()>> bind_args(const char* name, void (*f)(A...), void** p,
                                                                   std::index_sequence<I...>) {
@@ -159,7 +163,11 @@ std::pair<std::function<void()>, std::function<void()>> bind_kernel(const char* 
         KERNEL(conv_tc_k##KS##s##S##_32x32_deep_f16, TC_THREADS, true), \
         KERNEL(conv_tc_k##KS##s##S##_64x32_f32, TC_THREADS, true),    \
         KERNEL(conv_tc_k##KS##s##S##_32x32_f32, TC_THREADS, true),    \
-        KERNEL(conv_tc_k##KS##s##S##_32x32_deep_f32, TC_THREADS, true)
+        KERNEL(conv_tc_k##KS##s##S##_32x32_deep_f32, TC_THREADS, true), \
+        KERNEL(conv_tc_k##KS##s##S##_32x32_group_f16, TC_THREADS, true), \
+        KERNEL(conv_tc_k##KS##s##S##_32x32_deep_group_f16, TC_THREADS, true), \
+        KERNEL(conv_tc_k##KS##s##S##_32x32_group_f32, TC_THREADS, true), \
+        KERNEL(conv_tc_k##KS##s##S##_32x32_deep_group_f32, TC_THREADS, true)
 
 const Kernel KERNELS[] = {
     KERNEL_F32_F16(argmax, ARGMAX_THREADS, true),
