@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One table from the JSON lines of `hrnet bench` and `scripts/peer_pytorch.py --time
-[--peaks]` (and `hrnet bench --exchange`), run in the same device call.
+[--peaks]` (and `hrnet bench --exchange` and `--profile`), run in the same device call.
 
   python3 scripts/bench_table.py LOG... [--json benches/results/h200.json]
 
@@ -8,7 +8,9 @@ Prints, per batch, every engine configuration's median latency, images/s and pea
 (and for hrnet the median of `forward` host to host: input copied and laid out, heatmaps
 copied back),
 hrnet's speed-up over the best (fastest) PyTorch configuration and its peak memory as a
-fraction of that configuration's, the exchange-unit totals, and the measured ceilings;
+fraction of that configuration's, the exchange-unit totals, the profiles (per
+configuration and batch, the launches' summed time against the forward's, and the kernels
+and output shapes that take the most of it), and the measured ceilings;
 with --json, writes the per-configuration rows (engine, precision, batch, median_ms,
 images_per_s, peak_mib, forward_ms) for the repository.
 """
@@ -29,6 +31,21 @@ def rows_of(paths):
                         pass
 
 
+def profile(rows, top=8):
+    """Per profiled configuration and batch: the launches timed alone against the forward,
+    then the classes (kernel and output shapes) that take the most time."""
+    for t in (r for r in rows if r.get("bench") == "profile-total"):
+        key = (t["name"], t["batch"])
+        print(f"\nprofile, {t['name']}, batch {t['batch']}: {t['launches']} launches, "
+              f"{t['launches_ms']:.4f} ms timed alone against {t['forward_ms']:.4f} ms for the forward "
+              f"({t['tflops']:.1f} TFLOP/s, {t['gb_per_s']:.0f} GB/s over the launches)")
+        classes = [r for r in rows if r.get("bench") == "profile-class" and (r["name"], r["batch"]) == key]
+        print(f"  {'share':>6} {'ms':>9} {'launches':>8} {'TFLOP/s':>8} {'GB/s':>7}  kernel and outputs")
+        for c in classes[:top]:
+            print(f"  {c['share']:>6.1%} {c['ms']:>9.4f} {c['launches']:>8} {c['tflops']:>8.1f} "
+                  f"{c['gb_per_s']:>7.0f}  {c['class']}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("logs", nargs="+")
@@ -39,7 +56,7 @@ def main():
     if not runs:
         print("no timing lines found", file=sys.stderr)
         return 1
-    for r in runs:
+    for r in runs + [r for r in rows if str(r.get("bench", "")).startswith("profile")]:
         if r["engine"] == "hrnet":
             r["name"] = f"hrnet {r['precision']} {r.get('kernels', 'direct')}"
             if r.get("kernels") == "tensor-core":
@@ -80,6 +97,7 @@ def main():
     for t in (r for r in rows if r.get("bench") == "exchange-total"):
         print(f"exchange units, batch {t['batch']}: {t['units']} output branches, fused {t['fused_ms']:.4f} ms, "
               f"unfused {t['unfused_ms']:.4f} ms, speedup {t['speedup']:.2f}x")
+    profile(rows)
     for p in (r for r in rows if r.get("peak") == "measured"):
         print(f"measured ceilings: fp16 matmul {p['fp16_matmul_tflops']:.0f} TFLOP/s, "
               f"copy {p['copy_gb_per_s']:.0f} GB/s ({p['gpu']})")

@@ -215,6 +215,13 @@ enum Command {
         /// sequence (conv, BN, ReLU, upsample, add, ReLU as separate kernels).
         #[arg(long)]
         exchange: bool,
+        /// Also time each launch of the forward alone (as the forward makes it, repeated
+        /// back to back): a JSON line per launch (`"bench": "profile"`: kernel, tile,
+        /// multiply-adds, bytes it must move, ms, TFLOP/s, GB/s), then one per kernel and
+        /// output shapes (`"profile-class"`) and the launches' sum against the forward's
+        /// median (`"profile-total"`).
+        #[arg(long, conflicts_with = "exchange")]
+        profile: bool,
         /// Batch sizes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
         batch: Vec<usize>,
@@ -525,6 +532,7 @@ fn run(command: Command) -> Result<ExitCode> {
             deep_pipeline,
             grouped,
             exchange: false,
+            profile,
             batch,
             front_chunk,
             streams,
@@ -543,7 +551,7 @@ fn run(command: Command) -> Result<ExitCode> {
             ),
             &batch,
             (&front_chunk, &streams),
-            (runs.max(1), warmup),
+            (runs.max(1), warmup, profile),
         )?,
         Command::Pose {
             weights,
@@ -1002,8 +1010,8 @@ fn tunings(
         })
 }
 
-/// `hrnet bench`: one JSON line per configuration, front chunk, stream count and batch.
-/// `runs` is (timed, warm-up).
+/// `hrnet bench`: one JSON line per configuration, front chunk, stream count and batch,
+/// each followed by the forward's profile when asked (`runs`: timed, warm-up, profile).
 fn bench(
     model: &Model,
     precisions: &[Prec],
@@ -1011,7 +1019,7 @@ fn bench(
     tunings: &[TcTuning],
     batches: &[usize],
     (front_chunks, streams): (&[usize], &[usize]),
-    (runs, warmup): (usize, usize),
+    (runs, warmup, profile): (usize, usize, bool),
 ) -> Result<()> {
     if batches.contains(&0) {
         return Err(Error::Input("batch sizes must be at least 1".into()));
@@ -1077,23 +1085,84 @@ fn bench(
             let (launches, path) = engine.launches(n);
             // The chunk the front ran in at this batch (0: the whole batch at once).
             let chunked = engine.front_chunks(n).map_or(0, |(_, c)| c);
-            println!(
-                "{{\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"split_k_launches\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"grouped\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"streams\": {k}, \"launches\": {launches}, \"critical_path\": {path}, \"batch\": {n}, \"median_ms\": {median:.5}, \"forward_ms\": {forward:.4}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"gpu\": \"{}\", \"runs\": {runs}}}",
+            // What every line of this configuration and batch says.
+            let tags = format!(
+                "\"engine\": \"hrnet\", \"config\": \"{name}\", \"precision\": \"{}\", \"kernels\": \"{}\", \"split_k\": {}, \"l1_activations\": {}, \"programmatic_launch\": {}, \"deep_pipeline\": {}, \"grouped\": {}, \"graphs\": {}, \"front_chunk\": {chunk}, \"front_chunked\": {chunked}, \"streams\": {k}, \"batch\": {n}, \"gpu\": \"{}\"",
                 engine.precision(),
                 engine.kernels(),
                 t.split_k,
-                engine.split_k_launches(n),
                 t.l1_activations,
                 t.programmatic_launch,
                 t.deep_pipeline,
                 t.grouped,
                 engine.graph_fallback().is_none(),
-                n as f64 * 1000.0 / median,
                 engine.gpu().name
             );
+            println!(
+                "{{{tags}, \"split_k_launches\": {}, \"launches\": {launches}, \"critical_path\": {path}, \"median_ms\": {median:.5}, \"forward_ms\": {forward:.4}, \"images_per_s\": {:.1}, \"peak_mib\": {mib:.1}, \"runs\": {runs}}}",
+                engine.split_k_launches(n),
+                n as f64 * 1000.0 / median,
+            );
+            if profile {
+                // 20 back to back: the graph's own replay a small share of each run.
+                let launches = engine.profile(&x, 20, runs.min(20))?;
+                print_profile(&tags, &launches, median);
+            }
         }
     }
     Ok(())
+}
+
+/// `hrnet bench --profile`'s lines for one configuration and batch (`tags`, the fields
+/// they share): each launch, then per kernel and output shapes, then the total against
+/// the forward's median `forward_ms`.
+fn print_profile(tags: &str, launches: &[hrnet::cuda::LaunchProfile], forward_ms: f64) {
+    use serde_json::json;
+    let line = |fields: Value| {
+        let body = fields.to_string();
+        println!("{{{tags}, {}", &body[1..]);
+    };
+    let mut classes: Vec<(String, f64, u64, u64, usize)> = Vec::new();
+    for (i, l) in launches.iter().enumerate() {
+        let outputs: Vec<String> = l.outputs.iter().map(ToString::to_string).collect();
+        let (tile, splits, blocks) = l.tiles.map_or((Value::Null, 1, Value::Null), |t| {
+            (
+                json!(format!("{}x{}", t.tile.0, t.tile.1)),
+                t.splits,
+                json!(t.blocks),
+            )
+        });
+        line(json!({
+            "bench": "profile", "launch": i, "steps": l.steps.join(" "),
+            "outputs": outputs.join(" "), "kernel": l.kernel, "images": l.images,
+            "kernels": l.kernels, "tile": tile, "splits": splits, "blocks": blocks,
+            "multiply_adds": l.multiply_adds, "bytes": l.bytes, "ms": l.ms,
+            "tflops": l.tflops(), "gb_per_s": l.gb_per_s(),
+        }));
+        let class = format!("{} {}", l.kernel, outputs.join(" "));
+        match classes.iter_mut().find(|c| c.0 == class) {
+            Some(c) => {
+                (c.1, c.2, c.3, c.4) = (c.1 + l.ms, c.2 + l.multiply_adds, c.3 + l.bytes, c.4 + 1)
+            }
+            None => classes.push((class, l.ms, l.multiply_adds, l.bytes, 1)),
+        }
+    }
+    classes.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total: f64 = launches.iter().map(|l| l.ms).sum();
+    for (class, ms, macs, bytes, count) in classes {
+        line(json!({
+            "bench": "profile-class", "class": class, "launches": count, "ms": ms,
+            "share": ms / total, "tflops": 2.0 * macs as f64 / (ms * 1e9),
+            "gb_per_s": bytes as f64 / (ms * 1e6),
+        }));
+    }
+    let macs: u64 = launches.iter().map(|l| l.multiply_adds).sum();
+    let bytes: u64 = launches.iter().map(|l| l.bytes).sum();
+    line(json!({
+        "bench": "profile-total", "launches": launches.len(), "launches_ms": total,
+        "forward_ms": forward_ms, "tflops": 2.0 * macs as f64 / (total * 1e9),
+        "gb_per_s": bytes as f64 / (total * 1e6),
+    }));
 }
 
 fn doctor(arch: Option<String>, cubin_dir: Option<&std::path::Path>) -> Result<()> {
@@ -1437,6 +1506,8 @@ mod tests {
         assert!(Cli::try_parse_from(["hrnet", "summary"]).is_err());
         assert!(Cli::try_parse_from(["hrnet", "forward", "--device", "tpu"]).is_err());
         assert!(Cli::try_parse_from(["hrnet", "doctor", "--arch", "sm_90"]).is_ok());
+        assert!(Cli::try_parse_from(["hrnet", "bench", "--profile", "--batch", "1,64"]).is_ok());
+        assert!(Cli::try_parse_from(["hrnet", "bench", "--profile", "--exchange"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! the GPU (kernels/input.cu). The launches of a forward are captured once per batch size
 //! into a CUDA graph and replayed.
 
+mod profile;
+
 use cudarc::driver::CudaSlice;
 
 use super::gpu::{Gpu, GpuElem, InputLayout, capture, time_runs};
@@ -18,6 +20,7 @@ use crate::graph::{Chw, Graph, Op, ValueId};
 use crate::pose::joints::partner;
 use crate::tensor::{Nchw, Tensor};
 use crate::weights::Model;
+pub use profile::LaunchProfile;
 
 /// How activations and weights are stored on the GPU. Accumulation is always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1050,6 +1053,23 @@ impl CudaEngine {
         on_net!(&mut self.inner, n => n.time(input, warmup, runs))
     }
 
+    /// Where the time of a forward on `input` goes: each of its launches (the same
+    /// kernels, tiles, splits, groups and chunks of the front as the forward's, on the
+    /// same memory) timed alone, `repeats` times back to back on one stream, the median
+    /// of `runs` runs after an untimed one, in launch order, with its multiply-adds and
+    /// the bytes it must move. Their sum against [`CudaEngine::time`] is what the
+    /// launches cost together beyond their work. Leaves the arena's values changed (a
+    /// block sum repeated over its input); the next forward starts from its own input.
+    /// For benchmarks (`hrnet bench --profile`).
+    pub fn profile(
+        &mut self,
+        input: &Tensor,
+        repeats: usize,
+        runs: usize,
+    ) -> Result<Vec<LaunchProfile>> {
+        on_net!(&mut self.inner, n => n.profile(input, repeats, runs))
+    }
+
     /// Kernel launches of a forward at batch `n` run whole (poisoning aside), and how many
     /// launches lie on the longest chain of dependencies once the branches run
     /// concurrently.
@@ -1062,7 +1082,7 @@ impl CudaEngine {
                 .filter(|&i| s.group[i] > 0)
                 .map(|i| match &net.program {
                     Program::TensorCore(tc) => {
-                        tc.kernel_launches(i..i + s.group[i], n, sms, net.tuning.split_k)
+                        tc.describe(i..i + s.group[i], n, sms, net.tuning).kernels
                     }
                     Program::Direct { .. } => s.group[i],
                 })

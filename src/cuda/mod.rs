@@ -13,10 +13,10 @@ mod schedule;
 mod tc;
 
 pub use compile::{CompiledFile, KernelInfo, compile_fresh, compiled, kernel_files};
-pub use engine::{CudaEngine, DEFAULT_FRONT_CHUNK, Kernels, Precision};
+pub use engine::{CudaEngine, DEFAULT_FRONT_CHUNK, Kernels, LaunchProfile, Precision};
 pub use exchange_bench::{ExchangeTiming, time_exchange_units};
 pub use gpu::GpuElem;
 pub use ops::{CudaOps, TcSource};
 pub use probe::{GpuInfo, Headers, gpus, headers};
 pub use schedule::STREAMS;
-pub use tc::TcTuning;
+pub use tc::{TcTuning, Tiles};

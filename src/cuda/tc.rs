@@ -475,16 +475,17 @@ impl<T: GpuElem> TcProgram<T> {
             .fold(SplitNeed::default(), SplitNeed::plus)
     }
 
-    /// How many kernels a launch of `steps` (as [`TcProgram::launch_steps`] takes them)
-    /// runs at batch `n` on `sms` multiprocessors: 1, or one per step where they do not
-    /// all take the smallest tile.
-    pub(crate) fn kernel_launches(
+    /// How a launch of `steps` (as [`TcProgram::launch_steps`] takes them) runs at batch
+    /// `n` on `sms` multiprocessors with `tuning`: its kernel (for members run one after
+    /// another, the first's), the kernels it launches (1, or one per step where they do
+    /// not all take the smallest tile) and, for convolutions, their tiles.
+    pub(crate) fn describe(
         &self,
         steps: std::ops::Range<usize>,
         n: usize,
         sms: usize,
-        split_k: bool,
-    ) -> usize {
+        tuning: TcTuning,
+    ) -> Described {
         let convs: Vec<&ConvStep<T>> = self.steps[steps.clone()]
             .iter()
             .filter_map(|s| match s {
@@ -492,11 +493,39 @@ impl<T: GpuElem> TcProgram<T> {
                 TcStep::Exchange(_) => None,
             })
             .collect();
-        let plans: Vec<LaunchPlan> = convs.iter().map(|c| c.plan(n, sms, split_k)).collect();
-        if steps.len() == 1 || together(&convs, &plans) {
-            1
+        let Some(first) = convs.first() else {
+            return Described {
+                kernel: format!("exchange_nhwc{}", T::SUFFIX),
+                kernels: 1,
+                tiles: None,
+            };
+        };
+        let plans: Vec<LaunchPlan> = convs
+            .iter()
+            .map(|c| c.plan(n, sms, tuning.split_k))
+            .collect();
+        let grouped = convs.len() > 1 && together(&convs, &plans);
+        let index = if grouped {
+            group_index::<T>(first.shape, tuning.deep_pipeline)
         } else {
-            steps.len()
+            kernel_index::<T>(first.shape, &plans[0], tuning.deep_pipeline)
+        };
+        Described {
+            kernel: kernel_names::<T>().swap_remove(index),
+            kernels: if grouped { 1 } else { convs.len() },
+            tiles: Some(Tiles {
+                tile: plans[0].shape,
+                splits: plans.iter().map(|p| p.splits).max().unwrap_or(1),
+                blocks: plans.iter().map(|p| p.tiles * p.splits).sum(),
+            }),
+        }
+    }
+
+    /// Bytes of step `i`'s weights and bias on the device (none for an exchange sum).
+    pub(crate) fn step_weight_bytes(&self, i: usize) -> usize {
+        match &self.steps[i] {
+            TcStep::Conv(c) => c.bytes(),
+            TcStep::Exchange(_) => 0,
         }
     }
 
@@ -559,6 +588,28 @@ impl<T: GpuElem> TcProgram<T> {
         }
         Ok(())
     }
+}
+
+/// How one launch of the program runs ([`TcProgram::describe`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Described {
+    /// The kernel, as kernels/*.cu names it.
+    pub(crate) kernel: String,
+    /// Kernels launched.
+    pub(crate) kernels: usize,
+    /// For convolutions, their tiles.
+    pub(crate) tiles: Option<Tiles>,
+}
+
+/// The tiles of a tensor-core launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiles {
+    /// Output pixels × output channels of a block (the first member's, for several).
+    pub tile: (usize, usize),
+    /// The most ways a member splits its K loop.
+    pub splits: usize,
+    /// Thread blocks, over every member and split.
+    pub blocks: usize,
 }
 
 /// One convolution summed into a step: the layer, its folded parameters, and the channels
