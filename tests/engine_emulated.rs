@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use common::parity::{self, seed};
-use hrnet::cuda::{
-    CudaEngine, CudaOps, GpuElem, Kernels, Precision, TcTuning, time_exchange_units,
-};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, Precision, time_exchange_units};
 use hrnet::decode::peaks;
 use hrnet::pose::joints::COCO;
 use hrnet::tensor::{argmax_agreement, relative_l2};
@@ -494,89 +492,18 @@ fn exchange_units(model: &Model) {
     );
 }
 
-/// The profile of a forward (`hrnet bench --profile`), tensor-core at batch 1 (grouped
-/// launches) and 3 (the front in chunks of 2), direct at batch 1: every step of the program in
-/// exactly one launch, the launches in the forward's order of steps, as many kernels as
-/// the forward launches, every multiply-add of the network counted once, and a forward
-/// after it giving the bits it gave before.
+/// The profile of a forward (`hrnet bench --profile`; [`parity::profile`]), f16
+/// tensor-core at batch 1 (grouped launches) and 3 (the front in chunks of 2), direct at
+/// batch 1.
 fn profile(model: &Model) {
-    let graph = &model.graph;
-    let macs = graph.summary().conv_macs as u64;
     for kernels in [Kernels::TensorCore, Kernels::Direct] {
         let mut gpu = CudaEngine::on_device(model, Precision::F16, kernels, 0).unwrap();
-        let steps = match kernels {
-            Kernels::TensorCore => hrnet::graph::fused::FusedPlan::new(graph).steps.len(),
-            Kernels::Direct => graph.ops.len(),
-        };
         let cases: &[(usize, bool, usize)] = match kernels {
             Kernels::TensorCore => &[(1, true, 8), (3, false, 2)],
             Kernels::Direct => &[(1, false, 8)],
         };
         for &(n, grouped, chunk) in cases {
-            gpu.set_tuning(TcTuning {
-                grouped,
-                ..TcTuning::default()
-            });
-            gpu.set_front_chunk(chunk);
-            let x = input(model, n);
-            let before = gpu.forward(&x).unwrap();
-            let launches = gpu.profile(&x, 1, 1).unwrap();
-            assert!(gpu.graph_fallback().is_none(), "{:?}", gpu.graph_fallback());
-            let what = format!("{kernels} n={n}");
-            assert_eq!(
-                launches.iter().map(|l| l.steps.len()).sum::<usize>(),
-                steps,
-                "{what}"
-            );
-            assert_eq!(
-                launches.iter().map(|l| l.multiply_adds).sum::<u64>(),
-                macs * n as u64,
-                "{what}"
-            );
-            assert!(
-                launches
-                    .iter()
-                    .all(|l| l.bytes > 0 && l.ms.is_finite() && l.ms >= 0.0),
-                "{what}"
-            );
-            assert!(launches.iter().map(|l| l.ms).sum::<f64>() > 0.0, "{what}");
-            let kernels_run: usize = launches.iter().map(|l| l.kernels).sum();
-            match gpu.front_chunks(n) {
-                None => {
-                    assert_eq!(kernels_run, gpu.launches(n).0, "{what}");
-                    assert!(launches.iter().all(|l| l.images == n), "{what}");
-                    if grouped && kernels == Kernels::TensorCore {
-                        assert!(launches.len() < steps, "{what}: no grouped launch");
-                    }
-                }
-                Some((front, chunk)) => {
-                    // The front's launches run once per chunk (2 of 2 and 1 images).
-                    let front_steps: usize = launches
-                        .iter()
-                        .filter(|l| l.images == chunk)
-                        .map(|l| l.steps.len())
-                        .sum();
-                    assert_eq!(front_steps, front, "{what}");
-                    assert!(
-                        launches
-                            .iter()
-                            .all(|l| l.images == chunk && l.kernels % 2 == 0 || l.images == n),
-                        "{what}"
-                    );
-                }
-            }
-            let tiles = launches.iter().filter(|l| l.tiles.is_some()).count();
-            assert_eq!(tiles > 0, kernels == Kernels::TensorCore, "{what}");
-            println!(
-                "profile {what}: {} launches, {kernels_run} kernels, {} µs in all",
-                launches.len(),
-                (launches.iter().map(|l| l.ms).sum::<f64>() * 1e3).round()
-            );
-            assert_eq!(
-                gpu.forward(&x).unwrap(),
-                before,
-                "{what}: the forward after a profile"
-            );
+            parity::profile(&mut gpu, model, n, grouped, chunk);
         }
     }
 }

@@ -607,6 +607,23 @@ fn tensor_core_tunings_change_nothing_but_rounding() {
     }
 }
 
+/// The profile (`hrnet bench --profile`) of W32 256×192 on the GPU ([`parity::profile`]):
+/// f16 tensor-core at batch 1 with grouped launches and at batch 3 with the front in
+/// chunks of 2, f32 direct at batch 1.
+#[test]
+fn profile_accounts_for_every_launch() {
+    if !gpu_or_skip("profile_accounts_for_every_launch") {
+        return;
+    }
+    let config = HrnetConfig::preset("w32-256x192").unwrap();
+    let model = Model::random(&config, 2019).unwrap();
+    let mut gpu = CudaEngine::on_device(&model, Precision::F16, Kernels::TensorCore, 0).unwrap();
+    parity::profile(&mut gpu, &model, 1, true, 8);
+    parity::profile(&mut gpu, &model, 3, false, 2);
+    let mut gpu = CudaEngine::on_device(&model, Precision::F32, Kernels::Direct, 0).unwrap();
+    parity::profile(&mut gpu, &model, 1, false, 8);
+}
+
 fn config_input(c: &HrnetConfig) -> Chw {
     Chw {
         c: 3,

@@ -2,10 +2,10 @@
 //! random inputs, the reference computed on the values the kernel sees (rounded through
 //! its storage type), outputs checked for unwritten elements.
 
-use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, TcTuning};
+use hrnet::cuda::{CudaEngine, CudaOps, GpuElem, Kernels, TcTuning};
 use hrnet::decode::peaks;
 use hrnet::tensor::relative_l2;
-use hrnet::{Nchw, Tensor};
+use hrnet::{Model, Nchw, Tensor};
 
 pub fn seed() -> u64 {
     rand::random()
@@ -337,5 +337,84 @@ pub fn streams(gpu: &mut CudaEngine, x: &Tensor, other: &Tensor, expected: &Tens
         gpu.launches(n),
         (launches, path),
         "{what}: back on 16 streams"
+    );
+}
+
+/// The profile of a forward (`CudaEngine::profile`) of `model` on `gpu` at batch `n`,
+/// with grouped launches or not and the front in chunks of `chunk`: every step of the
+/// program in exactly one launch, as many kernels as the forward launches, every
+/// multiply-add of the network counted once, tiles exactly for the tensor-core program,
+/// and a forward after it giving the bits it gave before.
+pub fn profile(gpu: &mut CudaEngine, model: &Model, n: usize, grouped: bool, chunk: usize) {
+    let graph = &model.graph;
+    let tensor_core = gpu.kernels() == Kernels::TensorCore;
+    let steps = if tensor_core {
+        hrnet::graph::fused::FusedPlan::new(graph).steps.len()
+    } else {
+        graph.ops.len()
+    };
+    gpu.set_tuning(TcTuning {
+        grouped,
+        ..TcTuning::default()
+    });
+    gpu.set_front_chunk(chunk);
+    let x = Tensor::random_normal(Nchw::batch(n, graph.input_shape()), seed());
+    let before = gpu.forward(&x).unwrap();
+    let launches = gpu.profile(&x, 1, 1).unwrap();
+    assert!(gpu.graph_fallback().is_none(), "{:?}", gpu.graph_fallback());
+    let what = format!("{} {} n={n}", gpu.precision(), gpu.kernels());
+    let stepped: usize = launches.iter().map(|l| l.steps.len()).sum();
+    assert_eq!(stepped, steps, "{what}: steps");
+    let macs = graph.summary().conv_macs as u64 * n as u64;
+    let counted: u64 = launches.iter().map(|l| l.multiply_adds).sum();
+    assert_eq!(counted, macs, "{what}: multiply-adds");
+    assert!(
+        launches
+            .iter()
+            .all(|l| l.bytes > 0 && l.ms.is_finite() && l.ms >= 0.0),
+        "{what}: bytes and times"
+    );
+    assert!(launches.iter().map(|l| l.ms).sum::<f64>() > 0.0, "{what}");
+    assert!(
+        launches
+            .iter()
+            .all(|l| l.tiles.is_some() == (tensor_core && l.kernel.starts_with("conv_tc"))),
+        "{what}: tiles"
+    );
+    let kernels: usize = launches.iter().map(|l| l.kernels).sum();
+    match gpu.front_chunks(n) {
+        None => {
+            assert_eq!(kernels, gpu.launches(n).0, "{what}: kernels");
+            assert!(launches.iter().all(|l| l.images == n), "{what}: images");
+            if grouped && tensor_core && n == 1 {
+                assert!(launches.len() < steps, "{what}: no grouped launch");
+            }
+        }
+        Some((front, chunk)) => {
+            // The front's launches run once per chunk, each over at most `chunk` images.
+            let chunks = n.div_ceil(chunk);
+            let front_steps: usize = launches
+                .iter()
+                .filter(|l| l.images == chunk)
+                .map(|l| l.steps.len())
+                .sum();
+            assert_eq!(front_steps, front, "{what}: the front's steps");
+            assert!(
+                launches
+                    .iter()
+                    .all(|l| (l.images == chunk && l.kernels % chunks == 0) || l.images == n),
+                "{what}: the front's launches"
+            );
+        }
+    }
+    println!(
+        "profile {what}: {} launches, {kernels} kernels, {:.1} µs in all",
+        launches.len(),
+        launches.iter().map(|l| l.ms).sum::<f64>() * 1e3
+    );
+    assert_eq!(
+        gpu.forward(&x).unwrap(),
+        before,
+        "{what}: the forward after a profile"
     );
 }
