@@ -22,8 +22,8 @@
 // (f16 or f32); bias f32; y is written through strides (image, pixel, channel), so the
 // head can store NCHW heatmaps.
 //
-// Tiles: a block computes BM pixels × BN channels with 4 warps (2 × 2), each warp
-// (BM/2) × (BN/2), fed by ldmatrix.x4. f16: mma.sync m16n8k16, f32 accumulators. f32: each
+// Tiles: a block computes BM pixels × BN channels with 4 warps (2 × 2, each warp
+// (BM/2) × (BN/2); the 128 × 32 tile 4 × 1, each warp 32 × 32), fed by ldmatrix.x4. f16: mma.sync m16n8k16, f32 accumulators. f32: each
 // operand split exactly into three bf16 parts, x = p0 + p1 + p2 (cvt.rn.bf16x2.f32: 8
 // significant bits each, and a 24-bit f32 leaves nothing over), and mma.sync m16n8k16
 // bf16 run six times, for every product of order 2⁻¹⁶ and above; what is left out (p1·q2,
@@ -66,7 +66,7 @@
 // The `_group` kernels take up to 4 such convolutions (TcGroup) and run all their blocks
 // in one launch, each block computing exactly what it computes in its own launch: one
 // launch instead of four, with the same results bit for bit.
-// Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,64x32,32x32,32x32_deep}_f16 and
+// Kernels: conv_tc_k{3s1,3s2,1s1}_{128x64,64x64,128x32,64x32,32x32,32x32_deep}_f16 and
 // conv_tc_k{3s1,3s2,1s1}_{64x32,32x32,32x32_deep}_f32 (K, S, BM × BN; the f64 totals leave
 // no registers for the larger f32 tiles), and conv_tc_k{3s1,3s2,1s1}_32x32{,_deep}_group_
 // {f16,f32}. Launch: 128 threads, grid (ceil(M / BM), ceil(Cout / BN), splits), or for a
@@ -205,7 +205,10 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a, int bx, int by,
     constexpr int LDS = BK + TC_PAD_BYTES / (int)sizeof(E);
     constexpr int KSTEP = 16;                            // one f16 mma's K (f32: the slice is one bf16 step)
     constexpr int P = KS / 2;
-    constexpr int WTM = BM / 2, WTN = BN / 2;  // warp tile
+    // Warps 2 × 2, but 4 × 1 for the 128 × 32 tile: each warp then takes all 32 channels
+    // (4 ldmatrix.x4 for 8 mma a K step, where 64 × 16 warp tiles need 5).
+    constexpr int WGN = (BM == 128 && BN == 32) ? 1 : 2, WGM = 4 / WGN;
+    constexpr int WTM = BM / WGM, WTN = BN / WGN;  // warp tile
     constexpr int MT = WTM / 16, NT = WTN / 8;
     constexpr int AROWS = BM / 32, BROWS = BN / 32;  // rows each thread copies per stage
     static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0 && AROWS >= 1 && BROWS >= 1, "tile shape");
@@ -214,7 +217,7 @@ __device__ __forceinline__ void conv_tc_body(const TcArgs<E>& a, int bx, int by,
     __shared__ __align__(16) E Bs[ST][BN][LDS];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp >> 1, wn = warp & 1;
+    const int wm = warp / WGN, wn = warp % WGN;
     const int hw = a.ho * a.wo, M = a.n * hw;
     const int m0 = bx * BM, n0 = by * BN;
     const int chunk = tid & 3, row = tid >> 2;  // the 16-byte chunk of a 64-byte row this thread copies
@@ -527,6 +530,7 @@ __device__ __forceinline__ void conv_tc_group_body(const TcGroup<E>& g) {
 #define CONV_TC_F16(KS, S)                                           \
     CONV_TC(__half, f16, KS, S, 128, 64, TC_STAGES, )                \
     CONV_TC(__half, f16, KS, S, 64, 64, TC_STAGES, )                 \
+    CONV_TC(__half, f16, KS, S, 128, 32, TC_STAGES, )                \
     CONV_TC(__half, f16, KS, S, 64, 32, TC_STAGES, )                 \
     CONV_TC(__half, f16, KS, S, 32, 32, TC_STAGES, )                 \
     CONV_TC(__half, f16, KS, S, 32, 32, TC_DEEP_STAGES, _deep)       \

@@ -53,7 +53,8 @@ impl GpuElem for f32 {
 
 impl GpuElem for half::f16 {
     const SUFFIX: &'static str = "_f16";
-    const TC_TILES: &'static [(usize, usize)] = &[(128, 64), (64, 64), (64, 32), (32, 32)];
+    const TC_TILES: &'static [(usize, usize)] =
+        &[(128, 64), (64, 64), (128, 32), (64, 32), (32, 32)];
     fn from_f32(v: f32) -> Self {
         half::f16::from_f32(v)
     }

@@ -974,8 +974,13 @@ mod tests {
         // 32ch@64×48 at batch 1 on 132 SMs: 3072 pixels; 128×64 gives 24 blocks, 32×32 96.
         assert_eq!(pick(3072, 32), (32, 32));
         // At batch 32 the largest tile already gives 768 blocks (BN capped at 32 by cout 32).
-        assert_eq!(pick(32 * 3072, 32), (64, 32));
+        assert_eq!(pick(32 * 3072, 32), (128, 32));
         assert_eq!(pick(32 * 3072, 64), (128, 64));
+        // 128×32 gives a wider layer as many blocks as 64×64, never more: it is taken
+        // only where 32 channels are all there are. 64ch@32×24 at batch 8: 64×64 and
+        // 128×32 give 96 blocks, 64×32 192.
+        assert_eq!(pick(8 * 768, 64), (64, 32));
+        assert_eq!(pick(8 * 3072, 32), (128, 32));
         // 17 heatmap channels: never a 64-wide tile.
         assert_eq!(pick(64 * 3072, 17).1, 32);
         let names = kernel_names::<half::f16>();

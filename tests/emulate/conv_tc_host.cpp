@@ -40,6 +40,7 @@ template <typename E> struct Tile {
 static const Tile<__half> TILES_F16[] = {
     {128, 64, TC_STAGES, conv_tc_k3s1_128x64_f16, conv_tc_k3s2_128x64_f16, conv_tc_k1s1_128x64_f16},
     {64, 64, TC_STAGES, conv_tc_k3s1_64x64_f16, conv_tc_k3s2_64x64_f16, conv_tc_k1s1_64x64_f16},
+    {128, 32, TC_STAGES, conv_tc_k3s1_128x32_f16, conv_tc_k3s2_128x32_f16, conv_tc_k1s1_128x32_f16},
     {64, 32, TC_STAGES, conv_tc_k3s1_64x32_f16, conv_tc_k3s2_64x32_f16, conv_tc_k1s1_64x32_f16},
     {32, 32, TC_STAGES, conv_tc_k3s1_32x32_f16, conv_tc_k3s2_32x32_f16, conv_tc_k1s1_32x32_f16},
     {32, 32, TC_DEEP_STAGES, conv_tc_k3s1_32x32_deep_f16, conv_tc_k3s2_32x32_deep_f16, conv_tc_k1s1_32x32_deep_f16},

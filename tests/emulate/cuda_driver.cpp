@@ -158,6 +158,7 @@ std::pair<std::function<void()>, std::function<void()>> bind_kernel(const char* 
 #define KERNEL_TC(KS, S)                                              \
     KERNEL(conv_tc_k##KS##s##S##_128x64_f16, TC_THREADS, true),       \
         KERNEL(conv_tc_k##KS##s##S##_64x64_f16, TC_THREADS, true),    \
+        KERNEL(conv_tc_k##KS##s##S##_128x32_f16, TC_THREADS, true),   \
         KERNEL(conv_tc_k##KS##s##S##_64x32_f16, TC_THREADS, true),    \
         KERNEL(conv_tc_k##KS##s##S##_32x32_f16, TC_THREADS, true),    \
         KERNEL(conv_tc_k##KS##s##S##_32x32_deep_f16, TC_THREADS, true), \
