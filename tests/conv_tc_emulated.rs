@@ -4,7 +4,8 @@
 //! cvt.rn.bf16x2's rounding, and cp.async copies that land at once or only at their wait, at
 //! random) and checks every tile and kernel shape of both element types, the 3- and
 //! 8-stage pipelines, several summed sources, upsampled terms, split K and NCHW output
-//! against a direct convolution in double (f16 within 2e-3, f32 within 2e-7). It catches
+//! against a direct convolution in double (f16 within 2e-3, f32 within 2e-7), and every
+//! tile of a type against the first on the same operands, bit for bit. It catches
 //! indexing, fragment-layout and pipeline-ordering mistakes without a GPU; timing and the
 //! real instructions are the GPU parity tests' job.
 //! Needs a C++20 compiler (`CXX`, else `c++`); scripts/test makes it mandatory

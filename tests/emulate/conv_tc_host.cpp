@@ -86,33 +86,55 @@ struct Case {
     bool relu, nchw;
 };
 
-// Runs one case with one tile, its K split `splits` ways; returns false on a mismatch
-// beyond `bound` (relative L2 against the convolution in double of the same operands).
-template <typename E> static bool check(const Case& c, const Tile<E>& tile, int splits, double bound) {
-    const int p = c.ks / 2, kk = c.ks * c.ks;
-    const int ho = (c.h + 2 * p - c.ks) / c.stride + 1, wo = (c.w + 2 * p - c.ks) / c.stride + 1;
-    const int nsrc = (int)c.cin.size();
-    int k = 0;
+// A case's random operands in element type E: sources, weights, bias, terms.
+template <typename E> struct Operands {
+    std::vector<std::vector<E>> x, terms;
+    std::vector<E> w;
+    std::vector<float> bias;
     std::vector<int> kbeg;
+    int k = 0, ho = 0, wo = 0;
+};
+
+template <typename E> static Operands<E> operands(const Case& c) {
+    Operands<E> o;
+    const int p = c.ks / 2, kk = c.ks * c.ks;
+    o.ho = (c.h + 2 * p - c.ks) / c.stride + 1;
+    o.wo = (c.w + 2 * p - c.ks) / c.stride + 1;
     for (int ci : c.cin) {
-        kbeg.push_back(k);
-        k += kk * ci;
+        o.kbeg.push_back(o.k);
+        o.k += kk * ci;
     }
-    std::vector<std::vector<E>> x(nsrc), terms(c.factors.size());
-    for (int s = 0; s < nsrc; ++s) {
-        x[s].resize((size_t)c.n * c.h * c.w * c.cin[s]);
-        for (auto& v : x[s]) v = rnd<E>();
+    o.x.resize(c.cin.size());
+    for (size_t s = 0; s < c.cin.size(); ++s) {
+        o.x[s].resize((size_t)c.n * c.h * c.w * c.cin[s]);
+        for (auto& v : o.x[s]) v = rnd<E>();
     }
-    std::vector<E> w((size_t)c.cout * k);
-    const float scale = 1.0f / std::sqrt((float)k);
-    for (auto& v : w) v = store_as<E>((float)value(rnd<E>()) * scale);
-    std::vector<float> bias(c.cout);
-    for (auto& v : bias) v = (float)value(rnd<E>());
+    o.w.resize((size_t)c.cout * o.k);
+    const float scale = 1.0f / std::sqrt((float)o.k);
+    for (auto& v : o.w) v = store_as<E>((float)value(rnd<E>()) * scale);
+    o.bias.resize(c.cout);
+    for (auto& v : o.bias) v = (float)value(rnd<E>());
+    o.terms.resize(c.factors.size());
     for (size_t t = 0; t < c.factors.size(); ++t) {
-        terms[t].resize((size_t)c.n * (ho / c.factors[t]) * (wo / c.factors[t]) * c.cout);
-        for (auto& v : terms[t]) v = rnd<E>();
+        o.terms[t].resize((size_t)c.n * (o.ho / c.factors[t]) * (o.wo / c.factors[t]) * c.cout);
+        for (auto& v : o.terms[t]) v = rnd<E>();
     }
-    std::vector<E> y((size_t)c.n * ho * wo * c.cout, store_as<E>(NAN));
+    return o;
+}
+
+// Runs one case with one tile on operands `o`, its K split `splits` ways, leaving the
+// output in `y`; returns false on a mismatch beyond `bound` (relative L2 against the
+// convolution in double of the same operands).
+template <typename E>
+static bool check(const Case& c, const Operands<E>& o, const Tile<E>& tile, int splits, double bound,
+                  std::vector<E>& y) {
+    const int p = c.ks / 2;
+    const int ho = o.ho, wo = o.wo, k = o.k;
+    const int nsrc = (int)c.cin.size();
+    const auto &x = o.x, &terms = o.terms;
+    const auto &w = o.w, &kbeg = o.kbeg;
+    const auto& bias = o.bias;
+    y.assign((size_t)c.n * ho * wo * c.cout, store_as<E>(NAN));
 
     TcArgs<E> a{};
     for (int s = 0; s < nsrc; ++s) {
@@ -235,18 +257,29 @@ int main() {
     // empty). f16 output rounds at 2⁻¹¹; the f32 path (three bf16 parts, f64 totals) must stay
     // near f32 output rounding (2⁻²⁴ a value, some 6e-8 in relative L2): two parts would
     // land near 1e-5, one near 3e-3.
+    // Every tile of a type, on the same operands split the same way, adds the same products
+    // in the same order: the same bits.
     const int splits[] = {1, 2, 5};
     int failed = 0, run = 0;
+    auto all_tiles = [&](const Case& c, int s, const auto& tiles, double bound, auto elem) {
+        typedef decltype(elem) E;
+        const Operands<E> o = operands<E>(c);
+        std::vector<E> first, y;
+        for (const Tile<E>& t : tiles) {
+            bool ok = check(c, o, t, s, bound, y);
+            if (ok && first.empty()) first = y;
+            else if (ok && std::memcmp(first.data(), y.data(), y.size() * sizeof(E)) != 0) {
+                std::printf("FAIL tile %dx%d, %d stages: other bits than the first tile's\n", t.bm, t.bn, t.stages);
+                ok = false;
+            }
+            failed += !ok;
+            ++run;
+        }
+    };
     for (const Case& c : cases)
         for (int s : splits) {
-            for (const Tile<__half>& t : TILES_F16) {
-                failed += !check(c, t, s, 2e-3);
-                ++run;
-            }
-            for (const Tile<float>& t : TILES_F32) {
-                failed += !check(c, t, s, 2e-7);
-                ++run;
-            }
+            all_tiles(c, s, TILES_F16, 2e-3, __half{});
+            all_tiles(c, s, TILES_F32, 2e-7, float{});
         }
     std::printf("%s: %d of %d cases failed\n", failed ? "FAIL" : "PASS", failed, run);
     return failed ? 1 : 0;
