@@ -615,8 +615,7 @@ fn profile_accounts_for_every_launch() {
     if !gpu_or_skip("profile_accounts_for_every_launch") {
         return;
     }
-    let config = HrnetConfig::preset("w32-256x192").unwrap();
-    let model = Model::random(&config, 2019).unwrap();
+    let model = Model::random(&HrnetConfig::preset("w32-256x192").unwrap(), 2019).unwrap();
     let mut gpu = CudaEngine::on_device(&model, Precision::F16, Kernels::TensorCore, 0).unwrap();
     parity::profile(&mut gpu, &model, 1, true, 8);
     parity::profile(&mut gpu, &model, 3, false, 2);
