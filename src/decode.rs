@@ -2,7 +2,7 @@
 //! post-processing of `get_final_preds` in lib/core/inference.py), in heatmap
 //! coordinates. The GPU's argmax kernel (kernels/argmax.cu) is checked against this.
 
-use crate::tensor::Tensor;
+use crate::tensor::{Nchw, Tensor};
 
 /// The peak of one heatmap: position in heatmap pixels and the maximum value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -17,18 +17,21 @@ pub struct Peak {
 
 /// The peak of one `h × w` map: the first maximum in row-major order; (0, 0) when the
 /// maximum is not positive; a quarter-pixel shift toward the larger neighbour on each
-/// axis when `1 < px < w − 1` and `1 < py < h − 1` (no shift on a tie).
+/// axis when `1 < px < w − 1` and `1 < py < h − 1` (no shift on a tie). Every comparison
+/// is made in the map's own type (f32, or f64 as the official code's float64 heatmaps);
+/// the score is then rounded to f32, as the official results hold it.
 #[must_use]
-pub fn peak(map: &[f32], h: usize, w: usize) -> Peak {
+pub fn peak<T: Copy + PartialOrd + Into<f64>>(map: &[T], h: usize, w: usize) -> Peak {
     let mut idx = 0;
     for (i, &v) in map.iter().enumerate() {
         if v > map[idx] {
             idx = i;
         }
     }
-    let score = map.get(idx).copied().unwrap_or(f32::NAN);
-    // `score > 0` is false for NaN too: a NaN map gives (0, 0), as in the official code.
-    if score.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+    let max = map.get(idx).map_or(f64::NAN, |&v| v.into());
+    let score = max as f32;
+    // `max > 0` is false for NaN too: a NaN map gives (0, 0), as in the official code.
+    if max.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return Peak {
             x: 0.0,
             y: 0.0,
@@ -46,18 +49,21 @@ pub fn peak(map: &[f32], h: usize, w: usize) -> Peak {
 }
 
 /// `sign(a − b)` without the subtraction (exact for every pair of finite floats).
-fn sign(a: f32, b: f32) -> f32 {
+fn sign<T: PartialOrd>(a: T, b: T) -> f32 {
     f32::from(u8::from(a > b)) - f32::from(u8::from(a < b))
 }
 
 /// The peak of every map of an `N × K × H × W` batch, in (image, joint) order.
 #[must_use]
 pub fn peaks(heatmaps: &Tensor) -> Vec<Peak> {
-    let s = heatmaps.shape();
-    heatmaps
-        .data()
-        .chunks_exact((s.h * s.w).max(1))
-        .map(|m| peak(m, s.h, s.w))
+    peaks_of(heatmaps.data(), heatmaps.shape())
+}
+
+/// [`peaks`] of a batch of `shape` in any float type.
+#[must_use]
+pub fn peaks_of<T: Copy + PartialOrd + Into<f64>>(data: &[T], shape: Nchw) -> Vec<Peak> {
+    data.chunks_exact((shape.h * shape.w).max(1))
+        .map(|m| peak(m, shape.h, shape.w))
         .collect()
 }
 
@@ -138,6 +144,39 @@ mod tests {
                 "peak at ({x}, {y})"
             );
         }
+    }
+
+    /// In f64 the maximum and the refinement are decided on f64 values: neighbours that
+    /// f32 cannot tell apart still move the peak.
+    #[test]
+    fn f64_maps_are_compared_in_f64() {
+        let mut m = vec![0.1f64; 30];
+        let close = 1.0 + 1e-12;
+        m[2 * 5 + 2] = 1.0;
+        m[3 * 5 + 2] = close;
+        m[3 * 5 + 3] = 0.5 + 1e-13;
+        m[3 * 5 + 1] = 0.5;
+        let narrowed: Vec<f32> = m.iter().map(|&v| v as f32).collect();
+        assert_eq!(
+            peak(&m, 6, 5),
+            Peak {
+                x: 2.25,
+                y: 2.75,
+                score: close as f32
+            }
+        );
+        assert_eq!(
+            (peak(&narrowed, 6, 5).x, peak(&narrowed, 6, 5).y),
+            (2.0, 2.25)
+        );
+        let s = Nchw {
+            n: 1,
+            c: 2,
+            h: 6,
+            w: 5,
+        };
+        let both = [m.clone(), m].concat();
+        assert_eq!(peaks_of(&both, s), vec![peak(&both[..30], 6, 5); 2]);
     }
 
     #[test]

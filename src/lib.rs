@@ -36,7 +36,7 @@ pub mod tensor;
 pub mod weights;
 
 pub use config::HrnetConfig;
-pub use cpu::CpuEngine;
+pub use cpu::{CpuEngine, CpuF64Engine};
 pub use error::{Error, Result};
 pub use graph::Graph;
 /// The `image` crate, whose `RgbImage` the pose API takes.

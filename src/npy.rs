@@ -54,12 +54,33 @@ pub fn tensor_from_bytes(bytes: &[u8], path: &Path) -> Result<Tensor> {
 
 /// Writes an NCHW tensor as a float32 `.npy` file.
 pub fn write_tensor(path: impl AsRef<Path>, t: &Tensor) -> Result<()> {
-    let path = path.as_ref();
-    let a = Array4::from_shape_vec(t.shape().dims(), t.data().to_vec())
-        .map_err(|e| npy_error(path, e))?;
+    write_array(path.as_ref(), t.shape(), t.data())
+}
+
+/// Writes an f64 batch of `shape` as a float64 `.npy` file.
+pub fn write_f64(path: impl AsRef<Path>, shape: Nchw, data: &[f64]) -> Result<()> {
+    write_array(path.as_ref(), shape, data)
+}
+
+fn write_array<T: ndarray_npy::WritableElement + Clone>(
+    path: &Path,
+    shape: Nchw,
+    data: &[T],
+) -> Result<()> {
+    let a = Array4::from_shape_vec(shape.dims(), data.to_vec()).map_err(|e| npy_error(path, e))?;
     let file = File::create(path).map_err(|e| Error::io(path, e))?;
     a.write_npy(BufWriter::new(file))
         .map_err(|e| npy_error(path, e))
+}
+
+/// Reads a 4-D float array (float64, or float32 widened) as an NCHW batch in f64.
+pub fn read_batch_f64(path: impl AsRef<Path>) -> Result<(Nchw, Vec<f64>)> {
+    let path = path.as_ref();
+    let (dims, data) = read_f64(path)?;
+    let &[n, c, h, w] = dims.as_slice() else {
+        return Err(npy_error(path, "expected a 4-D array (N, C, H, W)"));
+    };
+    Ok((Nchw { n, c, h, w }, data))
 }
 
 /// Reads any float array as f64 values with its shape (for reference heatmaps).

@@ -146,15 +146,16 @@ impl Tensor {
     }
 }
 
-/// Relative L2 error `‖out − ref‖ / ‖ref‖`, in f64. `None` when the lengths differ.
+/// Relative L2 error `‖out − ref‖ / ‖ref‖`, in f64, of f32 or f64 results. `None` when
+/// the lengths differ.
 #[must_use]
-pub fn relative_l2(out: &[f32], reference: &[f64]) -> Option<f64> {
+pub fn relative_l2<T: Copy + Into<f64>>(out: &[T], reference: &[f64]) -> Option<f64> {
     if out.len() != reference.len() {
         return None;
     }
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (&o, &r) in out.iter().zip(reference) {
-        let d = f64::from(o) - r;
+        let d = o.into() - r;
         num += d * d;
         den += r * r;
     }

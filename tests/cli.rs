@@ -109,6 +109,53 @@ fn forward_reproduces_the_official_heatmaps() {
     );
 }
 
+/// `--precision f64` on the CPU: the official model in float64, float64 heatmaps written;
+/// f16 on the CPU and f64 on the GPU are refused in one line.
+#[test]
+fn forward_in_f64_writes_the_official_float64_heatmaps() {
+    let dir = official_tiny();
+    let out = scratch("cli-forward-f64").join("heatmaps.npy");
+    let (w, x, o) = (
+        dir.join("weights.safetensors"),
+        dir.join("input.npy"),
+        out.to_str().unwrap().to_string(),
+    );
+    let args = |precision: &'static str, device: &'static str| {
+        [
+            "forward",
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--output",
+            &o,
+            "--precision",
+            precision,
+            "--device",
+            device,
+        ]
+        .map(String::from)
+    };
+    let run = |a: [String; 11]| hrnet(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let done = run(args("f64", "cpu"));
+    assert!(
+        done.status.success() && String::from_utf8_lossy(&done.stderr).contains("on cpu (f64)"),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let reference = dir.join("heatmaps_f64.npy");
+    let o = hrnet(&[
+        "compare",
+        &o,
+        reference.to_str().unwrap(),
+        "--tolerance",
+        "1e-12",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    fails_with(&run(args("f16", "cpu")), "the CPU runs f32 or f64");
+    fails_with(&run(args("f64", "cuda")), "f64 runs on the CPU only");
+}
+
 #[test]
 fn bad_input_gives_one_line_and_a_failing_exit() {
     let dir = official_tiny();

@@ -3,11 +3,24 @@
 
 mod common;
 
-use common::{compare, load_for, official_tiny, test_data};
-use hrnet::{Checkpoint, CpuEngine, npy};
+use std::path::Path;
+
+use common::{compare, compare_values, load_for, official_tiny, test_data};
+use hrnet::{Checkpoint, CpuEngine, CpuF64Engine, Nchw, Tensor, npy};
 
 /// The CPU reference's bound against the official model in float64.
 const TOLERANCE: f64 = 1e-4;
+/// The f64 engine's: f64 rounding (2.7e-14 on the committed case).
+const F64_TOLERANCE: f64 = 1e-12;
+
+/// The f64 engine on `weights` against the official float64 heatmaps `reference`:
+/// relative L2 and argmax agreement.
+fn compare_f64(weights: &Path, x: &Tensor, reference: &Path) -> (f64, f64) {
+    let engine = CpuF64Engine::new(&load_for(weights, x));
+    let out = engine.forward(x).unwrap();
+    let shape = Nchw::batch(x.shape().n, engine.graph().output_shape());
+    compare_values(&out, shape, reference)
+}
 
 #[test]
 fn committed_case_matches_the_official_model_in_float64() {
@@ -24,6 +37,36 @@ fn committed_case_matches_the_official_model_in_float64() {
         println!("{weights}: relative L2 {rel:.3e}, argmax agreement {agree}");
         assert!(rel < TOLERANCE, "{weights}: relative L2 {rel:e}");
         assert_eq!(agree, 1.0, "{weights}: argmax differs");
+    }
+}
+
+/// The f64 engine is the official model in float64, to f64 rounding: for f32, f16 and bf16
+/// checkpoints, safetensors and both `.pth` formats.
+#[test]
+fn f64_engine_is_the_official_model_in_float64() {
+    let dir = official_tiny();
+    let x = npy::read_tensor(dir.join("input.npy")).unwrap();
+    for (weights, reference) in [
+        (dir.join("weights.safetensors"), "heatmaps_f64.npy"),
+        (dir.join("weights_f16.safetensors"), "heatmaps_f64_f16.npy"),
+        (
+            dir.join("weights_bf16.safetensors"),
+            "heatmaps_f64_bf16.npy",
+        ),
+        (
+            test_data().join("pth/final_state_legacy.pth"),
+            "heatmaps_f64.npy",
+        ),
+        (
+            test_data().join("pth/checkpoint_f16.pth"),
+            "heatmaps_f64_f16.npy",
+        ),
+    ] {
+        let (rel, agree) = compare_f64(&weights, &x, &dir.join(reference));
+        let name = weights.file_name().unwrap().to_string_lossy();
+        println!("f64 engine, {name}: relative L2 {rel:.3e}, argmax agreement {agree}");
+        assert!(rel < F64_TOLERANCE, "{name}: relative L2 {rel:e}");
+        assert_eq!(agree, 1.0, "{name}: argmax differs");
     }
 }
 
@@ -84,4 +127,11 @@ fn full_size_case_when_provided() {
         dir.display()
     );
     assert!(rel < TOLERANCE && agree == 1.0);
+    let (rel, agree) = compare_f64(
+        &dir.join("weights.safetensors"),
+        &x,
+        &dir.join("heatmaps_f64.npy"),
+    );
+    println!("f64 engine: relative L2 {rel:.3e}, argmax agreement {agree}");
+    assert!(rel < F64_TOLERANCE && agree == 1.0);
 }

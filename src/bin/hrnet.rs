@@ -19,7 +19,7 @@ use hrnet::pose::mpii::{MpiiGroundTruth, MpiiPerson, MpiiResult, PCKH_NAMES, eva
 use hrnet::pose::{self, Person, PersonBox, PoseEstimator, draw::draw_poses};
 use hrnet::tensor::{argmax_agreement, relative_l2};
 use hrnet::weights::random_checkpoint;
-use hrnet::{CpuEngine, Error, HrnetConfig, Model, Nchw, Result, Tensor, npy};
+use hrnet::{CpuEngine, CpuF64Engine, Error, HrnetConfig, Model, Nchw, Result, Tensor, npy};
 use serde_json::Value;
 
 /// HRNet pose estimation: an inference engine with a CPU reference.
@@ -44,14 +44,33 @@ enum Prec {
     F32,
     /// 16-bit storage, f32 accumulation (CUDA only).
     F16,
+    /// 64-bit floats, parameters folded in f64: the official model in float64 (CPU only).
+    F64,
 }
 
-impl From<Prec> for Precision {
-    fn from(p: Prec) -> Self {
+impl TryFrom<Prec> for Precision {
+    type Error = Error;
+
+    fn try_from(p: Prec) -> Result<Self> {
         match p {
-            Prec::F32 => Precision::F32,
-            Prec::F16 => Precision::F16,
+            Prec::F32 => Ok(Precision::F32),
+            Prec::F16 => Ok(Precision::F16),
+            Prec::F64 => Err(Error::Input(
+                "f64 runs on the CPU only (--device cpu); the GPU runs f32 or f16".into(),
+            )),
         }
+    }
+}
+
+/// Where `--device` and `--precision` run the network.
+fn run_on(device: Device, precision: Prec) -> Result<pose::Device> {
+    match (device, precision) {
+        (Device::Cpu, Prec::F32) => Ok(pose::Device::Cpu),
+        (Device::Cpu, Prec::F64) => Ok(pose::Device::CpuF64),
+        (Device::Cpu, Prec::F16) => Err(Error::Input(
+            "the CPU runs f32 or f64; use --device cuda for f16".into(),
+        )),
+        (Device::Cuda, p) => Ok(pose::Device::Cuda(p.try_into()?)),
     }
 }
 
@@ -90,13 +109,15 @@ enum Command {
         /// Input batch, float32 (or float64) N×3×H×W, already normalised.
         #[arg(long)]
         input: PathBuf,
-        /// Where to write the float32 N×joints×H/4×W/4 heatmaps.
+        /// Where to write the N×joints×H/4×W/4 heatmaps: float32, or float64 with
+        /// --precision f64.
         #[arg(long)]
         output: PathBuf,
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
-        /// Storage precision on the GPU (the CPU reference is f32).
+        /// Precision: f32 (CPU or GPU), f16 storage (GPU), or f64 (CPU: the official
+        /// model in float64, a float64 input kept as it is).
         #[arg(long, value_enum, default_value = "f32")]
         precision: Prec,
         /// GPU convolution kernels (default: tensor-core for f16, direct for f32).
@@ -139,7 +160,8 @@ enum Command {
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
-        /// Storage precision on the GPU.
+        /// Precision: f32 (CPU or GPU), f16 storage (GPU), or f64 (CPU: the official
+        /// pipeline with its model in float64, flip test and peaks in f64 too).
         #[arg(long, value_enum, default_value = "f32")]
         precision: Prec,
         /// Turn the flip test off.
@@ -365,43 +387,13 @@ fn run(command: Command) -> Result<ExitCode> {
             precision,
             kernels,
         } => {
-            if device == Device::Cpu && precision != Prec::F32 {
-                return Err(Error::Input(
-                    "the CPU reference runs in f32 only; use --device cuda for f16".into(),
-                ));
-            }
-            let x = npy::read_tensor(&input)?;
-            let s = x.shape();
-            if s.c != 3 {
-                return Err(Error::Input(format!(
-                    "input has shape {s}; images need 3 channels (N×3×H×W)"
-                )));
-            }
-            let model = Model::load(&weights, Some((s.h, s.w)))?;
-            let start = Instant::now();
-            let (heatmaps, on) = match device {
-                Device::Cpu => (CpuEngine::new(model).forward(&x)?, "cpu".to_string()),
-                Device::Cuda => {
-                    let p = precision.into();
-                    let k = kernels.map_or(Kernels::default_for(p, &model.graph), Kernels::from);
-                    let mut engine = CudaEngine::on_device(&model, p, k, 0)?;
-                    let on = format!(
-                        "{} ({}, {} kernels)",
-                        engine.gpu().name,
-                        engine.precision(),
-                        engine.kernels()
-                    );
-                    (engine.forward(&x)?, on)
-                }
-            };
-            let secs = start.elapsed().as_secs_f64();
-            npy::write_tensor(&output, &heatmaps)?;
-            eprintln!(
-                "{} -> {} heatmaps {} on {on} in {secs:.3} s",
-                input.display(),
-                output.display(),
-                heatmaps.shape(),
-            );
+            forward(
+                &weights,
+                &input,
+                &output,
+                run_on(device, precision)?,
+                kernels,
+            )?;
         }
         Command::Summary {
             model,
@@ -448,8 +440,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 )));
             }
             let map = s_out.iter().skip(2).product::<usize>();
-            let narrowed: Vec<f32> = out.iter().map(|&v| v as f32).collect();
-            let rel = relative_l2(&narrowed, &r).expect("same length");
+            let rel = relative_l2(&out, &r).expect("same length");
             let agree = argmax_agreement(&out, &r, map);
             let max_abs = out
                 .iter()
@@ -594,15 +585,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     "--oks-nms needs COCO's 17 joints (their OKS sigmas); this model has {joints}"
                 )));
             }
-            let device = match device {
-                Device::Cpu if precision != Prec::F32 => {
-                    return Err(Error::Input(
-                        "the CPU reference runs in f32 only; use --device cuda for f16".into(),
-                    ));
-                }
-                Device::Cpu => pose::Device::Cpu,
-                Device::Cuda => pose::Device::Cuda(precision.into()),
-            };
+            let device = run_on(device, precision)?;
             let estimator = PoseEstimator::new(model, device)?
                 .with_flip(!no_flip)?
                 .with_batch(batch)
@@ -651,6 +634,62 @@ fn run(command: Command) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hrnet forward`: the heatmaps of a normalised .npy batch, written as .npy; on the CPU in
+/// f64 the input is read (a float32 file widened) and the heatmaps written in float64.
+fn forward(
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    on: pose::Device,
+    kernels: Option<KernelsArg>,
+) -> Result<()> {
+    let model_for = |s: Nchw| {
+        if s.c != 3 {
+            return Err(Error::Input(format!(
+                "input has shape {s}; images need 3 channels (N×3×H×W)"
+            )));
+        }
+        Model::load(weights, Some((s.h, s.w)))
+    };
+    let (secs, shape, on) = if on == pose::Device::CpuF64 {
+        let (s, x) = npy::read_batch_f64(input)?;
+        let engine = CpuF64Engine::new(&model_for(s)?);
+        let start = Instant::now();
+        let maps = engine.forward_wide(s, x)?;
+        let secs = start.elapsed().as_secs_f64();
+        let shape = Nchw::batch(s.n, engine.graph().output_shape());
+        npy::write_f64(output, shape, &maps)?;
+        (secs, shape, "cpu (f64)".to_string())
+    } else {
+        let x = npy::read_tensor(input)?;
+        let model = model_for(x.shape())?;
+        let start = Instant::now();
+        let (maps, on) = match on {
+            pose::Device::Cuda(p) => {
+                let k = kernels.map_or(Kernels::default_for(p, &model.graph), Kernels::from);
+                let mut engine = CudaEngine::on_device(&model, p, k, 0)?;
+                let on = format!(
+                    "{} ({}, {} kernels)",
+                    engine.gpu().name,
+                    engine.precision(),
+                    engine.kernels()
+                );
+                (engine.forward(&x)?, on)
+            }
+            _ => (CpuEngine::new(model).forward(&x)?, "cpu".to_string()),
+        };
+        let secs = start.elapsed().as_secs_f64();
+        npy::write_tensor(output, &maps)?;
+        (secs, maps.shape(), on)
+    };
+    eprintln!(
+        "{} -> {} heatmaps {shape} on {on} in {secs:.3} s",
+        input.display(),
+        output.display(),
+    );
+    Ok(())
 }
 
 /// The input size for a checkpoint: `--input-size` when given, else the one an official
@@ -1049,7 +1088,7 @@ fn bench(
         }
     }
     for (p, k, tuning) in configs {
-        let mut engine = CudaEngine::on_device(model, p.into(), k.into(), 0)?;
+        let mut engine = CudaEngine::on_device(model, p.try_into()?, k.into(), 0)?;
         if let Some(t) = tuning {
             engine.set_tuning(t);
         }

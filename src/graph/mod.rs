@@ -13,7 +13,7 @@ pub use summary::Summary;
 
 use crate::config::{HrnetConfig, LAYER1_BLOCKS, LAYER1_CHANNELS, STEM_CHANNELS};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Nchw, Tensor};
 
 /// Per-image activation shape: channels, height, width (the batch is chosen at run time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -272,7 +272,23 @@ impl Graph {
     /// Checks that `input` is a non-empty `N × 3 × H × W` batch of this graph's input
     /// size with finite values.
     pub fn check_input(&self, input: &Tensor) -> Result<()> {
-        let (s, want) = (input.shape(), self.input_shape());
+        self.check_batch(input.shape(), input.data())
+    }
+
+    /// [`Graph::check_input`] for a batch of any float type: `data` holds `shape`'s
+    /// elements.
+    pub fn check_batch<T: Copy + Into<f64> + std::fmt::Display>(
+        &self,
+        s: Nchw,
+        data: &[T],
+    ) -> Result<()> {
+        let want = self.input_shape();
+        if Some(data.len()) != s.checked_len() {
+            return Err(Error::Input(format!(
+                "input of shape {s} holds {} values",
+                data.len()
+            )));
+        }
         if s.n == 0 {
             return Err(Error::Input("the batch is empty (N = 0)".into()));
         }
@@ -282,12 +298,12 @@ impl Graph {
                 want.c, want.h, want.w
             )));
         }
-        if let Some(i) = input.data().iter().position(|v| !v.is_finite()) {
+        if let Some(i) = data.iter().position(|&v| !v.into().is_finite()) {
             let per = want.len();
             return Err(Error::NonFinite {
                 what: format!(
                     "input holds {} (image {}, element {}); inputs must be finite",
-                    input.data()[i],
+                    data[i],
                     i / per,
                     i % per
                 ),

@@ -30,7 +30,8 @@ use std::sync::Mutex;
 
 use image::RgbImage;
 
-use crate::cpu::CpuEngine;
+use crate::cpu::ops::Element;
+use crate::cpu::{CpuEngine, CpuF64Engine};
 use crate::cuda::{CudaEngine, Precision};
 use crate::decode::Peak;
 use crate::error::{Error, Result};
@@ -195,6 +196,10 @@ impl Pose {
 pub enum Device {
     /// The CPU reference engine (f32).
     Cpu,
+    /// The CPU in f64 ([`CpuF64Engine`]), the flip test's merge and the peaks too: the
+    /// official pipeline with its model in float64, to f64 rounding. About 2.5× the time
+    /// of [`Device::Cpu`].
+    CpuF64,
     /// GPU 0 with the hand-written kernels, in the given storage precision.
     Cuda(Precision),
 }
@@ -203,6 +208,7 @@ pub enum Device {
 #[allow(clippy::large_enum_variant)]
 enum Backend {
     Cpu(CpuEngine),
+    CpuF64(CpuF64Engine),
     Cuda(Mutex<CudaEngine>),
 }
 
@@ -230,6 +236,7 @@ impl PoseEstimator {
         let input = (config.input_height, config.input_width);
         let backend = match device {
             Device::Cpu => Backend::Cpu(CpuEngine::new(model)),
+            Device::CpuF64 => Backend::CpuF64(CpuF64Engine::new(&model)),
             Device::Cuda(p) => Backend::Cuda(Mutex::new(CudaEngine::new(&model, p)?)),
         };
         Ok(PoseEstimator {
@@ -281,10 +288,16 @@ impl PoseEstimator {
         self.joints
     }
 
-    /// Heatmaps for a normalised `N × 3 × H × W` batch.
+    /// Heatmaps for a normalised `N × 3 × H × W` batch (on [`Device::CpuF64`], rounded
+    /// to f32 at the end).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.backend {
             Backend::Cpu(e) => e.forward(x),
+            Backend::CpuF64(e) => {
+                let maps = e.forward(x)?;
+                let s = Nchw::batch(x.shape().n, e.graph().output_shape());
+                Tensor::new(s, maps.into_iter().map(|v| v as f32).collect())
+            }
             Backend::Cuda(e) => e.lock().unwrap_or_else(|p| p.into_inner()).forward(x),
         }
     }
@@ -386,6 +399,15 @@ impl PoseEstimator {
                 }
                 Ok((crate::decode::peaks(&heatmaps), heatmaps.shape()))
             }
+            Backend::CpuF64(e) => {
+                let s = Nchw::batch(x.shape().n, e.graph().output_shape());
+                let mut heatmaps = e.forward(x)?;
+                if self.flip {
+                    let flipped = e.forward(&flip_images(x))?;
+                    merge_flipped_into(&mut heatmaps, &flipped, s, pairs);
+                }
+                Ok((crate::decode::peaks_of(&heatmaps, s), s))
+            }
             Backend::Cuda(e) => {
                 let mut e = e.lock().unwrap_or_else(|p| p.into_inner());
                 // The mirrored crops are made on the GPU; only the peaks come back.
@@ -459,23 +481,34 @@ pub fn merge_flipped(plain: &Tensor, flipped: &Tensor, pairs: &[(usize, usize)])
             flipped.shape()
         )));
     }
-    let (map, w) = (s.h * s.w, s.w);
     let mut out = plain.data().to_vec();
+    merge_flipped_into(&mut out, flipped.data(), s, pairs);
+    Tensor::new(s, out)
+}
+
+/// [`merge_flipped`] in any float type, into `plain`: both hold a batch of `s`.
+fn merge_flipped_into<T: Element>(
+    plain: &mut [T],
+    flipped: &[T],
+    s: Nchw,
+    pairs: &[(usize, usize)],
+) {
+    let (map, w) = (s.h * s.w, s.w);
+    let half = T::from_f32(0.5);
     for n in 0..s.n {
         for j in 0..s.c {
-            let src = &flipped.data()[(n * s.c + joints::partner(pairs, j)) * map..][..map];
-            let dst = &mut out[(n * s.c + j) * map..][..map];
+            let src = &flipped[(n * s.c + joints::partner(pairs, j)) * map..][..map];
+            let dst = &mut plain[(n * s.c + j) * map..][..map];
             for (src_row, dst_row) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
                 for (x, d) in dst_row.iter_mut().enumerate() {
                     // Mirrored: column x of the flipped-back map is src[w−1−x]; shifted:
                     // column x takes column x−1 (column 0 keeps its own).
                     let from = x.saturating_sub(1);
-                    *d = (*d + src_row[w - 1 - from]) * 0.5;
+                    *d = (*d + src_row[w - 1 - from]) * half;
                 }
             }
         }
     }
-    Tensor::new(s, out)
 }
 
 #[cfg(test)]

@@ -50,6 +50,62 @@ pub struct ConvParams {
     pub bias: Vec<f32>,
 }
 
+/// A convolution's folded parameters in f64, with no rounding to f32 between the
+/// checkpoint and the fold: the parameters the official model computes with in float64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvParamsF64 {
+    /// The weights, BN scale folded in, `[cout, cin, k, k]`.
+    pub weight: Vec<f64>,
+    /// The bias: BN shift, or the head's own bias.
+    pub bias: Vec<f64>,
+}
+
+/// What a convolution's parameters are folded from, kept beside the f32 fold (which loses
+/// the product's low bits) so that [`Model::params_f64`] can fold again without rounding.
+#[derive(Clone, Debug, PartialEq)]
+struct Fold {
+    /// The checkpoint's weight where a BN scales it; `None` where the conv has no BN and
+    /// the f32 weight is the checkpoint's own.
+    weight: Option<Vec<f32>>,
+    /// Per output channel: `γ / √(σ² + ε)`, or 1 without BN.
+    scale: Vec<f64>,
+    /// Per output channel: `β − μ · scale`, or the conv's own bias.
+    bias: Vec<f64>,
+}
+
+impl Fold {
+    /// `BN(conv(x))` as one convolution: with `s = γ / √(σ² + ε)` per output channel.
+    fn bn(weight: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) -> Fold {
+        let scale: Vec<f64> = gamma
+            .iter()
+            .zip(var)
+            .map(|(&g, &v)| f64::from(g) / (f64::from(v) + BN_EPS).sqrt())
+            .collect();
+        let bias = beta
+            .iter()
+            .zip(mean)
+            .zip(&scale)
+            .map(|((&b, &m), &s)| f64::from(b) - f64::from(m) * s)
+            .collect();
+        Fold {
+            weight: Some(weight.to_vec()),
+            scale,
+            bias,
+        }
+    }
+
+    /// The folded weights, each product rounded once to `T` (by `round`).
+    fn weight<T>(&self, f32_weight: &[f32], round: impl Fn(f64) -> T) -> Vec<T> {
+        let w = self.weight.as_deref().unwrap_or(f32_weight);
+        let per_out = w.len() / self.scale.len().max(1);
+        w.chunks_exact(per_out.max(1))
+            .zip(&self.scale)
+            .flat_map(|(chunk, &s)| chunk.iter().map(move |&v| f64::from(v) * s))
+            .map(round)
+            .collect()
+    }
+}
+
 /// A network ready to run: its graph and one [`ConvParams`] per [`Graph::layers`] entry.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -57,6 +113,8 @@ pub struct Model {
     pub graph: Graph,
     /// Folded parameters, aligned with `graph.layers`.
     pub params: Vec<ConvParams>,
+    /// What each of `params` was folded from, for [`Model::params_f64`]; shared by clones.
+    folds: std::sync::Arc<[Fold]>,
 }
 
 impl Checkpoint {
@@ -382,7 +440,8 @@ fn to_f32(key: &str, dtype: Dtype, b: &[u8]) -> Result<Vec<f32>> {
 }
 
 /// Folds `BN(conv(x))` into one convolution: with `s = γ / √(σ² + ε)`, the weight
-/// becomes `w · s` per output channel and the bias `β − μ · s`. Computed in f64.
+/// becomes `w · s` per output channel and the bias `β − μ · s`. Computed in f64, each
+/// result rounded once to f32.
 #[must_use]
 pub fn fold_bn(
     weight: &[f32],
@@ -391,15 +450,17 @@ pub fn fold_bn(
     mean: &[f32],
     var: &[f32],
 ) -> ConvParams {
-    let per_out = weight.len() / gamma.len().max(1);
-    let mut w = Vec::with_capacity(weight.len());
-    let mut bias = Vec::with_capacity(gamma.len());
-    for (co, chunk) in weight.chunks_exact(per_out.max(1)).enumerate() {
-        let s = f64::from(gamma[co]) / (f64::from(var[co]) + BN_EPS).sqrt();
-        w.extend(chunk.iter().map(|&v| (f64::from(v) * s) as f32));
-        bias.push((f64::from(beta[co]) - f64::from(mean[co]) * s) as f32);
+    Fold::bn(weight, gamma, beta, mean, var).to_f32(weight)
+}
+
+impl Fold {
+    /// The f32 parameters; `f32_weight` is the weight where the fold keeps none.
+    fn to_f32(&self, f32_weight: &[f32]) -> ConvParams {
+        ConvParams {
+            weight: self.weight(f32_weight, |v| v as f32),
+            bias: self.bias.iter().map(|&b| b as f32).collect(),
+        }
     }
-    ConvParams { weight: w, bias }
 }
 
 impl Model {
@@ -408,27 +469,54 @@ impl Model {
         let graph = Graph::new(config)?;
         ck.check(&graph)?;
         let t = |k: String| ck.tensors[&k].data.as_slice();
-        let params = graph
+        let (params, folds) = graph
             .layers
             .iter()
             .map(|l| {
                 let w = t(format!("{}.weight", l.name));
-                match &l.bn {
-                    Some(bn) => fold_bn(
+                let fold = match &l.bn {
+                    Some(bn) => Fold::bn(
                         w,
                         t(format!("{bn}.weight")),
                         t(format!("{bn}.bias")),
                         t(format!("{bn}.running_mean")),
                         t(format!("{bn}.running_var")),
                     ),
-                    None => ConvParams {
-                        weight: w.to_vec(),
-                        bias: t(format!("{}.bias", l.name)).to_vec(),
+                    None => Fold {
+                        weight: None,
+                        scale: vec![1.0; l.cout],
+                        bias: t(format!("{}.bias", l.name))
+                            .iter()
+                            .map(|&b| f64::from(b))
+                            .collect(),
                     },
-                }
+                };
+                // Without BN, scale 1 and the widened bias give back the checkpoint's values.
+                (fold.to_f32(w), fold)
             })
-            .collect();
-        Ok(Model { graph, params })
+            .unzip();
+        Ok(Model {
+            graph,
+            params,
+            folds: Vec::into(folds),
+        })
+    }
+
+    /// The folded parameters in f64, aligned with `graph.layers`: folded from the
+    /// checkpoint's values again, without the f32 fold's rounding, so that a network run
+    /// in f64 on them computes what the official model computes in float64 (the BN
+    /// applied after the conv instead of folded into it differs only by f64 rounding).
+    /// Checkpoints are read as f32, which holds F32, F16 and BF16 tensors exactly.
+    #[must_use]
+    pub fn params_f64(&self) -> Vec<ConvParamsF64> {
+        self.folds
+            .iter()
+            .zip(&self.params)
+            .map(|(fold, p)| ConvParamsF64 {
+                weight: fold.weight(&p.weight, |v| v),
+                bias: fold.bias.clone(),
+            })
+            .collect()
     }
 
     /// Loads a checkpoint (safetensors or `.pth`), deriving the configuration from it;
@@ -446,6 +534,7 @@ impl Model {
         Ok(Model {
             graph: Graph::new(&config)?,
             params: self.params.clone(),
+            folds: self.folds.clone(),
         })
     }
 

@@ -133,6 +133,40 @@ fn folded_bn_equals_conv_then_bn() {
     }
 }
 
+/// The f64 parameters are the folds before rounding: the checkpoint's values times the BN
+/// factor in f64 (the head's own, widened); the f32 parameters are their rounding, also
+/// after `with_input`.
+#[test]
+fn f64_parameters_are_the_unrounded_folds() {
+    let config = tiny();
+    let ck = random_checkpoint(&config, 5).unwrap();
+    let model = Model::from_checkpoint(&ck, &config).unwrap();
+    let wide = model.with_input(64, 64).unwrap().params_f64();
+    assert_eq!(wide, model.params_f64());
+    let t = |k: String| &ck.tensors[&k].data;
+    let mut rounded_away = 0;
+    for ((l, p), w) in model.layers().zip(&wide) {
+        let raw = t(format!("{}.weight", l.name));
+        let per_out = raw.len() / l.cout;
+        for (i, (&r, &v)) in raw.iter().zip(&w.weight).enumerate() {
+            let s = match &l.bn {
+                Some(bn) => {
+                    let co = i / per_out;
+                    f64::from(t(format!("{bn}.weight"))[co])
+                        / (f64::from(t(format!("{bn}.running_var"))[co]) + BN_EPS).sqrt()
+                }
+                None => 1.0,
+            };
+            assert_eq!(v, f64::from(r) * s, "{} weight {i}", l.name);
+            assert_eq!(p.weight[i], v as f32);
+            rounded_away += usize::from(f64::from(p.weight[i]) != v);
+        }
+        let narrowed: Vec<f32> = w.bias.iter().map(|&b| b as f32).collect();
+        assert_eq!(narrowed, p.bias, "{} bias", l.name);
+    }
+    assert!(rounded_away > 0, "the f32 fold rounds");
+}
+
 #[test]
 fn random_checkpoints_round_trip_through_safetensors() {
     let config = tiny();

@@ -6,7 +6,7 @@ pub mod parity;
 use std::path::{Path, PathBuf};
 
 use hrnet::tensor::{argmax_agreement, relative_l2};
-use hrnet::{Model, Tensor, npy};
+use hrnet::{Model, Nchw, Tensor, npy};
 
 /// The committed test data: tests/data, or `HRNET_TEST_DATA` (for test binaries carried
 /// to another machine).
@@ -31,12 +31,21 @@ pub fn scratch(test: &str) -> PathBuf {
 
 /// Relative L2 error and argmax agreement of `out` against float64 `reference` heatmaps.
 pub fn compare(out: &Tensor, reference: &Path) -> (f64, f64) {
-    let (shape, r) = npy::read_f64(reference).unwrap();
-    assert_eq!(shape, out.shape().dims().to_vec(), "heatmap shape");
-    let map = shape[2] * shape[3];
+    compare_values(out.data(), out.shape(), reference)
+}
+
+/// [`compare`] for heatmaps of `shape` in any float type.
+pub fn compare_values<T: Copy + Into<f64> + PartialOrd>(
+    out: &[T],
+    shape: Nchw,
+    reference: &Path,
+) -> (f64, f64) {
+    let (dims, r) = npy::read_f64(reference).unwrap();
+    assert_eq!(dims, shape.dims().to_vec(), "heatmap shape");
+    let map = dims[2] * dims[3];
     (
-        relative_l2(out.data(), &r).unwrap(),
-        argmax_agreement(out.data(), &r, map),
+        relative_l2(out, &r).unwrap(),
+        argmax_agreement(out, &r, map),
     )
 }
 
