@@ -1,12 +1,13 @@
 //! The CPU reference's speed: W32 256×192 at batch 1 (the bound is 1 s on a 2-core
-//! machine), and the four 3×3 stride-1 conv shapes that carry 77% of its FLOPs.
+//! machine) in f32 and in f64 (the official model in float64), and the four 3×3
+//! stride-1 conv shapes that carry 77% of its FLOPs.
 
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hrnet::cpu::ops::conv2d;
 use hrnet::graph::{Chw, ConvLayer};
-use hrnet::{CpuEngine, HrnetConfig, Model, Nchw, Tensor};
+use hrnet::{CpuEngine, CpuF64Engine, HrnetConfig, Model, Nchw, Tensor};
 
 fn forward(c: &mut Criterion) {
     let config = HrnetConfig::preset("w32-256x192").unwrap();
@@ -21,6 +22,10 @@ fn forward(c: &mut Criterion) {
     g.throughput(Throughput::Elements(2 * macs));
     g.bench_function("w32_256x192_batch1_f32", |b| {
         b.iter(|| engine.forward(&x).unwrap())
+    });
+    let exact = CpuF64Engine::new(engine.model());
+    g.bench_function("w32_256x192_batch1_f64", |b| {
+        b.iter(|| exact.forward(&x).unwrap())
     });
     g.finish();
 }

@@ -186,7 +186,7 @@ impl CpuEngine {
 /// The official model in float64: the graph run in f64 on parameters folded in f64 from
 /// the checkpoint's values ([`Model::params_f64`]), so that its heatmaps are those of
 /// `lib/models/pose_hrnet.py` after `model.double()` to f64 rounding (2.7e-14 relative L2 on
-/// the committed official case, where [`CpuEngine`] is at 1.1e-5). About 2.5× the time of
+/// the committed official case, where [`CpuEngine`] is at 1.1e-5). About twice the time of
 /// [`CpuEngine`]. `Send` and `Sync`.
 #[derive(Clone, Debug)]
 pub struct CpuF64Engine {

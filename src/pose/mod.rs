@@ -197,7 +197,7 @@ pub enum Device {
     /// The CPU reference engine (f32).
     Cpu,
     /// The CPU in f64 ([`CpuF64Engine`]), the flip test's merge and the peaks too: the
-    /// official pipeline with its model in float64, to f64 rounding. About 2.5× the time
+    /// official pipeline with its model in float64, to f64 rounding. About twice the time
     /// of [`Device::Cpu`].
     CpuF64,
     /// GPU 0 with the hand-written kernels, in the given storage precision.
