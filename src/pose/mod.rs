@@ -521,6 +521,7 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<PoseEstimator>();
         send_sync::<CpuEngine>();
+        send_sync::<CpuF64Engine>();
         fn send<T: Send>() {}
         send::<CudaEngine>();
     }

@@ -506,7 +506,8 @@ impl Model {
     /// checkpoint's values again, without the f32 fold's rounding, so that a network run
     /// in f64 on them computes what the official model computes in float64 (the BN
     /// applied after the conv instead of folded into it differs only by f64 rounding).
-    /// Checkpoints are read as f32, which holds F32, F16 and BF16 tensors exactly.
+    /// Checkpoints are read as f32, which holds F32, F16 and BF16 tensors exactly and
+    /// narrows F64 ones as `load_state_dict` into the official (float32) model does.
     #[must_use]
     pub fn params_f64(&self) -> Vec<ConvParamsF64> {
         self.folds
