@@ -204,6 +204,16 @@ pub enum Device {
     Cuda(Precision),
 }
 
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu (f32)"),
+            Device::CpuF64 => f.write_str("cpu (f64)"),
+            Device::Cuda(p) => write!(f, "cuda ({p})"),
+        }
+    }
+}
+
 // One per estimator, made once: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 enum Backend {
@@ -216,6 +226,7 @@ enum Backend {
 /// estimator may serve many threads (GPU calls are serialised by an internal lock).
 pub struct PoseEstimator {
     backend: Backend,
+    device: Device,
     joints: &'static JointSet,
     input: (usize, usize),
     flip: bool,
@@ -241,6 +252,7 @@ impl PoseEstimator {
         };
         Ok(PoseEstimator {
             backend,
+            device,
             joints,
             input,
             flip: joints.is_known(),
@@ -280,6 +292,12 @@ impl PoseEstimator {
     #[must_use]
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Where the network runs.
+    #[must_use]
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// The joints the model predicts.
