@@ -1,11 +1,11 @@
-//! Thread safety as stated: `CpuEngine` and `PoseEstimator` are `Send + Sync` and give
+//! Thread safety as stated: `CpuEngine`, `CpuF64Engine` and `PoseEstimator` are `Send + Sync` and give
 //! bitwise the same results shared by many threads, owned by each thread, or run alone;
 //! repeated runs on the same input are bitwise equal.
 
 use std::sync::Arc;
 
 use hrnet::pose::{Device, PersonBox, PoseEstimator};
-use hrnet::{CpuEngine, HrnetConfig, Model, Nchw, Tensor, image};
+use hrnet::{CpuEngine, CpuF64Engine, HrnetConfig, Model, Nchw, Tensor, image};
 
 /// A small network (every module kind once) for many fast forwards.
 fn small() -> Model {
@@ -19,6 +19,8 @@ fn small() -> Model {
 
 const THREADS: usize = 4;
 const PER_THREAD: usize = 300;
+/// The f64 engine, twice as slow, runs fewer.
+const PER_THREAD_F64: usize = 60;
 
 fn inputs() -> Vec<Tensor> {
     (0..8)
@@ -36,26 +38,34 @@ fn inputs() -> Vec<Tensor> {
         .collect()
 }
 
-#[test]
-fn shared_and_owned_engines_agree_bitwise_with_one_thread() {
+/// Engines made by `make` and run by `run`: shared by many threads (`per_thread` runs
+/// each), owned by each (half as many), or alone, every result bitwise equal to one
+/// thread's, and repeated runs alone too.
+fn engines_agree_bitwise_with_one_thread<E, O>(
+    name: &str,
+    per_thread: usize,
+    make: fn(Model) -> E,
+    run: fn(&E, &Tensor) -> O,
+) where
+    E: Send + Sync + 'static,
+    O: PartialEq + std::fmt::Debug + Send + Sync + 'static,
+{
     let model = small();
     let xs = Arc::new(inputs());
-    let alone = CpuEngine::new(model.clone());
-    let expected: Arc<Vec<Tensor>> =
-        Arc::new(xs.iter().map(|x| alone.forward(x).unwrap()).collect());
-    // Repeated runs alone are bitwise equal.
+    let alone = make(model.clone());
+    let expected: Arc<Vec<O>> = Arc::new(xs.iter().map(|x| run(&alone, x)).collect());
     for (x, e) in xs.iter().zip(expected.iter()) {
-        assert_eq!(&alone.forward(x).unwrap(), e);
+        assert_eq!(&run(&alone, x), e);
     }
-    let shared = Arc::new(CpuEngine::new(model.clone()));
+    let shared = Arc::new(make(model.clone()));
     let mut handles = Vec::new();
     for t in 0..THREADS {
         let (xs, expected, shared) = (xs.clone(), expected.clone(), shared.clone());
         handles.push(std::thread::spawn(move || {
-            for i in 0..PER_THREAD {
+            for i in 0..per_thread {
                 let k = (t + i) % xs.len();
                 assert_eq!(
-                    shared.forward(&xs[k]).unwrap(),
+                    run(&shared, &xs[k]),
                     expected[k],
                     "shared engine, thread {t}, run {i}"
                 );
@@ -65,11 +75,11 @@ fn shared_and_owned_engines_agree_bitwise_with_one_thread() {
     for t in 0..THREADS {
         let (xs, expected, model) = (xs.clone(), expected.clone(), model.clone());
         handles.push(std::thread::spawn(move || {
-            let own = CpuEngine::new(model);
-            for i in 0..PER_THREAD / 2 {
+            let own = make(model);
+            for i in 0..per_thread / 2 {
                 let k = (t * 3 + i) % xs.len();
                 assert_eq!(
-                    own.forward(&xs[k]).unwrap(),
+                    run(&own, &xs[k]),
                     expected[k],
                     "own engine, thread {t}, run {i}"
                 );
@@ -80,9 +90,26 @@ fn shared_and_owned_engines_agree_bitwise_with_one_thread() {
         h.join().expect("no thread panicked");
     }
     println!(
-        "{} forwards on {} threads, all bitwise equal to one thread's",
-        THREADS * PER_THREAD * 3 / 2,
+        "{name}: {} forwards on {} threads, all bitwise equal to one thread's",
+        THREADS * per_thread * 3 / 2,
         2 * THREADS
+    );
+}
+
+#[test]
+fn shared_and_owned_engines_agree_bitwise_with_one_thread() {
+    engines_agree_bitwise_with_one_thread("CpuEngine", PER_THREAD, CpuEngine::new, |e, x| {
+        e.forward(x).unwrap()
+    });
+}
+
+#[test]
+fn shared_and_owned_f64_engines_agree_bitwise_with_one_thread() {
+    engines_agree_bitwise_with_one_thread(
+        "CpuF64Engine",
+        PER_THREAD_F64,
+        |m| CpuF64Engine::new(&m),
+        |e, x| e.forward(x).unwrap(),
     );
 }
 
