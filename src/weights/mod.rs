@@ -508,6 +508,8 @@ impl Model {
     /// applied after the conv instead of folded into it differs only by f64 rounding).
     /// Checkpoints are read as f32, which holds F32, F16 and BF16 tensors exactly and
     /// narrows F64 ones as `load_state_dict` into the official (float32) model does.
+    /// They come from the checkpoint the model was made from: changes made to `params`
+    /// since are not seen here.
     #[must_use]
     pub fn params_f64(&self) -> Vec<ConvParamsF64> {
         self.folds
