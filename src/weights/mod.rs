@@ -64,9 +64,8 @@ pub struct ConvParamsF64 {
 /// the product's low bits) so that [`Model::params_f64`] can fold again without rounding.
 #[derive(Clone, Debug, PartialEq)]
 struct Fold {
-    /// The checkpoint's weight where a BN scales it; `None` where the conv has no BN and
-    /// the f32 weight is the checkpoint's own.
-    weight: Option<Vec<f32>>,
+    /// The checkpoint's weight.
+    weight: Vec<f32>,
     /// Per output channel: `γ / √(σ² + ε)`, or 1 without BN.
     scale: Vec<f64>,
     /// Per output channel: `β − μ · scale`, or the conv's own bias.
@@ -88,17 +87,17 @@ impl Fold {
             .map(|((&b, &m), &s)| f64::from(b) - f64::from(m) * s)
             .collect();
         Fold {
-            weight: Some(weight.to_vec()),
+            weight: weight.to_vec(),
             scale,
             bias,
         }
     }
 
     /// The folded weights, each product rounded once to `T` (by `round`).
-    fn weight<T>(&self, f32_weight: &[f32], round: impl Fn(f64) -> T) -> Vec<T> {
-        let w = self.weight.as_deref().unwrap_or(f32_weight);
-        let per_out = w.len() / self.scale.len().max(1);
-        w.chunks_exact(per_out.max(1))
+    fn folded<T>(&self, round: impl Fn(f64) -> T) -> Vec<T> {
+        let per_out = self.weight.len() / self.scale.len().max(1);
+        self.weight
+            .chunks_exact(per_out.max(1))
             .zip(&self.scale)
             .flat_map(|(chunk, &s)| chunk.iter().map(move |&v| f64::from(v) * s))
             .map(round)
@@ -113,7 +112,8 @@ pub struct Model {
     pub graph: Graph,
     /// Folded parameters, aligned with `graph.layers`.
     pub params: Vec<ConvParams>,
-    /// What each of `params` was folded from, for [`Model::params_f64`]; shared by clones.
+    /// What each of `params` was folded from (the checkpoint's weight, the f64 BN factor
+    /// and shift), for [`Model::params_f64`]; shared by clones.
     folds: std::sync::Arc<[Fold]>,
 }
 
@@ -450,14 +450,14 @@ pub fn fold_bn(
     mean: &[f32],
     var: &[f32],
 ) -> ConvParams {
-    Fold::bn(weight, gamma, beta, mean, var).to_f32(weight)
+    Fold::bn(weight, gamma, beta, mean, var).to_f32()
 }
 
 impl Fold {
-    /// The f32 parameters; `f32_weight` is the weight where the fold keeps none.
-    fn to_f32(&self, f32_weight: &[f32]) -> ConvParams {
+    /// The f32 parameters.
+    fn to_f32(&self) -> ConvParams {
         ConvParams {
-            weight: self.weight(f32_weight, |v| v as f32),
+            weight: self.folded(|v| v as f32),
             bias: self.bias.iter().map(|&b| b as f32).collect(),
         }
     }
@@ -483,7 +483,7 @@ impl Model {
                         t(format!("{bn}.running_var")),
                     ),
                     None => Fold {
-                        weight: None,
+                        weight: w.to_vec(),
                         scale: vec![1.0; l.cout],
                         bias: t(format!("{}.bias", l.name))
                             .iter()
@@ -492,7 +492,7 @@ impl Model {
                     },
                 };
                 // Without BN, scale 1 and the widened bias give back the checkpoint's values.
-                (fold.to_f32(w), fold)
+                (fold.to_f32(), fold)
             })
             .unzip();
         Ok(Model {
@@ -514,9 +514,8 @@ impl Model {
     pub fn params_f64(&self) -> Vec<ConvParamsF64> {
         self.folds
             .iter()
-            .zip(&self.params)
-            .map(|(fold, p)| ConvParamsF64 {
-                weight: fold.weight(&p.weight, |v| v),
+            .map(|fold| ConvParamsF64 {
+                weight: fold.folded(|v| v),
                 bias: fold.bias.clone(),
             })
             .collect()
