@@ -1,6 +1,6 @@
-//! Thread safety as stated: `CpuEngine`, `CpuF64Engine` and `PoseEstimator` are `Send + Sync` and give
-//! bitwise the same results shared by many threads, owned by each thread, or run alone;
-//! repeated runs on the same input are bitwise equal.
+//! Thread safety as stated: `CpuEngine`, `CpuF64Engine` and `PoseEstimator` are
+//! `Send + Sync` and give bitwise the same results shared by many threads, owned by each
+//! thread, or run alone; repeated runs on the same input are bitwise equal.
 
 use std::sync::Arc;
 
