@@ -12,7 +12,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <vector>
 
 #include "cuda_fp16.h"
@@ -21,25 +20,48 @@
 struct Warp {
     FiberBarrier sync;
     const void* row[32];
+    unsigned* out[32];
     unsigned a[32][4], b[32][2];
+    float* d[32];
 };
 inline Warp warps[32];  // a block of up to 1024 threads
 static inline int lane_id() { return threadIdx.x & 31; }
 static inline Warp& warp() { return warps[threadIdx.x >> 5]; }
 
+// A warp-wide instruction: every lane leaves its operands in the warp and arrives; the last
+// lane to arrive carries out `all` for all 32 lanes, and only then do they go on. One round
+// of switches, where a barrier before the exchange and one after it took two, and the
+// instruction reads its operands at one moment, as the GPU's does.
+template <typename F> static inline void warp_collective(Warp& w, F&& all) {
+    BlockRun& r = *running_block;
+    ++r.progress;
+    const unsigned long long phase = w.sync.phase;
+    if (++w.sync.arrived == 32) {
+        all();
+        w.sync.arrived = 0;
+        ++w.sync.phase;
+        return;
+    }
+    while (w.sync.phase == phase) fiber_yield();
+}
+
 static inline void require_aligned16(const void* p, const char* what) {
     if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) emulation_abort(what);
 }
 
-// One thread's copies in flight: the group being filled (`open`) and the committed groups,
-// oldest first.
+// One thread's copies in flight, oldest first, each with the number of its group; the open
+// group (the one being filled) is number `committed`. One queue that keeps its storage, so
+// that the pipeline's copies allocate nothing once it has run a block (under
+// AddressSanitizer, allocating took 5% of a run).
 struct CpAsyncCopy {
     void* dst;
     unsigned char bytes[16];
+    unsigned long long group;
 };
 struct CpAsyncThread {
-    std::vector<CpAsyncCopy> open;
-    std::deque<std::vector<CpAsyncCopy>> committed;
+    std::vector<CpAsyncCopy> queue;
+    size_t landed = 0;  // queue[..landed] have landed
+    unsigned long long committed = 0;
 };
 inline CpAsyncThread cp_async_threads[1024];
 // Whether a copy lands at once or at its group's wait: xorshift64, reseeded by the harness.
@@ -60,7 +82,8 @@ static inline CpAsyncThread& cp_async_thread() {
 static inline void cp_async16(void* smem, const void* gmem, int bytes, bool /* through L1 */) {
     require_aligned16(smem, "cp.async: shared address not 16-byte aligned");
     require_aligned16(gmem, "cp.async: global address not 16-byte aligned");
-    CpAsyncCopy c{smem, {}};
+    CpAsyncThread& t = cp_async_thread();
+    CpAsyncCopy c{smem, {}, t.committed};
     if (bytes == 16)
         std::memcpy(c.bytes, gmem, 16);
     else if (bytes != 0)
@@ -68,27 +91,28 @@ static inline void cp_async16(void* smem, const void* gmem, int bytes, bool /* t
     if (cp_async_lands_now())
         std::memcpy(smem, c.bytes, 16);
     else
-        cp_async_thread().open.push_back(c);
+        t.queue.push_back(c);
 }
-static inline void cp_async_commit() {
-    CpAsyncThread& t = cp_async_thread();
-    t.committed.push_back(std::move(t.open));
-    t.open.clear();
-}
+static inline void cp_async_commit() { ++cp_async_thread().committed; }
 // cp.async.wait_group N: every committed group but the N most recent has landed.
 template <int N> static inline void cp_async_wait() {
     CpAsyncThread& t = cp_async_thread();
-    while (t.committed.size() > (size_t)N) {
-        for (const CpAsyncCopy& c : t.committed.front()) std::memcpy(c.dst, c.bytes, 16);
-        t.committed.pop_front();
+    while (t.landed < t.queue.size() && t.queue[t.landed].group + N < t.committed) {
+        const CpAsyncCopy& c = t.queue[t.landed++];
+        std::memcpy(c.dst, c.bytes, 16);
+    }
+    if (t.landed == t.queue.size()) {
+        t.queue.clear();
+        t.landed = 0;
     }
 }
 // A thread that exits with copies in flight: they would land in a shared memory that no one
 // reads any more; dropped, so that the next block starts with none.
 static inline void cp_async_thread_exit() {
     CpAsyncThread& t = cp_async_thread();
-    t.open.clear();
-    t.committed.clear();
+    t.queue.clear();
+    t.landed = 0;
+    t.committed = 0;
 }
 inline const bool cp_async_exit_hooked = (thread_exit_hook = cp_async_thread_exit, true);
 
@@ -118,12 +142,14 @@ static inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
     Warp& w = warp();
     const int l = lane_id();
     w.row[l] = smem;
-    barrier_wait(w.sync, 32);
-    for (int q = 0; q < 4; ++q) {
-        const void* row = w.row[q * 8 + l / 4];
-        r[q] = bits(row, 2 * (l % 4)) | ((unsigned)bits(row, 2 * (l % 4) + 1) << 16);
-    }
-    barrier_wait(w.sync, 32);
+    w.out[l] = r;
+    warp_collective(w, [&w] {
+        for (int lane = 0; lane < 32; ++lane)
+            for (int q = 0; q < 4; ++q) {
+                const void* row = w.row[q * 8 + lane / 4];
+                w.out[lane][q] = bits(row, 2 * (lane % 4)) | ((unsigned)bits(row, 2 * (lane % 4) + 1) << 16);
+            }
+    });
 }
 
 // cvt.rn.bf16x2.f32: lo and hi rounded to bf16 (the top 16 bits of an f32; to nearest,
@@ -144,9 +170,10 @@ static inline float bf16_of(unsigned reg, int hi) {
 
 // mma.m16n8k16 .row.col with 16-bit inputs (Of reads the low or high one of a register)
 // and f32 accumulators: the lanes' fragments exchanged through the warp, then d += A·B for
-// this lane's four accumulators. A: register j of lane l holds row l/4 + 8(j%2), columns
-// 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1}, column l/4;
-// C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2.
+// each lane's four accumulators, k in order. A: register j of lane l holds row l/4 + 8(j%2),
+// columns 2(l%4) + 8(j/2) + {0, 1}; B: register j holds rows (k) 2(l%4) + 8j + {0, 1},
+// column l/4; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2. The inputs are
+// widened to f32 once per instruction (exactly: both 16-bit types fit in an f32).
 template <float (*Of)(unsigned, int)>
 static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     Warp& w = warp();
@@ -154,16 +181,23 @@ static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned 
     for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
     w.b[l][0] = b0;
     w.b[l][1] = b1;
-    barrier_wait(w.sync, 32);
-    for (int e = 0; e < 4; ++e) {
-        const int row = l / 4 + 8 * (e / 2), col = 2 * (l % 4) + e % 2;
-        float s = d[e];
-        for (int k = 0; k < 16; ++k)
-            s += Of(w.a[(row % 8) * 4 + (k % 8) / 2][(row / 8) + 2 * (k / 8)], k % 2) *
-                 Of(w.b[col * 4 + (k % 8) / 2][k / 8], k % 2);
-        d[e] = s;
-    }
-    barrier_wait(w.sync, 32);
+    w.d[l] = d;
+    warp_collective(w, [&w] {
+        float A[16][16], B[16][8];  // A[row][k], B[k][col]
+        for (int lane = 0; lane < 32; ++lane)
+            for (int half = 0; half < 2; ++half) {
+                const int k = 2 * (lane % 4) + half;
+                for (int j = 0; j < 4; ++j) A[lane / 4 + 8 * (j % 2)][k + 8 * (j / 2)] = Of(w.a[lane][j], half);
+                for (int j = 0; j < 2; ++j) B[k + 8 * j][lane / 4] = Of(w.b[lane][j], half);
+            }
+        for (int lane = 0; lane < 32; ++lane)
+            for (int e = 0; e < 4; ++e) {
+                const int row = lane / 4 + 8 * (e / 2), col = 2 * (lane % 4) + e % 2;
+                float s = w.d[lane][e];
+                for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+                w.d[lane][e] = s;
+            }
+    });
 }
 static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
     mma_m16n8k16<half_of>(d, a, b0, b1);
