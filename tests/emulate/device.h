@@ -33,9 +33,11 @@ inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
 }
 
 // ---- a block's threads as fibers on the calling host thread ----
-// Each CUDA thread of a block is a fiber with its own stack; a barrier is a switch back to
-// the scheduler, which resumes the fibers round robin. x86-64 only: the switch saves the
-// callee-saved registers and the stack pointer (System V ABI).
+// Each CUDA thread of a block is a fiber with its own stack; a barrier is a switch to the
+// next thread of the block that has not finished, round robin, and the host thread's own
+// stack (the scheduler's) is left once per block, for thread 0, and resumed when the last
+// thread finishes. x86-64 only: the switch saves the callee-saved registers and the stack
+// pointer (System V ABI).
 #if !defined(__x86_64__)
 #error "tests/emulate runs CUDA threads as x86-64 fibers"
 #endif
@@ -64,23 +66,23 @@ hrnet_emu_switch:
 )");
 
 // Under AddressSanitizer (the emulated driver's memcheck build) every switch is announced,
-// so that it knows which stack is live, and a fiber leaves its stack unpoisoned for the
-// next block's fiber: each frame but fiber_main's was unpoisoned as it returned, and
-// fiber_main, which never returns, unpoisons what is left (its own frame: a few hundred
-// bytes, where unpoisoning the whole 256 KiB stack per thread per block took 8% of a run).
+// so that it knows which stack is live, and a finished fiber leaves its stack unpoisoned
+// for the next block's fiber: each frame below the final switch was unpoisoned as it
+// returned, and the frames that never return (fiber_main's and those of the final switch)
+// are unpoisoned just before it, a few hundred bytes, where unpoisoning the whole 256 KiB
+// stack per thread per block took 8% of a run.
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 inline void switch_stack(void** save_sp, void* load_sp, const void* bottom, size_t size, bool leaving_for_good) {
     void* fake = nullptr;
+    if (leaving_for_good) __asan_handle_no_return();
     __sanitizer_start_switch_fiber(leaving_for_good ? nullptr : &fake, bottom, size);
     hrnet_emu_switch(save_sp, load_sp);
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 }
-inline void stack_left_clean() { __asan_handle_no_return(); }
 #else
 inline void switch_stack(void** save_sp, void* load_sp, const void*, size_t, bool) { hrnet_emu_switch(save_sp, load_sp); }
-inline void stack_left_clean() {}
 #endif
 
 // Threads that meet: `count` arrivals complete a phase.
@@ -103,16 +105,38 @@ struct BlockRun {
     size_t scheduler_size = 0;
     unsigned n = 0, current = 0, alive = 0;
     unsigned long long progress = 0;  // arrivals, completed phases and finished threads
+    unsigned long long round = 0;     // the progress when the current round began
     FiberBarrier block;
     const void* body = nullptr;  // the kernel call: a std::function<void()>
     void (*call)(const void*) = nullptr;
 };
 inline BlockRun* running_block = nullptr;
 
-inline void fiber_yield() {
+// Leaves the current fiber (saving its stack pointer in `save`) for the next one that has
+// not finished, round robin, or for the scheduler when none is left. A round ends where
+// the order wraps; a round in which no thread arrived anywhere, completed a barrier or
+// finished is a deadlock. Returns at once when the current fiber is the only one left.
+inline void switch_to_next(void** save, bool leaving_for_good) {
     BlockRun& r = *running_block;
-    switch_stack(&r.fibers[r.current].sp, r.scheduler_sp, r.scheduler_bottom, r.scheduler_size, false);
+    const unsigned from = r.current;
+    unsigned next = from;
+    do next = next + 1 == r.n ? 0 : next + 1;
+    while (r.fibers[next].done && next != from);
+    if (r.fibers[next].done) {
+        switch_stack(save, r.scheduler_sp, r.scheduler_bottom, r.scheduler_size, leaving_for_good);
+        return;
+    }
+    if (next <= from) {
+        if (r.progress == r.round) emulation_abort("deadlock: threads wait at barriers that never complete");
+        r.round = r.progress;
+    }
+    if (next == from) return;
+    r.current = next;
+    threadIdx = r.fibers[next].idx;
+    switch_stack(save, r.fibers[next].sp, r.fibers[next].stack, BlockRun::STACK, leaving_for_good);
 }
+
+inline void fiber_yield() { switch_to_next(&running_block->fibers[running_block->current].sp, false); }
 
 inline void barrier_wait(FiberBarrier& b, unsigned count) {
     BlockRun& r = *running_block;
@@ -130,10 +154,17 @@ inline void barrier_wait(FiberBarrier& b, unsigned count) {
 inline void (*thread_exit_hook)() = nullptr;
 
 [[noreturn]] inline void fiber_main() {
-#if defined(__SANITIZE_ADDRESS__)
-    __sanitizer_finish_switch_fiber(nullptr, &running_block->scheduler_bottom, &running_block->scheduler_size);
-#endif
     BlockRun& r = *running_block;
+#if defined(__SANITIZE_ADDRESS__)
+    // Thread 0 is entered from the scheduler, every other thread from another fiber.
+    const void* from_bottom = nullptr;
+    size_t from_size = 0;
+    __sanitizer_finish_switch_fiber(nullptr, &from_bottom, &from_size);
+    if (r.current == 0) {
+        r.scheduler_bottom = from_bottom;
+        r.scheduler_size = from_size;
+    }
+#endif
     r.call(r.body);
     if (thread_exit_hook) thread_exit_hook();
     r.fibers[r.current].done = true;
@@ -145,8 +176,7 @@ inline void (*thread_exit_hook)() = nullptr;
         ++r.block.phase;
     }
     void* dead;
-    stack_left_clean();
-    switch_stack(&dead, r.scheduler_sp, r.scheduler_bottom, r.scheduler_size, true);
+    switch_to_next(&dead, true);
     emulation_abort("a finished fiber was resumed");
 }
 
@@ -172,18 +202,13 @@ inline void run_block(Dim3 block, void (*call)(const void*), const void* body) {
     r->block = FiberBarrier{};
     r->call = call;
     r->body = body;
+    r->round = r->progress;
+    r->current = 0;
+    threadIdx = r->fibers[0].idx;
     BlockRun* outer = running_block;
     running_block = r;
-    while (r->alive) {
-        const unsigned long long before = r->progress;
-        for (unsigned t = 0; t < r->n; ++t) {
-            if (r->fibers[t].done) continue;
-            r->current = t;
-            threadIdx = r->fibers[t].idx;
-            switch_stack(&r->scheduler_sp, r->fibers[t].sp, r->fibers[t].stack, BlockRun::STACK, false);
-        }
-        if (r->alive && r->progress == before) emulation_abort("deadlock: threads wait at barriers that never complete");
-    }
+    switch_stack(&r->scheduler_sp, r->fibers[0].sp, r->fibers[0].stack, BlockRun::STACK, false);
+    if (r->alive) emulation_abort("the scheduler resumed before every thread finished");
     running_block = outer;
 }
 
