@@ -204,7 +204,7 @@ fn child(checks: &[Check]) {
 }
 
 // The two tests run side by side, each in its own child process: the checks are split so
-// that they take about as long (about 150 s each on a 2-core machine, 2026-12-07).
+// that they take about as long (110 to 120 s each on a 2-core machine, 2026-12-07).
 #[test]
 fn cuda_engine_in_f32_official_case_flip_threads_and_profile_under_an_emulated_driver() {
     under_emulated_driver(
