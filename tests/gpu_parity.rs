@@ -572,6 +572,75 @@ fn whole_network_matches_the_cpu_reference() {
     }
 }
 
+/// Every preset (the official experiment files' networks, widths 18, 32 and 48, COCO and
+/// MPII, each input size) at batch 1 on every engine it runs on, outputs poisoned, against
+/// the same network in f64 on the CPU: f32 within [`accuracy::CUDA_F32`] (under the emulated
+/// driver the f32 engines landed at 3.9e-6 to 5.6e-6 on W18 and W32, where the CPU
+/// reference's own f32 is at 1.6e-5 to 1.9e-5), f16 within what f16 storage allows on
+/// that input ([`F16Floor`]). Under compute-sanitizer this is the full forward of every
+/// preset that scripts/device-validate's `tests` part checks.
+#[test]
+fn every_preset_matches_the_cpu_reference() {
+    if !gpu_or_skip("every_preset_matches_the_cpu_reference") {
+        return;
+    }
+    for name in hrnet::config::PRESETS {
+        let config = HrnetConfig::preset(name).unwrap();
+        let model = Model::random(&config, 2019).unwrap();
+        let cpu = CpuEngine::new(model.clone());
+        let x = Tensor::random_normal(Nchw::batch(1, config_input(&config)), seed());
+        let reference = cpu.forward_f64(&x).unwrap();
+        let cpu32 = relative_l2(cpu.forward(&x).unwrap().data(), &reference).unwrap();
+        let floor = F16Floor::measure(&cpu, &x, &reference).unwrap();
+        let map = {
+            let o = model.graph.output_shape();
+            o.h * o.w
+        };
+        println!(
+            "{name}: cpu f32 {cpu32:.3e} vs f64; f16 storage {:.3e}, argmax {:.4}",
+            floor.rel_l2, floor.argmax
+        );
+        let tensor_cores =
+            Kernels::default_for(Precision::F16, &model.graph) == Kernels::TensorCore;
+        for (precision, kernels) in [
+            (Precision::F32, Kernels::Direct),
+            (Precision::F32, Kernels::TensorCore),
+            (Precision::F16, Kernels::Direct),
+            (Precision::F16, Kernels::TensorCore),
+        ] {
+            if kernels == Kernels::TensorCore && !tensor_cores {
+                continue;
+            }
+            let (bound, min_argmax) = match precision {
+                Precision::F32 => (accuracy::CUDA_F32, 1.0),
+                Precision::F16 => (floor.bound(), floor.min_argmax()),
+            };
+            let mut gpu = CudaEngine::on_device(&model, precision, kernels, 0)
+                .unwrap_or_else(|e| panic!("{name} {precision} {kernels}: {e}"));
+            gpu.set_poison(true);
+            let out = gpu.forward(&x).unwrap();
+            assert!(
+                out.data().iter().all(|v| v.is_finite()),
+                "{name} {precision} {kernels}: unwritten heatmap elements"
+            );
+            let rel = relative_l2(out.data(), &reference).unwrap();
+            let agree = argmax_agreement(out.data(), &reference, map);
+            println!(
+                "{name} {precision} {kernels}: rel L2 {rel:.3e} vs f64 (bound {bound:.2e}), \
+                 argmax {agree:.4}"
+            );
+            assert!(
+                rel <= bound,
+                "{name} {precision} {kernels}: {rel:.3e} > {bound:.2e}"
+            );
+            assert!(
+                agree >= min_argmax,
+                "{name} {precision} {kernels}: argmax agreement {agree} < {min_argmax:.4}"
+            );
+        }
+    }
+}
+
 /// W32 256×192 on the tensor-core engines (f16, and f32 as three bf16 parts) at batch 1 and 3:
 /// activations through L1 and programmatic launches give the default's bits; K unsplit
 /// differs by rounding only (the deep branches split at batch 1 on any GPU of 32 SMs or
