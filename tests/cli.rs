@@ -282,3 +282,67 @@ fn verify_passes_on_the_default_model() {
     }
     assert!(text.contains("\nPASS: "), "{text}");
 }
+
+/// `hrnet doctor --arch sm_90` (no GPU needed): NVRTC and the headers it found, then one row
+/// per kernel with its registers, shared memory, stack and spills, as many rows as the
+/// library compiles, none spilling; `--cubin-dir` writes each program's machine code.
+/// Without a GPU and without `--arch` it says what to give, in one line.
+#[test]
+fn doctor_reports_every_kernel_it_compiles() {
+    use hrnet::cuda::{compiled, probe};
+    if let Err(why) = probe::require_nvrtc().and_then(|()| probe::headers().map(|_| ())) {
+        assert!(
+            std::env::var_os("HRNET_REQUIRE_NVRTC").is_none(),
+            "HRNET_REQUIRE_NVRTC is set but: {why}"
+        );
+        common::skip("doctor_reports_every_kernel_it_compiles", &why);
+        return;
+    }
+    let dir = scratch("cli-doctor");
+    let o = hrnet(&[
+        "doctor",
+        "--arch",
+        "sm_90",
+        "--cubin-dir",
+        dir.to_str().unwrap(),
+    ]);
+    let text = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("nvrtc    13.")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("headers  ")), "{text}");
+    let files = compiled("sm_90").unwrap();
+    let kernels: Vec<(&str, &str)> = files
+        .iter()
+        .flat_map(|f| f.kernels.iter().map(move |k| (f.file, k.name.as_str())))
+        .collect();
+    let header = text
+        .lines()
+        .position(|l| l.starts_with("program ") && l.contains("registers"))
+        .expect("the kernel table");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(header + 1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), kernels.len(), "{text}");
+    for (row, (file, name)) in rows.iter().zip(&kernels) {
+        assert_eq!(row.len(), 7, "{row:?}");
+        assert!(row[0].starts_with(file) && row[1] == *name, "{row:?}");
+        assert!(row[2].parse::<u32>().unwrap() > 0, "{row:?}: registers");
+        assert_eq!(row[5..], ["0", "0"], "{name} spills");
+    }
+    for f in files.iter() {
+        let cubin = std::fs::read(dir.join(format!("{}.sm_90.cubin", f.name()))).unwrap();
+        assert_eq!(&cubin[..4], b"\x7fELF", "{}", f.name());
+    }
+    if hrnet::cuda::gpus().is_err() {
+        fails_with(&hrnet(&["doctor"]), "no GPU to compile for: give --arch");
+    }
+}

@@ -1270,20 +1270,38 @@ fn doctor(arch: Option<String>, cubin_dir: Option<&std::path::Path>) -> Result<(
             )
         )
     );
-    println!(
-        "compiled {} kernel programs for {arch} in {:.2} s",
-        files.len(),
-        start.elapsed().as_secs_f64()
-    );
+    let secs = start.elapsed().as_secs_f64();
+    if cached == files.len() {
+        // What NVRTC made for the same source, options, compiler and headers: say so, and
+        // how to see NVRTC compile them here.
+        println!(
+            "loaded   {} kernel programs for {arch} from the cache in {secs:.2} s \
+             ({}=off compiles them afresh)",
+            files.len(),
+            hrnet::cuda::cache::ENV
+        );
+    } else {
+        println!(
+            "compiled {} kernel programs for {arch} in {secs:.2} s",
+            files.len() - cached
+        );
+    }
     println!();
+    // As wide as the longest kernel name (the tensor-core ones run to 34 characters).
+    let wide = files
+        .iter()
+        .flat_map(|f| f.kernels.iter().map(|k| k.name.len()))
+        .max()
+        .unwrap_or(0)
+        .max("kernel".len());
     println!(
-        "{:<16} {:<18} {:>9} {:>12} {:>12} {:>13} {:>12}",
+        "{:<16} {:<wide$} {:>9} {:>12} {:>12} {:>13} {:>12}",
         "program", "kernel", "registers", "shared (B)", "stack (B)", "spill st (B)", "spill ld (B)"
     );
     for f in files.iter() {
         for k in &f.kernels {
             println!(
-                "{:<16} {:<18} {:>9} {:>12} {:>12} {:>13} {:>12}",
+                "{:<16} {:<wide$} {:>9} {:>12} {:>12} {:>13} {:>12}",
                 f.name(),
                 k.name,
                 k.registers,
