@@ -5,8 +5,8 @@
   python3 scripts/bench_table.py LOG... [--json benches/results/h200.json]
 
 Prints, per batch, every engine configuration's median latency, images/s and peak memory
-(one row each: of a configuration timed twice, the slower median; and for hrnet the median of `forward` host to host: input copied and laid out, heatmaps
-copied back),
+(one row each: of a configuration timed twice, the slower median; and for hrnet the
+median of `forward` host to host: input copied and laid out, heatmaps copied back),
 hrnet's speed-up over the best (fastest) PyTorch configuration and its peak memory as a
 fraction of that configuration's, the exchange-unit totals, the profiles (per
 configuration and batch, the launches' summed time against the forward's, and the kernels
