@@ -1,8 +1,8 @@
 //! kernels/conv_tc.cu run on the CPU: tests/emulate/conv_tc_host.cpp compiles the kernel
 //! source with host stand-ins for its PTX instructions (a 32-lane warp emulator following
 //! the PTX ISA's ldmatrix and mma.m16n8k16 f16 and bf16 fragment layouts, and
-//! cvt.rn.bf16x2's rounding, and cp.async copies that land at once or only at their wait, at
-//! random) and checks every tile and kernel shape of both element types, the 3- and
+//! cvt.rn.bf16x2's rounding, cp.async copies that land at once or only at their wait, at
+//! random, and each block's threads taking turns in an order drawn afresh) and checks every tile and kernel shape of both element types, the 3- and
 //! 8-stage pipelines, several summed sources, upsampled terms, split K and NCHW output
 //! against a direct convolution in double (f16 within 2e-3, f32 within 2e-7), and every
 //! tile of a type against the first on the same operands, bit for bit. It catches
@@ -45,6 +45,10 @@ fn tensor_core_kernel_matches_a_direct_conv_under_warp_emulation() {
     assert!(
         run.status.success(),
         "the emulated kernel disagrees:\n{out}"
+    );
+    assert!(
+        out.contains("ok   scheduler: a missing barrier shows"),
+        "{out}"
     );
     assert!(out.contains("PASS: 0 of 189 cases failed"), "{out}");
 }

@@ -6,7 +6,8 @@
 // defines them (section "Matrix Fragments for mma.m16n8k16 with floating point type" and
 // "ldmatrix"), and the ordering of its cp.async pipeline: each copy lands at once or only
 // at its wait, at random (warp.h), so reading a stage too early or refilling one too soon
-// gives wrong outputs. Split K runs its blocks in a
+// gives wrong outputs; each block's threads take their turns in an order drawn afresh
+// (device.h), checked first on a block that lacks a barrier. Split K runs its blocks in a
 // random order, twice: the result must not depend on which block of a tile came last, and
 // the tile counters must be back at zero.
 //
@@ -233,8 +234,36 @@ static bool check(const Case& c, const Operands<E>& o, const Tile<E>& tile, int 
     return ok;
 }
 
+// The scheduler's own check: thread 0 of a block publishes a value in shared memory that
+// every thread reads with no barrier between, a race on a GPU. The emulator must let some
+// reader go first (device.h draws each block's thread order afresh), or a missing barrier
+// of this shape would pass here unseen. Returns in how many of `blocks` blocks some thread
+// read the value before it was written.
+static int canary_published, canary_early;
+static void canary_thread(const void*) {
+    if (threadIdx.x == 0) canary_published = 1;
+    canary_early += canary_published == 0;
+}
+static int blocks_racing_ahead(unsigned blocks) {
+    blockDim = Dim3{TC_THREADS, 1, 1};
+    gridDim = Dim3{blocks, 1, 1};
+    int racing = 0;
+    for (unsigned b = 0; b < blocks; ++b) {
+        blockIdx = Dim3{b, 0, 0};
+        canary_published = canary_early = 0;
+        run_block(blockDim, canary_thread, nullptr);
+        racing += canary_early > 0;
+    }
+    return racing;
+}
+
 int main() {
     cp_async_seed(rng());
+    thread_order_seed(rng());
+    const int racing = blocks_racing_ahead(8);
+    std::printf("%s scheduler: a missing barrier shows, readers ahead of the writer in %d of 8 blocks\n",
+                racing ? "ok  " : "FAIL", racing);
+    if (!racing) return 1;
     const Case cases[] = {
         // the stem's first conv: 3 channels padded to 8, stride 2, K = 72 (not a multiple of 32)
         {3, 2, 1, 16, 12, 64, {8}, {}, true, false},

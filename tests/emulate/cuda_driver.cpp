@@ -23,6 +23,9 @@
 // - cp.async: each copy lands at once or only when its group is waited for, at random
 //   (warp.h), so a pipeline that reads a stage early or refills one too soon gives wrong
 //   results.
+// - A block's threads take their turns between barriers in an order drawn afresh for each
+//   block (device.h), so shared memory written by one thread and read by another with no
+//   barrier between gives a result that changes with the seed.
 // Not emulated: timing (events give host times).
 //
 // Build: c++ -std=c++20 -O2 -march=native [-fsanitize=address] -pthread -shared -fPIC
@@ -418,6 +421,7 @@ void init_once() {
     const char* seed = std::getenv("HRNET_EMULATION_SEED");
     rng.seed(seed ? std::strtoull(seed, nullptr, 10) : std::random_device{}());
     cp_async_seed(rng());
+    thread_order_seed(rng());
     if (const char* m = std::getenv("HRNET_EMULATED_MEMORY")) limit = std::strtoull(m, nullptr, 10);
     streams.insert(&legacy);
 }

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cstdint>
+#include <utility>
 
 struct Dim3 {
     unsigned x = 0, y = 0, z = 0;
@@ -34,9 +36,12 @@ inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 // ---- a block's threads as fibers on the calling host thread ----
 // Each CUDA thread of a block is a fiber with its own stack; a barrier is a switch to the
-// next thread of the block that has not finished, round robin, and the host thread's own
-// stack (the scheduler's) is left once per block, for thread 0, and resumed when the last
-// thread finishes. x86-64 only: the switch saves the callee-saved registers and the stack
+// next thread of the block that has not finished, round robin in an order drawn afresh for
+// each block (a GPU schedules its warps in no order it promises, and since Volta not even a
+// warp's lanes in lockstep), so that shared memory written and read by two threads with no
+// barrier between gives a result that changes with the order; the host thread's own stack
+// (the scheduler's) is left once per block, for the first thread in that order, and resumed
+// when the last thread finishes. x86-64 only: the switch saves the callee-saved registers and the stack
 // pointer (System V ABI).
 #if !defined(__x86_64__)
 #error "tests/emulate runs CUDA threads as x86-64 fibers"
@@ -100,10 +105,11 @@ struct BlockRun {
     };
     static constexpr size_t STACK = 256 << 10;
     Fiber fibers[1024];
+    unsigned order[1024];  // the threads' turns: fibers[order[0]] first, and so on
     void* scheduler_sp = nullptr;
     const void* scheduler_bottom = nullptr;  // the host thread's stack, for the sanitizer
     size_t scheduler_size = 0;
-    unsigned n = 0, current = 0, alive = 0;
+    unsigned n = 0, at = 0, current = 0, alive = 0;  // fibers[current], at order[at]
     unsigned long long progress = 0;  // arrivals, completed phases and finished threads
     unsigned long long round = 0;     // the progress when the current round began
     FiberBarrier block;
@@ -112,17 +118,30 @@ struct BlockRun {
 };
 inline BlockRun* running_block = nullptr;
 
-// Leaves the current fiber (saving its stack pointer in `save`) for the next one that has
-// not finished, round robin, or for the scheduler when none is left. A round ends where
-// the order wraps; a round in which no thread arrived anywhere, completed a barrier or
-// finished is a deadlock. Returns at once when the current fiber is the only one left.
+// The source of the block's thread orders (xorshift64); the emulated driver seeds it from
+// HRNET_EMULATION_SEED, so that an order that fails can be replayed.
+inline std::uint64_t thread_order_rng = 0x2545f4914f6cdd1dull;
+static inline void thread_order_seed(std::uint64_t seed) { thread_order_rng = seed | 1; }
+static inline unsigned thread_order_draw(unsigned below) {
+    thread_order_rng ^= thread_order_rng << 13;
+    thread_order_rng ^= thread_order_rng >> 7;
+    thread_order_rng ^= thread_order_rng << 17;
+    return (unsigned)((thread_order_rng >> 32) * below >> 32);
+}
+
+// Leaves the current fiber (saving its stack pointer in `save`) for the next one in the
+// block's order that has not finished, round robin, or for the scheduler when none is
+// left. A round ends where the order wraps; a round in which no thread arrived anywhere,
+// completed a barrier or finished is a deadlock. Returns at once when the current fiber is
+// the only one left.
 inline void switch_to_next(void** save, bool leaving_for_good) {
     BlockRun& r = *running_block;
-    const unsigned from = r.current;
+    const unsigned from = r.at;
     unsigned next = from;
     do next = next + 1 == r.n ? 0 : next + 1;
-    while (r.fibers[next].done && next != from);
-    if (r.fibers[next].done) {
+    while (r.fibers[r.order[next]].done && next != from);
+    BlockRun::Fiber& f = r.fibers[r.order[next]];
+    if (f.done) {
         switch_stack(save, r.scheduler_sp, r.scheduler_bottom, r.scheduler_size, leaving_for_good);
         return;
     }
@@ -131,9 +150,10 @@ inline void switch_to_next(void** save, bool leaving_for_good) {
         r.round = r.progress;
     }
     if (next == from) return;
-    r.current = next;
-    threadIdx = r.fibers[next].idx;
-    switch_stack(save, r.fibers[next].sp, r.fibers[next].stack, BlockRun::STACK, leaving_for_good);
+    r.at = next;
+    r.current = r.order[next];
+    threadIdx = f.idx;
+    switch_stack(save, f.sp, f.stack, BlockRun::STACK, leaving_for_good);
 }
 
 inline void fiber_yield() { switch_to_next(&running_block->fibers[running_block->current].sp, false); }
@@ -156,11 +176,12 @@ inline void (*thread_exit_hook)() = nullptr;
 [[noreturn]] inline void fiber_main() {
     BlockRun& r = *running_block;
 #if defined(__SANITIZE_ADDRESS__)
-    // Thread 0 is entered from the scheduler, every other thread from another fiber.
+    // The first thread in the order is entered from the scheduler, every other thread from
+    // another fiber.
     const void* from_bottom = nullptr;
     size_t from_size = 0;
     __sanitizer_finish_switch_fiber(nullptr, &from_bottom, &from_size);
-    if (r.current == 0) {
+    if (r.at == 0) {
         r.scheduler_bottom = from_bottom;
         r.scheduler_size = from_size;
     }
@@ -197,17 +218,22 @@ inline void run_block(Dim3 block, void (*call)(const void*), const void* body) {
         f.sp = top - 8;
         f.idx = Dim3{t % block.x, t / block.x % block.y, t / (block.x * block.y)};
         f.done = false;
+        // Fisher-Yates: thread t takes a turn among the first t + 1.
+        r->order[t] = t;
+        std::swap(r->order[t], r->order[thread_order_draw(t + 1)]);
     }
     r->alive = r->n;
     r->block = FiberBarrier{};
     r->call = call;
     r->body = body;
     r->round = r->progress;
-    r->current = 0;
-    threadIdx = r->fibers[0].idx;
+    r->at = 0;
+    r->current = r->order[0];
+    BlockRun::Fiber& first = r->fibers[r->current];
+    threadIdx = first.idx;
     BlockRun* outer = running_block;
     running_block = r;
-    switch_stack(&r->scheduler_sp, r->fibers[0].sp, r->fibers[0].stack, BlockRun::STACK, false);
+    switch_stack(&r->scheduler_sp, first.sp, first.stack, BlockRun::STACK, false);
     if (r->alive) emulation_abort("the scheduler resumed before every thread finished");
     running_block = outer;
 }
