@@ -2,12 +2,14 @@
 //! source with host stand-ins for its PTX instructions (a 32-lane warp emulator following
 //! the PTX ISA's ldmatrix and mma.m16n8k16 f16 and bf16 fragment layouts, and
 //! cvt.rn.bf16x2's rounding, cp.async copies that land at once or only at their wait, at
-//! random, and each block's threads taking turns in an order drawn afresh) and checks every tile and kernel shape of both element types, the 3- and
-//! 8-stage pipelines, several summed sources, upsampled terms, split K and NCHW output
-//! against a direct convolution in double (f16 within 2e-3, f32 within 2e-7), and every
-//! tile of a type against the first on the same operands, bit for bit. It catches
-//! indexing, fragment-layout and pipeline-ordering mistakes without a GPU; timing and the
-//! real instructions are the GPU parity tests' job.
+//! random, each block's threads taking turns in an order drawn afresh, and each block
+//! finding its shared memory filled with NaN) and checks every tile and kernel shape of
+//! both element types, the 3- and 8-stage pipelines, several summed sources, upsampled
+//! terms, split K and NCHW output against a direct convolution in double (f16 within
+//! 2e-3, f32 within 2e-7), and every tile of a type against the first on the same
+//! operands, bit for bit. It catches indexing, fragment-layout, pipeline-ordering and
+//! uninitialised shared-memory mistakes without a GPU; timing and the real instructions
+//! are the GPU parity tests' job.
 //! Needs a C++20 compiler (`CXX`, else `c++`); scripts/test makes it mandatory
 //! (HRNET_REQUIRE_CXX=1).
 
@@ -23,10 +25,14 @@ fn tensor_core_kernel_matches_a_direct_conv_under_warp_emulation() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conv_tc_host");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let exe = tmp.join("conv_tc_host");
+    let kernels = tmp.join("conv_tc_host-kernels");
+    let marked = common::emulated_kernels(&kernels).expect("kernels/ copied for the emulator");
+    assert!(marked > 0, "no __shared__ declaration found in kernels/");
     let built = Command::new(common::cxx())
         .args(["-std=c++20", "-O2", "-pthread", "-I"])
-        .arg(root.join("kernels"))
+        .arg(&kernels)
         .arg("-I")
         .arg(root.join("tests/emulate"))
         .arg(root.join("tests/emulate/conv_tc_host.cpp"))
@@ -49,6 +55,14 @@ fn tensor_core_kernel_matches_a_direct_conv_under_warp_emulation() {
     assert!(
         out.contains("ok   scheduler: a missing barrier shows"),
         "{out}"
+    );
+    let poisoned = out
+        .lines()
+        .find_map(|l| l.strip_prefix("shared memory: "))
+        .and_then(|l| l.split(' ').next()?.parse::<u32>().ok());
+    assert!(
+        poisoned.is_some_and(|n| n > 0),
+        "no shared memory was poisoned:\n{out}"
     );
     assert!(out.contains("PASS: 0 of 189 cases failed"), "{out}");
 }

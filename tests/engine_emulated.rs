@@ -64,12 +64,17 @@ fn build_driver(dir: &Path, asan: bool) -> Result<(), String> {
     } else {
         &[]
     };
+    let kernels = dir.join("kernels");
+    let marked = common::emulated_kernels(&kernels)?;
+    if marked == 0 {
+        return Err("no __shared__ declaration found in kernels/".into());
+    }
     let out = Command::new(common::cxx())
         .args(["-std=c++20", "-O2", "-march=native", "-pthread"])
         .args(["-shared", "-fPIC", "-fvisibility=hidden"])
         .args(sanitize)
         .arg("-I")
-        .arg(root.join("kernels"))
+        .arg(&kernels)
         .arg("-I")
         .arg(root.join("tests/emulate"))
         .arg(root.join("tests/emulate/cuda_driver.cpp"))

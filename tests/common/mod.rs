@@ -103,6 +103,65 @@ pub fn cxx_or_skip(test: &str) -> bool {
     false
 }
 
+/// kernels/ as the host emulators (tests/emulate) compile it, copied into `dir`: each
+/// `__shared__` declaration followed on its line by `HRNET_SHARED_FRESH(name);`, which
+/// fills the array with 0xff bytes as each block starts (tests/emulate/device.h), and each
+/// file opened with a `#line` naming the original, so diagnostics point there. Returns how
+/// many declarations it marked, or what it could not read or mark.
+pub fn emulated_kernels(dir: &Path) -> Result<usize, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut marked = 0;
+    let entries = std::fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut out = format!("#line 1 \"{}\"\n", path.display());
+        for (n, line) in text.lines().enumerate() {
+            out.push_str(line);
+            if line.trim_start().starts_with("__shared__") {
+                let name = shared_name(line).ok_or_else(|| {
+                    format!(
+                        "{}:{}: a __shared__ declaration not on one line: {line}",
+                        path.display(),
+                        n + 1
+                    )
+                })?;
+                out.push_str(&format!(" HRNET_SHARED_FRESH({name});"));
+                marked += 1;
+            } else if line
+                .split("//")
+                .next()
+                .is_some_and(|code| code.contains("__shared__"))
+            {
+                return Err(format!(
+                    "{}:{}: __shared__ not at the start of a declaration: {line}",
+                    path.display(),
+                    n + 1
+                ));
+            }
+            out.push('\n');
+        }
+        let to = dir.join(path.file_name().expect("a file in kernels/"));
+        std::fs::write(&to, out).map_err(|e| format!("{}: {e}", to.display()))?;
+    }
+    Ok(marked)
+}
+
+/// The name a one-line `__shared__` declaration declares: the last word before its first
+/// `[` (an array) or its `;` (a comment may follow).
+fn shared_name(line: &str) -> Option<&str> {
+    let decl = line.split("//").next()?.trim_end().strip_suffix(';')?;
+    let head = decl.split('[').next()?.trim_end();
+    let start = head
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |i| i + 1);
+    let name = &head[start..];
+    (!name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) && !head.contains('='))
+        .then_some(name)
+}
+
 /// The COCO sample photographs and their files: `../shared/data/coco-sample`, or
 /// `HRNET_COCO_SAMPLE` (for test binaries carried to another machine); None when absent.
 pub fn coco_sample() -> Option<PathBuf> {

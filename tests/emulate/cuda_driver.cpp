@@ -26,12 +26,18 @@
 // - A block's threads take their turns between barriers in an order drawn afresh for each
 //   block (device.h), so shared memory written by one thread and read by another with no
 //   barrier between gives a result that changes with the seed.
+// - Shared memory: each block finds its `__shared__` arrays filled with 0xff bytes (NaN),
+//   as a GPU leaves whatever its last user wrote (device.h), so a read of an element no
+//   thread wrote shows, even multiplied by zero.
 // Not emulated: timing (events give host times).
 //
 // Build: c++ -std=c++20 -O2 -march=native [-fsanitize=address] -pthread -shared -fPIC
-//        -fvisibility=hidden -I kernels -I tests/emulate tests/emulate/cuda_driver.cpp
+//        -fvisibility=hidden -I KERNELS -I tests/emulate tests/emulate/cuda_driver.cpp
 //        -o DIR/libcuda.so
-// and put DIR first on LD_LIBRARY_PATH (with ASan: LD_PRELOAD=$(c++ -print-file-name=libasan.so)).
+// KERNELS is tests/common's copy of kernels/ with each `__shared__` declaration marked
+// (emulated_kernels; tests/engine_emulated.rs writes it to DIR/kernels); kernels/ itself
+// builds too, its shared memory then not poisoned. Put DIR first on LD_LIBRARY_PATH (with
+// ASan: LD_PRELOAD=$(c++ -print-file-name=libasan.so)).
 
 #include <algorithm>
 #include <chrono>

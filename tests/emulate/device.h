@@ -1,7 +1,8 @@
 // device.h: CUDA's built-in names for host C++, so that the kernel files compile unchanged
 // on the CPU (tests/emulate). A CUDA thread is a fiber (or, for kernels that never
 // synchronise, one call of a loop); one block runs at a time, so `__shared__` arrays are
-// function-local statics shared by the block's threads.
+// function-local statics shared by the block's threads, poisoned as each block starts
+// (HRNET_SHARED_FRESH below).
 #pragma once
 
 #include <cmath>
@@ -117,6 +118,32 @@ struct BlockRun {
     void (*call)(const void*) = nullptr;
 };
 inline BlockRun* running_block = nullptr;
+inline unsigned long long block_serial = 0;  // counts run_block's blocks
+
+// Shared memory as a block finds it: on a GPU it holds whatever its last user left there
+// (compute-sanitizer's initcheck covers global memory only); here a `__shared__` array is a
+// static, which would hold zeros or the previous block's values. The tests compile a copy
+// of kernels/ that follows each `__shared__` declaration with HRNET_SHARED_FRESH(name) on
+// its line (tests/common: emulated_kernels): the first of a block's threads to reach the
+// declaration fills the array with 0xff bytes, NaN as f32 and f16 and all ones as an
+// integer, so a read of an element no thread of the block wrote shows in the output.
+struct SharedFresh {
+    void* at;
+    size_t bytes;
+    unsigned long long block;
+    void fresh();
+};
+inline unsigned shared_arrays_poisoned = 0;  // the declarations reached so far
+inline void SharedFresh::fresh() {
+    if (!running_block) emulation_abort("__shared__ memory in a kernel registered as barrier-free");
+    if (block == block_serial) return;
+    if (block == ~0ull) ++shared_arrays_poisoned;
+    std::memset(at, 0xff, bytes);
+    block = block_serial;
+}
+#define HRNET_SHARED_FRESH(name)                                               \
+    static SharedFresh hrnet_shared_fresh_##name{&name, sizeof name, ~0ull}; \
+    hrnet_shared_fresh_##name.fresh()
 
 // The source of the block's thread orders (xorshift64); the emulated driver seeds it from
 // HRNET_EMULATION_SEED, so that an order that fails can be replayed.
@@ -222,6 +249,7 @@ inline void run_block(Dim3 block, void (*call)(const void*), const void* body) {
         r->order[t] = t;
         std::swap(r->order[t], r->order[thread_order_draw(t + 1)]);
     }
+    ++block_serial;
     r->alive = r->n;
     r->block = FiberBarrier{};
     r->call = call;
