@@ -7,13 +7,18 @@
 // "ldmatrix"), and the ordering of its cp.async pipeline: each copy lands at once or only
 // at its wait, at random (warp.h), so reading a stage too early or refilling one too soon
 // gives wrong outputs; each block's threads take their turns in an order drawn afresh
-// (device.h), checked first on a block that lacks a barrier. Split K runs its blocks in a
-// random order, twice: the result must not depend on which block of a tile came last, and
-// the tile counters must be back at zero.
+// (device.h), checked first on a block that lacks a barrier; each block finds its shared
+// memory filled with NaN; and threads that wait at different barriers or warp-wide
+// instructions at once stop the run (checked by `conv_tc_host divergent-barrier` and
+// `divergent-warp`). Split K runs its blocks in a random order, twice: the result must not
+// depend on which block of a tile came last, and the tile counters must be back at zero.
 //
 // Built and run by tests/conv_tc_emulated.rs:
-// c++ -std=c++20 -O2 -pthread -I kernels -I tests/emulate.
+// c++ -std=c++20 -O2 -pthread -I KERNELS -I tests/emulate, KERNELS being tests/common's
+// marked copy of kernels/ (emulated_kernels), or kernels/ itself, without the poisoning.
 // Prints one line per case; exits 1 on the first mismatch.
+
+#include <sys/resource.h>
 
 #include <barrier>
 #include <cmath>
@@ -257,7 +262,44 @@ static int blocks_racing_ahead(unsigned blocks) {
     return racing;
 }
 
-int main() {
+// Synccheck's kind of error, which must stop the emulation: half a block's threads (or a
+// warp's lanes) wait at one barrier (or warp-wide instruction) while the others wait at
+// another. Run as `conv_tc_host divergent-barrier` (or `divergent-warp`) by the test, which
+// expects the process to abort with the two places.
+static void divergent_barrier_thread(const void*) {
+    if (threadIdx.x % 2)
+        __syncthreads();
+    else
+        __syncthreads();
+}
+static void divergent_warp_thread(const void*) {
+    const unsigned a[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};
+    float d[4] = {};
+    if (threadIdx.x % 2)
+        mma_16816(d, a, a[0], a[1]);
+    else
+        mma_16816(d, a, a[2], a[3]);
+}
+static int divergent(const char* check) {
+    const rlimit no_core{0, 0};  // the abort is the expected outcome: no core file
+    setrlimit(RLIMIT_CORE, &no_core);
+    blockDim = Dim3{64, 1, 1};
+    gridDim = Dim3{1, 1, 1};
+    blockIdx = Dim3{0, 0, 0};
+    if (std::strcmp(check, "divergent-barrier") == 0)
+        run_block(blockDim, divergent_barrier_thread, nullptr);
+    else if (std::strcmp(check, "divergent-warp") == 0)
+        run_block(blockDim, divergent_warp_thread, nullptr);
+    else {
+        std::fprintf(stderr, "unknown check %s (divergent-barrier, divergent-warp)\n", check);
+        return 2;
+    }
+    std::printf("FAIL %s: the block ran to its end\n", check);
+    return 1;
+}
+
+int main(int argc, char** argv) {
+    if (argc == 2) return divergent(argv[1]);
     cp_async_seed(rng());
     thread_order_seed(rng());
     const int racing = blocks_racing_ahead(8);

@@ -29,6 +29,8 @@
 // - Shared memory: each block finds its `__shared__` arrays filled with 0xff bytes (NaN),
 //   as a GPU leaves whatever its last user wrote (device.h), so a read of an element no
 //   thread wrote shows, even multiplied by zero.
+// - Barriers: the threads of a phase must wait at one `__syncthreads` (the lanes of a warp
+//   at one ldmatrix or mma.sync); any other stops the run with both places (device.h).
 // Not emulated: timing (events give host times).
 //
 // Build: c++ -std=c++20 -O2 -march=native [-fsanitize=address] -pthread -shared -fPIC

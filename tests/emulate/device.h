@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <cstdint>
+#include <source_location>
 #include <utility>
 
 struct Dim3 {
@@ -91,11 +92,35 @@ inline void switch_stack(void** save_sp, void* load_sp, const void* bottom, size
 inline void switch_stack(void** save_sp, void* load_sp, const void*, size_t, bool) { hrnet_emu_switch(save_sp, load_sp); }
 #endif
 
-// Threads that meet: `count` arrivals complete a phase.
+// Threads that meet: `count` arrivals complete a phase, all at one place in the source.
 struct FiberBarrier {
     unsigned arrived = 0;
     unsigned long long phase = 0;
+    std::source_location site;  // where the phase's first arrival waits
 };
+
+// The threads of a phase must all wait at the same barrier or warp-wide instruction: on
+// the GPU, one in code that the block (or warp) does not take together is undefined, and
+// what compute-sanitizer's synccheck reports; counting arrivals alone would pair up
+// threads waiting at different places. The first arrival names the place; the others must
+// be there too.
+inline void arrive_at(FiberBarrier& b, const std::source_location& at, const char* what) {
+    if (b.arrived == 0) {
+        b.site = at;
+        return;
+    }
+    // One place gives one source_location (a pointer to its static record): compare that
+    // first, then what it says.
+    if (std::memcmp(&b.site, &at, sizeof at) == 0) return;
+    if (b.site.line() == at.line() && b.site.column() == at.column() &&
+        std::strcmp(b.site.file_name(), at.file_name()) == 0)
+        return;
+    char message[1024];
+    std::snprintf(message, sizeof message, "%s in divergent code: threads wait at %s:%u:%u and at %s:%u:%u at once",
+                  what, b.site.file_name(), (unsigned)b.site.line(), (unsigned)b.site.column(), at.file_name(),
+                  (unsigned)at.line(), (unsigned)at.column());
+    emulation_abort(message);
+}
 
 struct BlockRun {
     struct Fiber {
@@ -185,9 +210,10 @@ inline void switch_to_next(void** save, bool leaving_for_good) {
 
 inline void fiber_yield() { switch_to_next(&running_block->fibers[running_block->current].sp, false); }
 
-inline void barrier_wait(FiberBarrier& b, unsigned count) {
+inline void barrier_wait(FiberBarrier& b, unsigned count, const std::source_location& at) {
     BlockRun& r = *running_block;
     ++r.progress;
+    arrive_at(b, at, "__syncthreads");
     const unsigned long long phase = b.phase;
     if (++b.arrived == count) {
         b.arrived = 0;
@@ -266,9 +292,9 @@ inline void run_block(Dim3 block, void (*call)(const void*), const void* body) {
     running_block = outer;
 }
 
-inline void __syncthreads() {
+inline void __syncthreads(const std::source_location at = std::source_location::current()) {
     if (!running_block) emulation_abort("__syncthreads in a kernel registered as barrier-free");
-    barrier_wait(running_block->block, running_block->alive);
+    barrier_wait(running_block->block, running_block->alive, at);
 }
 
 // Memory ordering between blocks: one block runs at a time, so every store is visible to

@@ -32,9 +32,10 @@ static inline Warp& warp() { return warps[threadIdx.x >> 5]; }
 // lane to arrive carries out `all` for all 32 lanes, and only then do they go on. One round
 // of switches, where a barrier before the exchange and one after it took two, and the
 // instruction reads its operands at one moment, as the GPU's does.
-template <typename F> static inline void warp_collective(Warp& w, F&& all) {
+template <typename F> static inline void warp_collective(Warp& w, const std::source_location& at, F&& all) {
     BlockRun& r = *running_block;
     ++r.progress;
+    arrive_at(w.sync, at, "a warp-wide instruction (ldmatrix, mma.sync)");
     const unsigned long long phase = w.sync.phase;
     if (++w.sync.arrived == 32) {
         all();
@@ -137,13 +138,14 @@ static inline float half_of(unsigned reg, int hi) {
 
 // ldmatrix .x4: lanes 8q..8q+7 give the 8 row addresses of matrix q; lane l receives, of
 // each matrix, row l/4, elements 2(l%4) and 2(l%4)+1.
-static inline void ldmatrix_x4(unsigned (&r)[4], const void* smem) {
+static inline void ldmatrix_x4(unsigned (&r)[4], const void* smem,
+                               const std::source_location at = std::source_location::current()) {
     require_aligned16(smem, "ldmatrix: row address not 16-byte aligned");
     Warp& w = warp();
     const int l = lane_id();
     w.row[l] = smem;
     w.out[l] = r;
-    warp_collective(w, [&w] {
+    warp_collective(w, at, [&w] {
         for (int lane = 0; lane < 32; ++lane)
             for (int q = 0; q < 4; ++q) {
                 const void* row = w.row[q * 8 + lane / 4];
@@ -175,14 +177,15 @@ static inline float bf16_of(unsigned reg, int hi) {
 // column l/4; C/D: element e is row l/4 + 8(e/2), column 2(l%4) + e%2. The inputs are
 // widened to f32 once per instruction (exactly: both 16-bit types fit in an f32).
 template <float (*Of)(unsigned, int)>
-static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1,
+                                const std::source_location& at) {
     Warp& w = warp();
     const int l = lane_id();
     for (int j = 0; j < 4; ++j) w.a[l][j] = a[j];
     w.b[l][0] = b0;
     w.b[l][1] = b1;
     w.d[l] = d;
-    warp_collective(w, [&w] {
+    warp_collective(w, at, [&w] {
         float A[16][16], B[16][8];  // A[row][k], B[k][col]
         for (int lane = 0; lane < 32; ++lane)
             for (int half = 0; half < 2; ++half) {
@@ -199,9 +202,11 @@ static inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], unsigned 
             }
     });
 }
-static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    mma_m16n8k16<half_of>(d, a, b0, b1);
+static inline void mma_16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1,
+                             const std::source_location at = std::source_location::current()) {
+    mma_m16n8k16<half_of>(d, a, b0, b1, at);
 }
-static inline void mma_16816_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    mma_m16n8k16<bf16_of>(d, a, b0, b1);
+static inline void mma_16816_bf16(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1,
+                                  const std::source_location at = std::source_location::current()) {
+    mma_m16n8k16<bf16_of>(d, a, b0, b1, at);
 }
