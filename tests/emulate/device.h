@@ -43,8 +43,8 @@ inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
 // warp's lanes in lockstep), so that shared memory written and read by two threads with no
 // barrier between gives a result that changes with the order; the host thread's own stack
 // (the scheduler's) is left once per block, for the first thread in that order, and resumed
-// when the last thread finishes. x86-64 only: the switch saves the callee-saved registers and the stack
-// pointer (System V ABI).
+// when the last thread finishes. x86-64 only: the switch saves the callee-saved registers
+// and the stack pointer (System V ABI).
 #if !defined(__x86_64__)
 #error "tests/emulate runs CUDA threads as x86-64 fibers"
 #endif
@@ -172,13 +172,17 @@ inline void SharedFresh::fresh() {
 
 // The source of the block's thread orders (xorshift64); the emulated driver seeds it from
 // HRNET_EMULATION_SEED, so that an order that fails can be replayed.
+// One xorshift64 step: the emulator's random choices (this and warp.h's cp.async landings).
+static inline std::uint64_t xorshift64(std::uint64_t& state) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+}
 inline std::uint64_t thread_order_rng = 0x2545f4914f6cdd1dull;
 static inline void thread_order_seed(std::uint64_t seed) { thread_order_rng = seed | 1; }
 static inline unsigned thread_order_draw(unsigned below) {
-    thread_order_rng ^= thread_order_rng << 13;
-    thread_order_rng ^= thread_order_rng >> 7;
-    thread_order_rng ^= thread_order_rng << 17;
-    return (unsigned)((thread_order_rng >> 32) * below >> 32);
+    return (unsigned)((xorshift64(thread_order_rng) >> 32) * below >> 32);
 }
 
 // Leaves the current fiber (saving its stack pointer in `save`) for the next one in the

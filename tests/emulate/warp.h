@@ -69,10 +69,7 @@ inline CpAsyncThread cp_async_threads[1024];
 inline std::uint64_t cp_async_rng = 0x9e3779b97f4a7c15ull;
 static inline void cp_async_seed(std::uint64_t seed) { cp_async_rng = seed | 1; }
 static inline bool cp_async_lands_now() {
-    cp_async_rng ^= cp_async_rng << 13;
-    cp_async_rng ^= cp_async_rng >> 7;
-    cp_async_rng ^= cp_async_rng << 17;
-    return cp_async_rng >> 63;
+    return xorshift64(cp_async_rng) >> 63;
 }
 static inline CpAsyncThread& cp_async_thread() {
     return cp_async_threads[threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)];
