@@ -290,25 +290,17 @@ pub fn compiled(arch: &str) -> Result<Arc<Vec<CompiledFile>>> {
     if let Some(hit) = done.lock().unwrap_or_else(|p| p.into_inner()).get(arch) {
         return Ok(hit.clone());
     }
-    let files = Arc::new(compile_all(arch, compile_cached)?);
+    let files = Arc::new(compile_all(arch)?);
     done.lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(arch.to_string(), files.clone());
     Ok(files)
 }
 
-/// Every kernel program compiled for `arch` by NVRTC now, neither from nor into the kernel
-/// cache (what [`compiled`] would load must equal this).
-pub fn compile_fresh(arch: &str) -> Result<Vec<CompiledFile>> {
-    compile_all(arch, compile_file)
-}
-
-/// One NVRTC program per file or part, compiled side by side (NVRTC is thread-safe across
-/// programs): the first GPU call of a process waits for the slowest program, not the sum.
-fn compile_all(
-    arch: &str,
-    compile: fn(&'static str, &str, Option<u32>, &str) -> Result<CompiledFile>,
-) -> Result<Vec<CompiledFile>> {
+/// One NVRTC program per file or part, through the kernel cache, compiled side by side
+/// (NVRTC is thread-safe across programs): the first GPU call of a process waits for the
+/// slowest program, not the sum.
+fn compile_all(arch: &str) -> Result<Vec<CompiledFile>> {
     let programs: Vec<(&'static str, &'static str, Option<u32>)> = kernel_files()
         .iter()
         .flat_map(|&(file, source)| match parts(source) {
@@ -319,7 +311,9 @@ fn compile_all(
     std::thread::scope(|scope| {
         let jobs: Vec<_> = programs
             .iter()
-            .map(|&(file, source, part)| scope.spawn(move || compile(file, source, part, arch)))
+            .map(|&(file, source, part)| {
+                scope.spawn(move || compile_cached(file, source, part, arch))
+            })
             .collect();
         jobs.into_iter()
             .map(|j| {

@@ -12,7 +12,7 @@ pub mod probe;
 mod schedule;
 mod tc;
 
-pub use compile::{CompiledFile, KernelInfo, compile_fresh, compiled, kernel_files};
+pub use compile::{CompiledFile, KernelInfo, compiled, kernel_files};
 pub use engine::{CudaEngine, DEFAULT_FRONT_CHUNK, Kernels, LaunchProfile, Precision};
 pub use exchange_bench::{ExchangeTiming, time_exchange_units};
 pub use gpu::GpuElem;
