@@ -170,15 +170,17 @@ inline void SharedFresh::fresh() {
     static SharedFresh hrnet_shared_fresh_##name{&name, sizeof name, ~0ull}; \
     hrnet_shared_fresh_##name.fresh()
 
-// The source of the block's thread orders (xorshift64); the emulated driver seeds it from
-// HRNET_EMULATION_SEED, so that an order that fails can be replayed.
-// One xorshift64 step: the emulator's random choices (this and warp.h's cp.async landings).
+// One xorshift64 step: the emulator's random choices (the thread orders below and warp.h's
+// cp.async landings).
 static inline std::uint64_t xorshift64(std::uint64_t& state) {
     state ^= state << 13;
     state ^= state >> 7;
     state ^= state << 17;
     return state;
 }
+
+// The source of the block's thread orders (xorshift64); the emulated driver seeds it from
+// HRNET_EMULATION_SEED, so that an order that fails can be replayed.
 inline std::uint64_t thread_order_rng = 0x2545f4914f6cdd1dull;
 static inline void thread_order_seed(std::uint64_t seed) { thread_order_rng = seed | 1; }
 static inline unsigned thread_order_draw(unsigned below) {
